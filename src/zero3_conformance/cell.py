@@ -1,0 +1,41 @@
+"""The cell a run belongs to (clause E1): library versions, backend, device, harness version."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+from . import __version__
+
+LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
+
+
+def installed_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe_cell(backend: str, device: str) -> dict[str, Any]:
+    cell: dict[str, Any] = {"python": platform.python_version()}
+    cell.update({lib: installed_version(lib) for lib in LIBRARIES})
+    cell.update(backend=backend, device=device, harness=__version__)
+    return cell
+
+
+def local_device() -> tuple[str, str]:
+    """(backend, device name) the worlds of this machine use: NCCL on CUDA GPUs, else gloo on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "nccl", torch.cuda.get_device_name(0)
+    return "gloo", f"cpu ({platform.processor() or platform.machine()})"
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    return (
+        f"py{cell['python']}-torch{cell['torch']}-ds{cell['deepspeed']}-tf{cell['transformers']}"
+        f"-acc{cell['accelerate']}-{cell['backend']}"
+    )

@@ -1,0 +1,1 @@
+"""One module per clause family; importing them registers their checks."""

@@ -1,0 +1,118 @@
+"""A — the config object turns ZeRO-3 on while alive, and only then."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..dsconfig import with_stage
+from .base import Case, check
+
+# Activation does not depend on the model or the world: one rank, no model.
+_NO_MODEL: dict[str, Any] = dict(world_sizes=(1,), families=())
+
+
+def _enabled(case: Case) -> bool:
+    with case.subject_call("is_zero3_enabled"):
+        return case.subject.is_zero3_enabled()
+
+
+def _make(case: Case, source: Any) -> Any:
+    with case.subject_call("config construction"):
+        return case.subject.make_config(source)
+
+
+@check("A1", "zero3_flag_follows_stage", **_NO_MODEL)
+def zero3_flag_follows_stage(case: Case) -> None:
+    """While a config object is alive, ZeRO-3 is reported on for stage 3 and off for stages 0, 1, 2."""
+    for stage in (0, 1, 2, 3):
+        config = _make(case, with_stage(case.ds_config, stage))
+        case.expect(_enabled(case) == (stage == 3),
+                    f"stage {stage} config alive: is_zero3_enabled() expected {stage == 3}, got {_enabled(case)}")
+        del config
+        gc.collect()
+
+
+@check("A2", "registration_is_weak", **_NO_MODEL)
+def registration_is_weak(case: Case) -> None:
+    """Dropping the last reference turns ZeRO-3 off; a newer config object replaces an older one."""
+    config = _make(case, with_stage(case.ds_config, 3))
+    case.expect(_enabled(case), "stage-3 config alive: is_zero3_enabled() expected True, got False")
+    del config
+    gc.collect()
+    case.expect(not _enabled(case), "last reference to the stage-3 config dropped and collected: "
+                                    "is_zero3_enabled() expected False, got True (registered strongly?)")
+    older = _make(case, with_stage(case.ds_config, 3))
+    newer = _make(case, with_stage(case.ds_config, 0))
+    case.expect(not _enabled(case), "stage-3 config then stage-0 config alive: is_zero3_enabled() expected False "
+                                    "(the newer replaces the older), got True")
+    del older, newer
+    gc.collect()
+    older = _make(case, with_stage(case.ds_config, 0))
+    newer = _make(case, with_stage(case.ds_config, 3))
+    case.expect(_enabled(case), "stage-0 config then stage-3 config alive: is_zero3_enabled() expected True, got False")
+    del older, newer
+    gc.collect()
+
+
+@check("A3", "config_forms_agree", **_NO_MODEL)
+def config_forms_agree(case: Case) -> None:
+    """A dict, a JSON path (str) and a JSON path (pathlib.Path) give the same result; mutating the
+    caller's dict afterwards changes nothing."""
+    config = with_stage(case.ds_config, 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ds_config.json"
+        path.write_text(json.dumps(config))
+        for form, source in (("dict", config), ("str path", str(path)), ("pathlib.Path", path)):
+            try:
+                obj = case.subject.make_config(source)
+            except Exception as exc:  # noqa: BLE001 - a rejected documented form is the finding
+                case.fail(f"config given as {form}: construction raised {type(exc).__name__}: {exc}")
+                continue
+            case.expect(_enabled(case), f"config given as {form}: is_zero3_enabled() expected True, got False")
+            del obj
+            gc.collect()
+    caller_dict = with_stage(case.ds_config, 3)
+    obj = _make(case, caller_dict)
+    caller_dict["zero_optimization"]["stage"] = 0  # a nested change: a shallow copy does not protect
+    caller_dict["zero_optimization"] = {"stage": 1}
+    case.expect(_enabled(case), "after the caller changed its dict's zero_optimization.stage from 3 to 0: "
+                                "is_zero3_enabled() expected True (the config was copied), got False")
+    del obj
+    gc.collect()
+
+
+MALFORMED = {
+    # name: (how to make the source, a word the error must contain)
+    "unreadable file": (lambda tmp: str(Path(tmp) / "missing.json"), "missing.json"),
+    "invalid JSON": (lambda tmp: _write(tmp, "{ not json"), "json"),
+    "stage 7": (lambda tmp: {"zero_optimization": {"stage": 7}}, "stage"),
+    "stage as a string": (lambda tmp: {"zero_optimization": {"stage": "three"}}, "stage"),
+    "zero_optimization not an object": (lambda tmp: {"zero_optimization": 3}, "zero_optimization"),
+}
+
+
+def _write(tmp: str, text: str) -> str:
+    path = Path(tmp) / "broken.json"
+    path.write_text(text)
+    return str(path)
+
+
+@check("A4", "malformed_config_rejected", **_NO_MODEL)
+def malformed_config_rejected(case: Case) -> None:
+    """A malformed config fails when the config object is constructed, with an error naming the problem."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for what, (make_source, word) in MALFORMED.items():
+            try:
+                obj = case.subject.make_config(make_source(tmp))
+            except Exception as exc:  # noqa: BLE001
+                case.expect(word.lower() in f"{type(exc).__name__}: {exc}".lower(),
+                            f"{what}: construction raised {type(exc).__name__}: {str(exc)[:200]!r}, "
+                            f"which does not name the problem (expected it to mention {word!r})")
+            else:
+                case.fail(f"{what}: config object constructed without error (zero3 enabled: {_enabled(case)})")
+                del obj
+            gc.collect()

@@ -1,0 +1,274 @@
+"""What a check is, how one case of it runs inside a rank, and how the ranks' outcomes become one verdict.
+
+A check is a function of a `Case` that runs in every rank of a world. It records findings with
+`case.fail(...)` and carries on, so every rank reaches the same collectives; values every rank must see
+identically go through `case.agree(...)` and are compared by the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import math
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT
+from ..world import RankContext, TaskOutcome
+
+SEED = 20260101
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    clause: str
+    name: str
+    fn: Callable[["Case"], None]
+    layouts: tuple[Optional[str], ...]
+    dtypes: tuple[str, ...]
+    world_sizes: tuple[int, ...]
+    families: Optional[tuple[str, ...]]  # None: every family; (): no model involved
+    summary: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.clause}-{self.name}"
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def check(clause: str, name: str, *, layouts: tuple[Optional[str], ...] = (None,), dtypes: tuple[str, ...] = ("fp32",),
+          world_sizes: tuple[int, ...] = (1, 2, 3), families: Optional[tuple[str, ...]] = None) -> Callable:
+    def register(fn: Callable[["Case"], None]) -> Callable[["Case"], None]:
+        summary = (fn.__doc__ or "").strip().splitlines()[0]
+        entry = Check(clause, name, fn, layouts, dtypes, world_sizes, families, summary)
+        if entry.id in REGISTRY:
+            raise ValueError(f"check {entry.id} registered twice")
+        REGISTRY[entry.id] = entry
+        return fn
+
+    return register
+
+
+class NotApplicable(Exception):
+    """The check does not apply to this case (becomes SKIP with this reason)."""
+
+
+class SubjectRaised(Exception):
+    """The subject raised while doing what the clause asks (becomes FAIL carrying that exception)."""
+
+
+class Case:
+    """One check applied to one (subject, model, layout, world size, dtype), as seen from one rank."""
+
+    def __init__(self, ctx: RankContext, payload: dict[str, Any]):
+        from ..subjects import get_subject
+        from ..zoo import Family
+
+        self.ctx = ctx
+        self.rank, self.world_size = ctx.rank, ctx.world_size
+        self.subject = get_subject(payload["subject"])
+        self.family: Optional[Family] = Family(**payload["family"]) if payload.get("family") else None
+        self.layout: Optional[str] = payload.get("layout")
+        self.dtype: str = payload["dtype"]
+        self.ds_config: dict[str, Any] = payload["ds_config"]
+        self.checkpoint_path: Optional[str] = payload.get("checkpoint")
+        self.findings: list[str] = []
+        self.agreed: dict[str, str] = {}
+        self.metrics: dict[str, Any] = {}
+
+    # --- findings -------------------------------------------------------------------------------
+    def fail(self, message: str) -> None:
+        self.findings.append(message)
+
+    def expect(self, condition: bool, message: str) -> bool:
+        if not condition:
+            self.fail(message)
+        return bool(condition)
+
+    def agree(self, key: str, value: Any) -> None:
+        """Every rank must record the same value under `key` (tensors are compared by content)."""
+        self.agreed[key] = describe_value(value)
+
+    @contextlib.contextmanager
+    def subject_call(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (NotApplicable, SubjectRaised):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any exception from the subject is the finding
+            tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
+            raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
+                from exc
+
+    # --- models ---------------------------------------------------------------------------------
+    def model_class(self) -> Any:
+        from ..zoo import auto_class
+
+        return auto_class(self.require_family().auto_class)
+
+    def require_family(self) -> Any:
+        if self.family is None:
+            raise RuntimeError("this check needs a model family")
+        return self.family
+
+    def model_config(self) -> Any:
+        from ..zoo import FamilyUnavailable
+
+        try:
+            return self.require_family().make_config()
+        except FamilyUnavailable as exc:
+            raise NotApplicable(str(exc)) from None
+
+    def seed(self, offset: int = 0) -> None:
+        import torch
+
+        torch.manual_seed(SEED + offset)
+
+    def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
+        """The same family built with no ZeRO config alive (the baseline)."""
+        from ..compat import dtype_kwarg
+
+        self.seed(seed_offset)
+        cls = self.model_class()
+        config = self.model_config()
+        if hasattr(cls, "_model_mapping"):
+            return cls.from_config(config, **dtype_kwarg(dtype))
+        return cls._from_config(config, **dtype_kwarg(dtype))
+
+    def baseline_from_pretrained(self) -> tuple[Any, dict[str, Any]]:
+        self.seed()
+        return self.model_class().from_pretrained(self.checkpoint_path, output_loading_info=True,
+                                                  trust_remote_code=False)
+
+    def zero3_from_config(self) -> tuple[Any, Any]:
+        """(config object, model) built by the subject under its stage-3 config."""
+        with self.subject_call("config construction"):
+            config_object = self.subject.make_config(self.ds_config)
+        self.seed()
+        with self.subject_call("from_config"):
+            model = self.subject.from_config(self.model_class(), self.model_config())
+        return config_object, model
+
+    def zero3_from_pretrained(self) -> tuple[Any, Any, dict[str, Any]]:
+        with self.subject_call("config construction"):
+            config_object = self.subject.make_config(self.ds_config)
+        self.seed()
+        with self.subject_call(f"from_pretrained({self.layout})"):
+            model, info = self.subject.from_pretrained(self.model_class(), self.checkpoint_path)
+        return config_object, model, info
+
+
+def describe_value(value: Any) -> str:
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous()
+            digest = hashlib.sha1(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()[:12]
+            total = float(data.double().sum()) if data.numel() else 0.0
+            return f"tensor{tuple(data.shape)} {data.dtype} sum={total:.9g} sha1={digest}"
+    except ImportError:
+        pass
+    return repr(value)
+
+
+def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Runs one case in this rank; always returns {status, message, metrics, agreed}."""
+    from ..registry import load_checks
+
+    load_checks()
+    entry = REGISTRY[payload["check"]]
+    case = Case(ctx, payload)
+    try:
+        entry.fn(case)
+        status, message = (FAIL, "\n".join(case.findings)) if case.findings else (PASS, "")
+    except NotApplicable as exc:
+        status, message = SKIP, str(exc)
+    except SubjectRaised as exc:
+        status, message = FAIL, "\n".join([*case.findings, str(exc)])
+    except Exception:  # noqa: BLE001 - the check itself broke
+        status, message = ERROR, traceback.format_exc()[-3000:]
+    finally:
+        gc.collect()  # drop this case's config objects and models before the next case
+    return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed}
+
+
+def gave_up(value: Any) -> bool:
+    """A rank that ends a case without passing may leave its peers waiting in a collective."""
+    return isinstance(value, dict) and value.get("status") in (FAIL, ERROR)
+
+
+_SEVERITY = [PASS, SKIP, FAIL, ERROR, TIMEOUT, CRASH]
+
+
+def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, Any]]:
+    """Combines every rank's outcome into one (status, message, metrics)."""
+    if outcome.exit_codes:
+        codes = ", ".join(f"rank {r}: {_exit_text(c)}" for r, c in sorted(outcome.exit_codes.items()))
+        return CRASH, f"rank died ({codes})", {}
+    if outcome.timed_out:
+        waiting = sorted(set(range(world_size)) - set(outcome.replies))
+        stacks = "\n".join(f"--- rank {r} stack ---\n{s}" for r, s in outcome.stacks.items())
+        return TIMEOUT, f"ranks {waiting} did not finish within the limit\n{stacks}", {}
+    results: dict[int, dict[str, Any]] = {}
+    for rank, reply in sorted(outcome.replies.items()):
+        if not reply.ok:
+            return ERROR, f"rank {rank}: {reply.error}\n{reply.traceback[-3000:]}", {}
+        results[rank] = reply.value
+    missing = sorted(set(range(world_size)) - set(results))
+    status = max((r["status"] for r in results.values()), key=_SEVERITY.index)
+    by_message: dict[str, list[int]] = {}
+    for rank, result in results.items():
+        if result["status"] == status and result["message"]:
+            by_message.setdefault(result["message"], []).append(rank)
+    lines = [f"rank {_ranks(ranks)}: {message}" if world_size > 1 else message for message, ranks in by_message.items()]
+    if missing:
+        lines.append(f"ranks {missing} were still inside the check and were stopped")
+    if status == PASS:
+        lines = _disagreements(results)
+        if lines:
+            status = FAIL
+    metrics = results[min(results)]["metrics"] if results else {}
+    return status, "\n".join(lines), metrics
+
+
+def _disagreements(results: dict[int, dict[str, Any]]) -> list[str]:
+    first = min(results)
+    lines = []
+    for rank, result in results.items():
+        for key in sorted(set(result["agreed"]) | set(results[first]["agreed"])):
+            expected, got = results[first]["agreed"].get(key), result["agreed"].get(key)
+            if expected != got:
+                lines.append(f"{key}: rank {rank} saw {got}, rank {first} saw {expected}")
+    return lines[:20]
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ",".join(map(str, ranks))
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def checkpoint_path_of(payload: dict[str, Any]) -> Optional[Path]:
+    return Path(payload["checkpoint"]) if payload.get("checkpoint") else None
+
+
+__all__ = ["Case", "Check", "NotApplicable", "check", "execute", "verdict", "ceil_div", "math"]

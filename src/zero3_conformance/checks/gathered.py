@@ -1,0 +1,186 @@
+"""G — gathered weights are right: loaded exactly, tied, initialized like the baseline, writable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..zoo import LAYOUTS
+from .base import Case, NotApplicable, ceil_div, check
+from .tensors import exact_mismatch, full_parameters, init_mismatch, tied_groups
+
+MAX_LISTED = 8  # findings listed per case; the count of the rest is given
+
+
+def _gathered_state(model: Any) -> dict[str, Any]:
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        return full_parameters(model)
+
+
+def _report(case: Case, problems: list[str], what: str) -> None:
+    for problem in problems[:MAX_LISTED]:
+        case.fail(f"{problem} (rank {case.rank})")
+    if len(problems) > MAX_LISTED:
+        case.fail(f"... and {len(problems) - MAX_LISTED} more {what} (rank {case.rank})")
+
+
+@check("G1", "gathered_equals_checkpoint", layouts=LAYOUTS)
+def gathered_equals_checkpoint(case: Case) -> None:
+    """Inside GatheredParameters, every checkpoint tensor equals the gathered parameter or buffer bit for bit."""
+    baseline, info = case.baseline_from_pretrained()
+    not_from_checkpoint = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
+    expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
+    del baseline
+    config_object, model, _ = case.zero3_from_pretrained()
+    got = _gathered_state(model)
+    problems = []
+    for key, tensor in sorted(expected.items()):
+        if key not in got:
+            problems.append(f"{key}: in the checkpoint but not in the ZeRO-3 model's state dict")
+            continue
+        problem = exact_mismatch(key, tensor, got[key])
+        if problem:
+            problems.append(problem)
+        case.agree(key, got[key])
+    _report(case, problems, "tensors differ")
+    case.metrics["tensors_compared"] = len(expected)
+
+
+@check("G2", "tied_weights_stay_tied", layouts=("safetensors",), families=("gpt2", "t5"))
+def tied_weights_stay_tied(case: Case) -> None:
+    """Tied weights are one ZeRO parameter (not two copies) and equal the checkpoint tensor."""
+    baseline, _ = case.baseline_from_pretrained()
+    groups = tied_groups(baseline)
+    expected = full_parameters(baseline)
+    del baseline
+    if not groups:
+        raise NotApplicable("the baseline model ties no weights")
+    config_object, model, _ = case.zero3_from_pretrained()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    got = _gathered_state(model)
+    for group in groups:
+        present = [name for name in group if name in params]
+        if len(present) != len(group):
+            case.fail(f"tied group {group}: missing from the ZeRO-3 model: {sorted(set(group) - set(present))}")
+            continue
+        distinct = {id(params[name]) for name in group}
+        case.expect(len(distinct) == 1, f"tied group {group}: {len(distinct)} separate parameters in the ZeRO-3 "
+                                        f"model, expected one shared parameter (rank {case.rank})")
+        for name in group:
+            source = next((n for n in group if n in expected), None)
+            if source is not None and name in got:
+                problem = exact_mismatch(name, expected[source], got[name])
+                if problem:
+                    case.fail(f"tied {problem} (rank {case.rank})")
+    case.metrics["tied_groups"] = [list(g) for g in groups]
+
+
+def _deterministic_keys(case: Case) -> set[str]:
+    """Tensors the baseline init computes identically under two different seeds."""
+    import torch
+
+    first = full_parameters(case.baseline_from_config(seed_offset=0))
+    second = full_parameters(case.baseline_from_config(seed_offset=1))
+    return {k for k in first if first[k].numel() > 0 and torch.equal(first[k], second[k])}
+
+
+@check("G3", "missing_weights_initialized", layouts=("safetensors",), families=("bert",))
+def missing_weights_initialized(case: Case) -> None:
+    """Weights absent from the checkpoint are initialized as the model's own init would without ZeRO,
+    identically on every rank."""
+    baseline, info = case.baseline_from_pretrained()
+    missing = sorted(info.get("missing_keys", []))
+    if not missing:
+        raise NotApplicable("the checkpoint provides every weight of this model class")
+    expected = full_parameters(baseline)
+    del baseline
+    deterministic = _deterministic_keys(case)
+    config_object, model, _ = case.zero3_from_pretrained()
+    got = _gathered_state(model)
+    problems = []
+    for key in missing:
+        if key not in got:
+            problems.append(f"{key}: missing from the ZeRO-3 model")
+            continue
+        problem = init_mismatch(key, expected[key], got[key], key in deterministic)
+        if problem:
+            problems.append(problem)
+        case.agree(key, got[key])
+    _report(case, problems, "tensors initialized wrongly")
+    case.metrics["missing_keys"] = missing
+
+
+@check("G4", "from_config_init_matches_baseline")
+def from_config_init_matches_baseline(case: Case) -> None:
+    """from_config initializes every parameter as the baseline's init does, identically on every rank."""
+    expected = full_parameters(case.baseline_from_config())
+    deterministic = _deterministic_keys(case)
+    config_object, model = case.zero3_from_config()
+    got = _gathered_state(model)
+    problems = []
+    for key, tensor in sorted(expected.items()):
+        if key not in got:
+            problems.append(f"{key}: missing from the ZeRO-3 model")
+            continue
+        problem = init_mismatch(key, tensor, got[key], key in deterministic)
+        if problem:
+            problems.append(problem)
+        case.agree(key, got[key])
+    _report(case, problems, "tensors initialized wrongly")
+    case.metrics["deterministic_tensors"] = len(deterministic)
+
+
+@check("G5", "modifier_rank_write_persists", families=("llama",))
+def modifier_rank_write_persists(case: Case) -> None:
+    """A write inside GatheredParameters(modifier_rank=r) persists after re-partitioning, on every rank."""
+    import deepspeed
+    import torch
+
+    config_object, model = case.zero3_from_config()
+    writer = case.world_size - 1
+    for name, param in list(model.named_parameters())[:3]:
+        pattern = torch.arange(int(param.ds_numel), dtype=torch.float32).reshape(tuple(param.ds_shape)) / 7.0
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=writer), torch.no_grad():
+            if case.rank == writer:
+                param.copy_(pattern.to(param.dtype))
+        with deepspeed.zero.GatheredParameters([param]):
+            problem = exact_mismatch(name, pattern.to(param.dtype), param.detach().clone())
+        case.expect(problem is None, f"after rank {writer} wrote inside GatheredParameters(modifier_rank={writer}), "
+                                     f"rank {case.rank} gathers {problem}")
+
+
+@check("G6", "uneven_partitions_gather_exactly", layouts=("safetensors",), world_sizes=(2, 3))
+def uneven_partitions_gather_exactly(case: Case) -> None:
+    """Tensors the world size does not divide, and tensors smaller than the world, gather back exactly."""
+    baseline, info = case.baseline_from_pretrained()
+    expected = full_parameters(baseline)
+    del baseline
+    config_object, model, _ = case.zero3_from_pretrained()
+    uneven = {n: p for n, p in model.named_parameters()
+              if hasattr(p, "ds_numel") and (p.ds_numel % case.world_size or p.ds_numel < case.world_size)}
+    if not uneven:
+        raise NotApplicable(f"no parameter of this model has a size that world size {case.world_size} leaves uneven")
+    got = _gathered_state(model)
+    problems = []
+    for name, param in sorted(uneven.items()):
+        if name in set(info.get("missing_keys", [])):
+            continue
+        problem = exact_mismatch(name, expected[name], got[name])
+        if problem:
+            problems.append(f"{problem} [numel {param.ds_numel}, shard {ceil_div(int(param.ds_numel), case.world_size)}]")
+        case.agree(name, got[name])
+    _report(case, problems, "uneven tensors differ")
+    case.metrics["uneven_tensors"] = len(uneven)
+
+
+@check("G7", "loading_report_matches_baseline", layouts=LAYOUTS)
+def loading_report_matches_baseline(case: Case) -> None:
+    """Missing / unexpected / mismatched keys are reported as without ZeRO, for the same checkpoint and class."""
+    baseline, expected = case.baseline_from_pretrained()
+    del baseline
+    config_object, model, got = case.zero3_from_pretrained()
+    for field in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        want = sorted(map(str, expected.get(field, [])))
+        have = sorted(map(str, got.get(field, [])))
+        case.expect(want == have, f"{field}: expected {want} (without ZeRO), got {have}")

@@ -1,0 +1,149 @@
+"""P — models are partitioned at construction, dtypes follow the config, and nothing leaks afterwards."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from ..dsconfig import with_stage
+from ..zoo import LAYOUTS
+from .base import Case, ceil_div, check
+
+
+def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every parameter is a ZeRO-3 parameter holding its ceil(numel/world) shard, and the shards of all
+    ranks reassemble to the gathered tensor."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    params = list(model.named_parameters())
+    for name, param in params:
+        where = f"{name} (rank {case.rank})"
+        if not case.expect(hasattr(param, "ds_id"), f"{where}: not a ZeRO-3 parameter (no ds_id); local shape "
+                                                    f"{tuple(param.shape)}, expected partitioned at construction"):
+            continue
+        case.expect(param.ds_status == ZeroParamStatus.NOT_AVAILABLE,
+                    f"{where}: ds_status expected NOT_AVAILABLE, got {param.ds_status}")
+        case.expect(param.numel() == 0, f"{where}: local tensor expected empty, holds {param.numel()} elements")
+        expected_shape = shapes.get(name)
+        case.expect(tuple(param.ds_shape) == expected_shape,
+                    f"{where}: ds_shape expected {expected_shape} (baseline), got {tuple(param.ds_shape)}")
+        shard = ceil_div(int(param.ds_numel), case.world_size)
+        case.expect(param.ds_tensor.numel() == shard,
+                    f"{where}: shard expected ceil({param.ds_numel}/{case.world_size}) = {shard} elements, "
+                    f"got {param.ds_tensor.numel()}")
+    zero_params = [(n, p) for n, p in params if hasattr(p, "ds_id")]
+    # Every rank takes part in the same collectives, whatever it found above.
+    for name, param in zero_params:
+        local = param.ds_tensor.detach().reshape(-1).float().clone()
+        pieces = [torch.zeros_like(local) for _ in range(case.world_size)]
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(case.world_size)]
+        dist.all_gather(sizes, torch.tensor([local.numel()]))
+        if len({int(s) for s in sizes}) != 1:
+            case.fail(f"{name}: ranks hold shards of different sizes {[int(s) for s in sizes]}")
+            continue
+        dist.all_gather(pieces, local)
+        reassembled = torch.cat(pieces)[: int(param.ds_numel)]
+        with deepspeed.zero.GatheredParameters([param]):
+            gathered = param.detach().reshape(-1).float().clone()
+        if not torch.equal(reassembled, gathered):
+            case.fail(f"{name}: the ranks' shards concatenated do not equal the gathered tensor "
+                      f"(max |diff| {float((reassembled - gathered).abs().max()):.3g})")
+
+
+def baseline_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+@check("P1", "from_config_partitioned")
+def from_config_partitioned(case: Case) -> None:
+    """from_config under a stage-3 config returns a model whose every parameter is already partitioned."""
+    shapes = baseline_shapes(case.baseline_from_config())
+    config_object, model = case.zero3_from_config()
+    verify_partitioned(case, model, shapes)
+    case.metrics["parameters"] = len(shapes)
+
+
+@check("P2", "from_pretrained_partitioned", layouts=LAYOUTS)
+def from_pretrained_partitioned(case: Case) -> None:
+    """from_pretrained under a stage-3 config returns a partitioned model, for every checkpoint layout."""
+    baseline, _ = case.baseline_from_pretrained()
+    shapes = baseline_shapes(baseline)
+    del baseline
+    config_object, model, _ = case.zero3_from_pretrained()
+    verify_partitioned(case, model, shapes)
+
+
+def _ordinary(case: Case, model: Any, shapes: dict[str, tuple[int, ...]], when: str) -> None:
+    for name, param in model.named_parameters():
+        case.expect(not hasattr(param, "ds_id"), f"{when}: {name} is a ZeRO-3 parameter; expected an ordinary one")
+        case.expect(tuple(param.shape) == shapes.get(name),
+                    f"{when}: {name} has shape {tuple(param.shape)}, expected {shapes.get(name)}")
+    case.expect(set(dict(model.named_parameters())) == set(shapes),
+                f"{when}: parameters differ from a fresh model's: missing "
+                f"{sorted(set(shapes) - set(dict(model.named_parameters())))[:5]}, extra "
+                f"{sorted(set(dict(model.named_parameters())) - set(shapes))[:5]}")
+
+
+@check("P4", "construction_leaves_no_trace", world_sizes=(1, 2))
+def construction_leaves_no_trace(case: Case) -> None:
+    """After a ZeRO-3 build, models built with the config gone or at stage < 3 are complete and ordinary,
+    and a second ZeRO-3 build in the same process is partitioned again."""
+    import torch
+
+    shapes = baseline_shapes(case.baseline_from_config())
+    config_object, model = case.zero3_from_config()
+    del config_object, model
+    gc.collect()
+    linear = torch.nn.Linear(3, 5)
+    case.expect(not hasattr(linear.weight, "ds_id") and tuple(linear.weight.shape) == (5, 3),
+                f"torch.nn.Linear(3, 5) built after the ZeRO-3 build: weight shape {tuple(linear.weight.shape)}, "
+                f"ZeRO parameter: {hasattr(linear.weight, 'ds_id')}")
+    with case.subject_call("from_config with no config alive"):
+        plain = case.subject.from_config(case.model_class(), case.model_config()) \
+            if case.subject.name == "transformers" else case.baseline_from_config()
+    _ordinary(case, plain, shapes, "built after the config was dropped")
+    del plain
+    with case.subject_call("config construction (stage 2)"):
+        stage2 = case.subject.make_config(with_stage(case.ds_config, 2))
+    if case.subject.name == "transformers":
+        with case.subject_call("from_config at stage 2"):
+            at_stage2 = case.subject.from_config(case.model_class(), case.model_config())
+        _ordinary(case, at_stage2, shapes, "built with a stage-2 config alive")
+        del at_stage2
+    del stage2
+    gc.collect()
+    config_object, second = case.zero3_from_config()
+    verify_partitioned(case, second, shapes)
+
+
+@check("P5", "dtype_follows_config", dtypes=("bf16", "fp16"))
+def dtype_follows_config(case: Case) -> None:
+    """With fp16/bf16 enabled in the config, partitioned floating parameters take that dtype, integer
+    buffers keep theirs, and computed buffers equal the baseline's."""
+    import deepspeed
+    import torch
+
+    target = {"bf16": torch.bfloat16, "fp16": torch.float16}[case.dtype]
+    baseline = case.baseline_from_config(dtype=target)
+    baseline_buffers = {k: v.detach().clone() for k, v in baseline.named_buffers()}
+    del baseline
+    config_object, model = case.zero3_from_config()
+    for name, param in model.named_parameters():
+        if param.is_floating_point():
+            got = param.ds_tensor.dtype if hasattr(param, "ds_tensor") else param.dtype
+            case.expect(got == target, f"{name}: partitioned dtype expected {target}, got {got}")
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        for name, buffer in model.named_buffers():
+            expected = baseline_buffers.get(name)
+            if expected is None:
+                case.fail(f"buffer {name}: not in the baseline model")
+                continue
+            if buffer.dtype != expected.dtype:
+                case.fail(f"buffer {name}: dtype expected {expected.dtype} (baseline), got {buffer.dtype}")
+            elif not torch.equal(buffer, expected):
+                diff = (buffer.double() - expected.double()).abs().max()
+                case.fail(f"buffer {name}: values differ from the baseline's (max |diff| {float(diff):.3g})")
+            case.agree(f"buffer {name}", buffer)

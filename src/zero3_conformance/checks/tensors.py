@@ -1,0 +1,90 @@
+"""Comparisons that say exactly what differs: which tensor, where, expected and observed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+# G3/G4 compare a ZeRO-built tensor's init with the baseline's init, which used other random draws.
+# Sample mean and std of n draws wander by about std/sqrt(n); SIGMAS such wanderings are allowed,
+# which keeps false alarms below one in a million per tensor while a wrong init (wrong std, a missing
+# init left at zeros, torch.empty garbage) is off by far more.
+SIGMAS = 6.0
+# Values a deterministic init computes (equal across baseline seeds) must match to float32 rounding.
+DETERMINISTIC_RTOL, DETERMINISTIC_ATOL = 1e-6, 1e-7
+
+
+def exact_mismatch(name: str, expected: Any, got: Any) -> Optional[str]:
+    """None if `got` equals `expected` bit for bit (shape, dtype, values); else what differs."""
+    import torch
+
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"{name}: shape expected {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if got.dtype != expected.dtype:
+        return f"{name}: dtype expected {expected.dtype}, got {got.dtype}"
+    if torch.equal(got, expected):
+        return None
+    return f"{name}: {_first_difference(expected, got)}"
+
+
+def _first_difference(expected: Any, got: Any) -> str:
+    import torch
+
+    e, g = expected.detach().double().reshape(-1), got.detach().double().reshape(-1)
+    differs = (e != g) & ~(torch.isnan(e) & torch.isnan(g))
+    count = int(differs.sum())
+    index = int(differs.nonzero()[0]) if count else 0
+    position = tuple(int(i) for i in torch.unravel_index(torch.tensor(index), tuple(expected.shape))) \
+        if expected.dim() else ()
+    diff = (e - g).abs()
+    return (f"{count}/{e.numel()} elements differ, max |diff| {float(diff[differs].max()) if count else 0:.3g}; "
+            f"first at {position}: expected {float(e[index]):.9g}, got {float(g[index]):.9g}")
+
+
+def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> Optional[str]:
+    """None if `got` is initialized as the baseline's own init would have initialized it."""
+    import torch
+
+    if tuple(got.shape) != tuple(baseline.shape):
+        return f"{name}: shape expected {tuple(baseline.shape)}, got {tuple(got.shape)}"
+    if got.dtype != baseline.dtype:
+        return f"{name}: dtype expected {baseline.dtype}, got {got.dtype}"
+    b, g = baseline.detach().double(), got.detach().double()
+    if not torch.isfinite(g).all():
+        return f"{name}: {int((~torch.isfinite(g)).sum())} non-finite values (uninitialized memory?)"
+    if deterministic:
+        if torch.allclose(g, b, rtol=DETERMINISTIC_RTOL, atol=DETERMINISTIC_ATOL):
+            return None
+        return f"{name} (deterministic init): {_first_difference(baseline, got)}"
+    for value in (0.0, 1.0):
+        fixed = b == value
+        if fixed.any() and not torch.equal(g[fixed], b[fixed]):
+            wrong = int((g[fixed] != value).sum())
+            return f"{name}: {wrong} of the {int(fixed.sum())} elements the baseline sets to exactly {value:g} are not"
+    free = ~((b == 0) | (b == 1))
+    if not free.any():
+        return None
+    b, g = b[free], g[free]
+    n = b.numel()
+    b_std = float(b.std()) if n > 1 else 0.0
+    g_std = float(g.std()) if n > 1 else 0.0
+    mean_tol = SIGMAS * b_std * math.sqrt(2.0 / n) + 1e-12
+    std_tol = SIGMAS * b_std / math.sqrt(max(n - 1, 1)) + 1e-12
+    if abs(float(g.mean()) - float(b.mean())) > mean_tol or abs(g_std - b_std) > std_tol:
+        return (f"{name}: init statistics differ from the baseline's: mean {float(g.mean()):.4g} (baseline "
+                f"{float(b.mean()):.4g}, tolerance {mean_tol:.2g}), std {g_std:.4g} (baseline {b_std:.4g}, "
+                f"tolerance {std_tol:.2g}), n={n}")
+    return None
+
+
+def full_parameters(model: Any) -> dict[str, Any]:
+    """name -> a detached copy of every parameter and persistent buffer (call inside a gather)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def tied_groups(model: Any) -> list[tuple[str, ...]]:
+    """Names that refer to one shared parameter, for every parameter that has more than one name."""
+    names: dict[int, list[str]] = {}
+    for key, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(key)
+    return sorted(tuple(group) for group in names.values() if len(group) > 1)

@@ -1,0 +1,130 @@
+"""zero3-conformance run | env."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import known_issues, summary
+from .catalog import build_cases
+from .cell import describe_cell, local_device
+from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
+from .errors import UsageError
+from .results import RecordWriter, run_succeeded
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _world_sizes(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _csv(text)]
+    except ValueError:
+        raise UsageError(f"invalid --world-sizes {text!r}: expected comma-separated integers") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zero3-conformance", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="check the installed stack against the ZeRO-3 contract")
+    run.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory (default runs/latest)")
+    run.add_argument("--subject", default="", help="comma-separated subjects (default: all)")
+    run.add_argument("--models", default="", help="comma-separated model families (default: all)")
+    run.add_argument("--clauses", default="", help="comma-separated clause IDs, e.g. P1,G1 (default: all)")
+    run.add_argument("--world-sizes", default="", help="comma-separated world sizes (default 1,2,3)")
+    run.add_argument("--model", type=Path, default=None, help="a local checkpoint directory of your own")
+    run.add_argument("--ds-config", type=Path, default=None, help="your DeepSpeed config (must be stage 3)")
+    run.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE)
+    run.add_argument("--timeout", type=float, default=180.0, help="seconds per check before TIMEOUT")
+    run.add_argument("--quiet", action="store_true")
+    commands.add_parser("env", help="print the cell: versions, backend, device")
+    commands.add_parser("list", help="list the checks and their clauses")
+    return parser
+
+
+def cmd_env() -> int:
+    backend, device = local_device()
+    print(json.dumps(describe_cell(backend, device), indent=2))
+    return 0
+
+
+def cmd_list() -> int:
+    from .registry import load_checks
+
+    for entry in sorted(load_checks().values(), key=lambda c: summary._clause_key(c.clause)):
+        print(f"{entry.id:45s} {entry.summary}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import Runner, prepare_checkpoints
+    from .zoo import detect_layout, user_family
+
+    ds_config = load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG
+    user_model = None
+    if args.model is not None:
+        detect_layout(args.model)
+        user_model = user_family(args.model)
+    issues = known_issues.load(args.known_issues)
+    cases = build_cases(_csv(args.subject), _csv(args.models), _csv(args.clauses),
+                        _world_sizes(args.world_sizes) if args.world_sizes else None, user_model)
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.jsonl").write_text("")
+        (out / "summary.md").unlink(missing_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write to output directory {out}: {exc.strerror}") from None
+    prepare_checkpoints(cases)
+    runner = Runner(ds_config, timeout_s=args.timeout)
+    width = len(str(len(cases)))
+
+    def progress(index: int, total: int, record) -> None:
+        if not args.quiet:
+            print(f"[{index:{width}d}/{total}] {record.status:7s} {record.case_id} ({record.duration_s:.1f}s)",
+                  flush=True)
+
+    records = []
+    with RecordWriter(out / "results.jsonl") as writer:
+        class Applying:
+            def write(self, record):
+                record = known_issues.apply(record, issues)
+                records.append(record)
+                writer.write(record)
+
+        runner.run(cases, Applying(), progress)
+    notes = [f"known issue matched nothing in this run: {i.clause} {i.subject} ({i.link})"
+             for i in known_issues.stale(issues, records)]
+    summary.write(out / "summary.md", records, len(cases), notes)
+    ok = run_succeeded(records)
+    print(f"{'PASSED' if ok else 'FAILED'}: {len(records)} results in {out}/results.jsonl, summary in {out}/summary.md")
+    return 0 if ok else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "env":
+            return cmd_env()
+        if args.command == "list":
+            return cmd_list()
+        return cmd_run(args)
+    except UsageError as exc:
+        print(f"zero3-conformance: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""DeepSpeed configs the harness builds with: the default stage-3 config and validation of a user's own."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import UsageError
+
+DEFAULT_ZERO3_CONFIG: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": 1,
+    "gradient_accumulation_steps": 1,
+    "zero_optimization": {"stage": 3},
+}
+
+DTYPE_SECTIONS = {"fp16": "fp16", "bf16": "bf16"}
+
+
+def read_config_source(source: Union[str, Path, dict]) -> dict[str, Any]:
+    """Reads a config from a dict or a JSON file and validates it; raises UsageError naming the problem."""
+    if not isinstance(source, (str, Path)):
+        config = copy.deepcopy(source)  # a dict, or a wrong type that validate() names
+        where = "config"
+    else:
+        path = Path(source)
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read DeepSpeed config {where}: {exc.strerror or exc}") from None
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"DeepSpeed config {where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+    validate(config, where)
+    return config
+
+
+def validate(config: Any, where: str = "config") -> None:
+    if not isinstance(config, dict):
+        raise UsageError(f"DeepSpeed config {where} must be a JSON object, got {type(config).__name__}")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise UsageError(f"DeepSpeed config {where}: 'zero_optimization' must be an object, got {zero!r}")
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or not isinstance(stage, int) or stage not in (0, 1, 2, 3):
+        raise UsageError(f"DeepSpeed config {where}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    for section in DTYPE_SECTIONS:
+        block = config.get(section, {})
+        if not isinstance(block, dict):
+            raise UsageError(f"DeepSpeed config {where}: '{section}' must be an object, got {block!r}")
+        enabled = block.get("enabled", False)
+        if not isinstance(enabled, bool) and enabled != "auto":
+            raise UsageError(f"DeepSpeed config {where}: {section}.enabled must be true or false, got {enabled!r}")
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+        value = config.get(key, 1)
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"DeepSpeed config {where}: {key} must be a positive integer, got {value!r}")
+
+
+def load_user_zero3_config(path: Union[str, Path]) -> dict[str, Any]:
+    """A user's --ds-config: valid, and stage 3, since every build it is used for is a ZeRO-3 build."""
+    config = read_config_source(path)
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage != 3:
+        raise UsageError(f"DeepSpeed config {path}: zero_optimization.stage must be 3 for ZeRO-3 builds, got {stage}")
+    return config
+
+
+def with_dtype(config: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The config with exactly the requested training dtype enabled ('fp32', 'bf16' or 'fp16')."""
+    out = copy.deepcopy(config)
+    for section in DTYPE_SECTIONS:
+        out.pop(section, None)
+    if dtype in DTYPE_SECTIONS:
+        out[DTYPE_SECTIONS[dtype]] = {"enabled": True}
+    return out
+
+
+def with_stage(config: dict[str, Any], stage: int) -> dict[str, Any]:
+    out = copy.deepcopy(config)
+    out.setdefault("zero_optimization", {})["stage"] = stage
+    return out

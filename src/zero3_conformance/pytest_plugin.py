@@ -1,0 +1,68 @@
+"""pytest front end: the conformance suite runs the catalog's cases in persistent worlds shared by a
+session, applies the known-issues file, and can write the same records as the CLI (--z3-results DIR)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+
+from . import known_issues
+from .results import FAIL, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter
+
+
+def pytest_addoption(parser: Any) -> None:
+    group = parser.getgroup("zero3-conformance")
+    group.addoption("--z3-results", type=Path, default=None,
+                    help="also write every conformance record to DIR/results.jsonl")
+    group.addoption("--z3-known-issues", type=Path, default=known_issues.DEFAULT_FILE,
+                    help="known-issues file that turns matching FAILs into XFAILs")
+
+
+class ConformanceSession:
+    def __init__(self, config: Any):
+        from .dsconfig import DEFAULT_ZERO3_CONFIG
+        from .runner import Runner
+
+        self.runner = Runner(DEFAULT_ZERO3_CONFIG)
+        self.issues = known_issues.load(config.getoption("--z3-known-issues"))
+        out: Optional[Path] = config.getoption("--z3-results")
+        worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        self.writer = RecordWriter(out / f"results-{worker}.jsonl") if out else None
+
+    def run(self, case: Any) -> Record:
+        record = known_issues.apply(self.runner.run_case(case), self.issues)
+        if self.writer:
+            self.writer.write(record)
+        return record
+
+    def close(self) -> None:
+        self.runner.close()
+        if self.writer:
+            self.writer.close()
+
+
+@pytest.fixture(scope="session")
+def conformance_session(request: Any) -> Iterator[ConformanceSession]:
+    session = ConformanceSession(request.config)
+    yield session
+    session.close()
+
+
+def report(record: Record) -> None:
+    """Turns a record into the pytest outcome of the same meaning."""
+    if record.status == PASS:
+        return
+    if record.status == SKIP:
+        pytest.skip(record.message)
+    if record.status == XFAIL:
+        pytest.xfail(record.message)
+    if record.status == XPASS:
+        warnings.warn(f"XPASS {record.case_id}: {record.message}", stacklevel=2)
+        return
+    pytest.fail(f"{record.status} {record.case_id}\n{record.message}", pytrace=False)
+
+
+__all__ = ["conformance_session", "report", "FAIL"]

@@ -1,0 +1,6 @@
+"""The reference implementation of the ZeRO-3 construction contract (see build.py for the recipe)."""
+
+from .build import from_config, from_pretrained
+from .config import ZeroConfig, active_config, is_zero3_enabled
+
+__all__ = ["ZeroConfig", "active_config", "is_zero3_enabled", "from_config", "from_pretrained"]

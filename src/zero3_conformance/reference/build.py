@@ -1,0 +1,237 @@
+"""Building a Hugging Face model already partitioned by ZeRO-3: the reference, step by step.
+
+1. Construct under `deepspeed.zero.Init`: each module's parameters are partitioned as soon as the
+   module exists, so no rank ever holds the whole model. Weight init is switched off during
+   construction (it would run on empty shards), and tensors created with an explicit dtype keep it, so
+   computed buffers (rotary tables) are not downcast.
+2. Tie weights, so a tied pair is one ZeRO parameter from the start.
+3. Initialize: module by module, gather that module's parameters, run the model's own init on every
+   rank (buffers are per rank), and let rank 0's parameter values be the ones partitioned back.
+4. Load (from_pretrained): module by module, read only the tensors that module needs, gather its
+   parameters and copy them in on rank 0 (`modifier_rank=0` re-partitions the result to every rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .. import compat
+from ..dsconfig import with_dtype
+from .checkpoint import CheckpointReader
+from .config import ZeroConfig, active_config
+
+
+def _concrete_class(model_class: Any, config: Any) -> Any:
+    """An Auto class resolves to the concrete class registered for this config type."""
+    mapping = getattr(model_class, "_model_mapping", None)
+    return mapping[type(config)] if mapping is not None else model_class
+
+
+def _require_zero3() -> ZeroConfig:
+    config = active_config()
+    if config is None or not config.is_zero3():
+        raise RuntimeError("the reference builds ZeRO-3 models only: create a stage-3 ZeroConfig first")
+    return config
+
+
+@contextlib.contextmanager
+def _explicit_dtypes_kept() -> Iterator[None]:
+    """zero.Init casts every floating tensor created inside it to the training dtype; a tensor whose
+    dtype the model asked for explicitly (e.g. a float32 rotary table) must keep that dtype."""
+    from deepspeed.runtime.zero import partition_parameters as pp
+
+    original = pp.zero_wrapper_for_fp_tensor_constructor
+
+    def wrapper(fn: Any, target_fp_dtype: Any, *args: Any, **kwargs: Any) -> Any:
+        cast = original(fn, target_fp_dtype, *args, **kwargs)
+        keep = original(fn, None, *args, **kwargs)
+        return lambda *a, **kw: (keep if kw.get("dtype") is not None else cast)(*a, **kw)
+
+    pp.zero_wrapper_for_fp_tensor_constructor = wrapper
+    try:
+        yield
+    finally:
+        pp.zero_wrapper_for_fp_tensor_constructor = original
+
+
+def _dtype_name(dtype: Any) -> str:
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+
+
+def _construct(model_class: Any, config: Any, zero: ZeroConfig, dtype: Any) -> Any:
+    import deepspeed
+
+    # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
+    # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
+    ds_config = zero.config if dtype is None else with_dtype(zero.config, _dtype_name(dtype))
+    with compat.no_init_weights(), _explicit_dtypes_kept(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = model_class(config)
+    model.tie_weights()
+    return model
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _post_order(module: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Children before parents, as nn.Module.apply visits them (so a parent's init has the last word)."""
+    for name, child in module.named_children():
+        yield from _post_order(child, f"{prefix}{name}.")
+    yield prefix.rstrip("."), module
+
+
+def _owner_of(model: Any) -> dict[int, Any]:
+    """For every module, the nearest PreTrainedModel containing it (whose init applies to it)."""
+    from transformers import PreTrainedModel
+
+    owners: dict[int, Any] = {}
+
+    def visit(module: Any, owner: Any) -> None:
+        owner = module if isinstance(module, PreTrainedModel) else owner
+        owners[id(module)] = owner
+        for child in module.children():
+            visit(child, owner)
+
+    visit(model, model)
+    return owners
+
+
+def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
+    """Runs the model's own per-module init on gathered parameters. With `only`, just the modules owning
+    one of those parameter names (the ones a checkpoint does not provide)."""
+    import deepspeed
+    import torch
+
+    owners = _owner_of(model)
+    for name, module in _post_order(model):
+        own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
+        if only is not None and not any(key in only for key in own):
+            continue
+        # An init may also write its direct children's parameters (e.g. attention projections).
+        params = list(module.parameters(recurse=False))
+        for child in module.children():
+            params.extend(child.parameters(recurse=False))
+        init = compat.module_initializer(owners[id(module)])
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad(), compat.hf_init_guard():
+            init(module)
+
+
+def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
+    zero = _require_zero3()
+    model = _construct(_concrete_class(model_class, config), config, zero, dtype)
+    _initialize(model)
+    return model
+
+
+def _aliases(model: Any) -> dict[str, list[str]]:
+    """Each parameter's first name -> all its names (a tied pair is one parameter under two names)."""
+    first: dict[int, str] = {}
+    names: dict[str, list[str]] = {}
+    for key, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(first.setdefault(id(param), key), []).append(key)
+    return names
+
+
+def _persistent_keys(model: Any) -> set[str]:
+    return set(model.state_dict().keys())
+
+
+class _Plan:
+    """Which checkpoint keys feed which model keys, and what the loading report says."""
+
+    def __init__(self, model: Any, reader: CheckpointReader):
+        model_keys = _persistent_keys(model)
+        renamer = compat.checkpoint_key_renamer(model) or self._prefix_renamer(model, reader.keys(), model_keys)
+        self.sources: dict[str, list[str]] = {}  # model key -> checkpoint keys
+        unexpected = []
+        for key in reader.keys():
+            target = renamer(key)
+            if target in model_keys:
+                self.sources.setdefault(target, []).append(key)
+            else:
+                unexpected.append(key)
+        provided = set(self.sources)
+        missing = []
+        for names in _aliases(model).values():
+            if not provided.intersection(names):
+                missing.append(names[0])
+        missing += [k for k in model_keys - provided if k not in dict(model.named_parameters(remove_duplicate=False))]
+        self.missing = sorted(_drop_ignored(missing, getattr(model, "_keys_to_ignore_on_load_missing", None)))
+        self.unexpected = sorted(_drop_ignored(unexpected, getattr(model, "_keys_to_ignore_on_load_unexpected", None)))
+        self.mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+
+    @staticmethod
+    def _prefix_renamer(model: Any, checkpoint_keys: list[str], model_keys: set[str]) -> Any:
+        """A base-model checkpoint loaded into a model with a head gains the base prefix; the reverse loses it."""
+        prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
+        model_has = prefix and any(k.startswith(prefix) for k in model_keys)
+        checkpoint_has = prefix and any(k.startswith(prefix) for k in checkpoint_keys)
+        if model_has and not checkpoint_has:
+            return lambda key: prefix + key
+        if checkpoint_has and not model_has:
+            return lambda key: key[len(prefix):] if key.startswith(prefix) else key
+        return lambda key: key
+
+
+def _drop_ignored(keys: list[str], patterns: Optional[list[str]]) -> list[str]:
+    if not patterns:
+        return keys
+    return [k for k in keys if not any(re.search(p, k) for p in patterns)]
+
+
+def _module_tensors(reader: CheckpointReader, plan: _Plan, keys: list[str], converter: Any) -> dict[str, Any]:
+    """The checkpoint tensors for these model keys, converted to the model's layout where it differs."""
+    raw = {src: reader.get(src) for key in keys for src in plan.sources.get(key, [])}
+    needs_conversion = any(plan.sources.get(key) != [key] for key in keys if key in plan.sources)
+    if converter is not None and needs_conversion:
+        return converter(raw)
+    return {key: raw[plan.sources[key][0]] for key in keys if key in plan.sources}
+
+
+def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Returns (model, loading report with missing_keys / unexpected_keys / mismatched_keys)."""
+    import deepspeed
+    import torch
+    from transformers import AutoConfig
+
+    zero = _require_zero3()
+    reader = CheckpointReader(Path(path))
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    model = _construct(_concrete_class(model_class, config), config, zero, dtype)
+    plan = _Plan(model, reader)
+    _initialize(model, only=set(plan.missing))
+    converter = compat.checkpoint_key_converter(model)
+    is_writer = _rank() == 0
+    for name, module in _post_order(model):
+        prefix = f"{name}." if name else ""
+        params = dict(module.named_parameters(recurse=False))
+        buffers = {n: b for n, b in module.named_buffers(recurse=False)
+                   if n not in module._non_persistent_buffers_set}
+        keys = [prefix + n for n in (*params, *buffers)]
+        if not any(key in plan.sources for key in keys):
+            continue
+        # Buffers are whole on every rank: every rank reads them. Parameters: only rank 0 reads.
+        tensors = _module_tensors(reader, plan, keys, converter) if (is_writer or buffers) else {}
+        for n, buffer in buffers.items():
+            if prefix + n in tensors:
+                buffer.copy_(tensors[prefix + n])
+        loaded = [(p, tensors.get(prefix + n)) for n, p in params.items() if prefix + n in plan.sources]
+        with deepspeed.zero.GatheredParameters([p for p, _ in loaded], modifier_rank=0), torch.no_grad():
+            if is_writer:
+                for (n, param), (_, tensor) in zip(((n, p) for n, p in params.items() if prefix + n in plan.sources),
+                                                   loaded):
+                    if tuple(tensor.shape) != tuple(param.shape):
+                        raise ValueError(f"checkpoint tensor {prefix + n} has shape {tuple(tensor.shape)}, "
+                                         f"the model expects {tuple(param.shape)}")
+                    param.copy_(tensor)
+    report = {"missing_keys": plan.missing, "unexpected_keys": plan.unexpected,
+              "mismatched_keys": plan.mismatched, "error_msgs": []}
+    return model, report

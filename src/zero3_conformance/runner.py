@@ -1,0 +1,99 @@
+"""Runs cases in persistent worlds and writes a record for each as it finishes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from .catalog import CaseSpec
+from .cell import describe_cell, local_device
+from .checks.base import gave_up, verdict
+from .dsconfig import with_dtype
+from .results import ERROR, SKIP, Record, RecordWriter
+from .world import WorldPool, WorldStartError
+from .zoo import FamilyUnavailable, ensure_checkpoint
+
+CHECK_TIMEOUT_S = 180.0
+RANK_PRELOAD = ("transformers", "zero3_conformance.registry")
+# Inherited by rank processes: no hub, no progress bars, no per-load chatter in the run's output.
+QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+class Runner:
+    def __init__(self, ds_config: dict[str, Any], backend: Optional[str] = None,
+                 timeout_s: float = CHECK_TIMEOUT_S):
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        detected_backend, device = local_device()
+        self.backend = backend or detected_backend
+        self.cell = describe_cell(self.backend, device)
+        self.ds_config = ds_config
+        self.timeout_s = timeout_s
+        self.pool = WorldPool(self.backend, RANK_PRELOAD)
+
+    def run_case(self, case: CaseSpec) -> Record:
+        started = time.monotonic()
+        try:
+            checkpoint = str(ensure_checkpoint(case.family, case.layout)) if case.family and case.layout else None
+        except FamilyUnavailable as exc:
+            return self._record(case, SKIP, str(exc), {}, started)
+        payload = case.payload(with_dtype(self.ds_config, case.dtype), checkpoint)
+        try:
+            world = self.pool.get(case.world_size)
+        except WorldStartError as exc:
+            return self._record(case, ERROR, str(exc), {}, started)
+        outcome = world.run("zero3_conformance.checks.base:execute", payload, self.timeout_s, gave_up)
+        status, message, metrics = verdict(outcome, case.world_size)
+        return self._record(case, status, message, metrics, started)
+
+    def _record(self, case: CaseSpec, status: str, message: str, metrics: dict[str, Any], started: float) -> Record:
+        if message and status not in ("PASS",):
+            message = f"[{case.id} on {self.cell['backend']}, world size {case.world_size}] {message}"
+        return Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
+                      layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
+                      message=message, duration_s=round(time.monotonic() - started, 3), cell=self.cell,
+                      metrics=metrics, case_id=case.id)
+
+    def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,
+            progress: Callable[[int, int, Record], None] = lambda i, n, r: None) -> list[Record]:
+        ordered = _by_world_size(cases)
+        records = []
+        try:
+            for index, case in enumerate(ordered, 1):
+                if index > 1 and case.world_size != ordered[index - 2].world_size:
+                    self.pool.close()  # done with the previous world size
+                record = self.run_case(case)
+                writer.write(record)
+                records.append(record)
+                progress(index, len(ordered), record)
+        finally:
+            self.pool.close()
+        return records
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _by_world_size(cases: Iterable[CaseSpec]) -> list[CaseSpec]:
+    """One world size at a time, so only one world need be alive."""
+    groups: dict[int, list[CaseSpec]] = defaultdict(list)
+    for case in cases:
+        groups[case.world_size].append(case)
+    return [case for size in sorted(groups) for case in groups[size]]
+
+
+def prepare_checkpoints(cases: Iterable[CaseSpec]) -> None:
+    """Writes every checkpoint the cases need before any world starts (ranks only read them)."""
+    for key in sorted({(c.family, c.layout) for c in cases if c.family and c.layout}, key=str):
+        try:
+            ensure_checkpoint(*key)
+        except FamilyUnavailable:
+            pass
+
+
+def default_out_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,84 @@
+"""Subjects: the implementations the contract is checked against, behind one small interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import compat
+from .errors import UsageError
+
+
+class Subject:
+    name = ""
+
+    def make_config(self, source: Any) -> Any:
+        """The config object; ZeRO-3 is active while the caller keeps it alive."""
+        raise NotImplementedError
+
+    def is_zero3_enabled(self) -> bool:
+        raise NotImplementedError
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        raise NotImplementedError
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        """(model, loading report with missing_keys / unexpected_keys / mismatched_keys)."""
+        raise NotImplementedError
+
+
+class TransformersSubject(Subject):
+    """The installed transformers: HfDeepSpeedConfig plus the Auto classes' from_config / from_pretrained."""
+
+    name = "transformers"
+
+    def make_config(self, source: Any) -> Any:
+        return compat.hf_deepspeed_config_class()(source)
+
+    def is_zero3_enabled(self) -> bool:
+        return bool(compat.hf_is_deepspeed_zero3_enabled()())
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        if hasattr(model_class, "_model_mapping"):
+            return model_class.from_config(config, **compat.dtype_kwarg(dtype))
+        return model_class._from_config(config, **compat.dtype_kwarg(dtype))
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False,
+                                                  **compat.dtype_kwarg(dtype))
+        return model, info
+
+
+class ReferenceSubject(Subject):
+    """This project's own implementation (zero3_conformance.reference)."""
+
+    name = "reference"
+
+    def make_config(self, source: Any) -> Any:
+        from .reference import ZeroConfig
+
+        return ZeroConfig(source)
+
+    def is_zero3_enabled(self) -> bool:
+        from .reference import is_zero3_enabled
+
+        return is_zero3_enabled()
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        from .reference import from_config
+
+        return from_config(model_class, config, dtype)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        from .reference import from_pretrained
+
+        return from_pretrained(model_class, path, dtype)
+
+
+SUBJECTS: dict[str, type[Subject]] = {"transformers": TransformersSubject, "reference": ReferenceSubject}
+
+
+def get_subject(name: str) -> Subject:
+    try:
+        return SUBJECTS[name]()
+    except KeyError:
+        raise UsageError(f"unknown subject {name!r}; known: {', '.join(SUBJECTS)}") from None

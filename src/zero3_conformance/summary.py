@@ -1,0 +1,55 @@
+"""summary.md: clauses x subjects, then every non-passing result with its message."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .cell import cell_label
+from .results import PASS, SKIP, STATUSES, Record, run_succeeded
+
+CLAUSE_ORDER = "APGNSE"
+
+
+def _clause_key(clause: str) -> tuple[int, int]:
+    return (CLAUSE_ORDER.index(clause[0]) if clause[0] in CLAUSE_ORDER else 99, int(clause[1:] or 0))
+
+
+def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
+    cell = records[0].cell if records else {}
+    complete = len(records) >= planned
+    lines = ["# ZeRO-3 conformance summary", ""]
+    if cell:
+        lines += [f"Cell: `{cell_label(cell)}` on {cell.get('device')}, harness {cell.get('harness')}", ""]
+    counts = Counter(r.status for r in records)
+    verdict = "PASSED" if run_succeeded(records) else "FAILED"
+    lines += [f"**{verdict}** — {len(records)} of {planned} planned results"
+              + ("" if complete else " (PARTIAL: the run did not finish)") + ": "
+              + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]), ""]
+    subjects = sorted({r.subject for r in records})
+    table: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for r in records:
+        table[r.clause][r.subject][r.status] += 1
+    lines += ["| clause | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
+    for clause in sorted(table, key=_clause_key):
+        cells = []
+        for subject in subjects:
+            c = table[clause][subject]
+            cells.append(", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: STATUSES.index(kv[0])))
+                         or "—")
+        lines.append(f"| {clause} | " + " | ".join(cells) + " |")
+    problems = [r for r in records if r.status not in (PASS, SKIP)]
+    if problems:
+        lines += ["", "## Results that did not pass", ""]
+        for r in problems:
+            lines += [f"### {r.status} {r.case_id}", "", "```", r.message.strip()[:4000], "```", ""]
+    skips = Counter(r.message for r in records if r.status == SKIP)
+    if skips:
+        lines += ["", "## Skipped", ""] + [f"- {n} × {reason}" for reason, n in skips.most_common()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path, records: list[Record], planned: int, notes: list[str] = ()) -> None:
+    Path(path).write_text(render(records, planned, notes), encoding="utf-8")

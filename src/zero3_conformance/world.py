@@ -1,0 +1,266 @@
+"""Persistent multi-process worlds: N real torch.distributed ranks, started once, running many tasks.
+
+A task is a function named by "module:function"; every rank calls it with (RankContext, payload) and
+the parent collects every rank's reply. A task that outlives its limit, a rank that dies, or a rank
+that raises while its peers are stuck in a collective leaves the world unusable: `broken` is set and
+the owner starts a new one. This module knows nothing about transformers or the contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import faulthandler
+import importlib
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import signal
+import socket
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+# A rank that raised while the others are still inside the task gets this long to be joined by them
+# before the world is declared stuck (the others are usually waiting in a collective).
+STRAGGLER_GRACE_S = 5.0
+
+
+@dataclasses.dataclass
+class RankContext:
+    rank: int
+    world_size: int
+    backend: str
+    device: str  # "cpu" or "cuda:N"
+
+
+@dataclasses.dataclass
+class RankReply:
+    rank: int
+    ok: bool
+    value: Any = None  # the task's return value when ok
+    error: str = ""  # "ExcType: message" when not ok
+    traceback: str = ""
+
+
+@dataclasses.dataclass
+class TaskOutcome:
+    replies: dict[int, RankReply]
+    timed_out: bool = False
+    exit_codes: dict[int, int] = dataclasses.field(default_factory=dict)  # ranks that died
+    stacks: dict[int, str] = dataclasses.field(default_factory=dict)  # dumped on timeout
+    seconds: float = 0.0
+
+
+class WorldStartError(RuntimeError):
+    pass
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _rank_main(
+    rank: int,
+    world_size: int,
+    port: int,
+    backend: str,
+    tasks: "mp.Queue[Any]",
+    replies: "mp.Queue[Any]",
+    stack_file: str,
+    preload: tuple[str, ...],
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+    )
+    if backend == "gloo":
+        os.environ["DS_ACCELERATOR"] = "cpu"
+        if any(name == "lo" for _, name in socket.if_nameindex()):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep gloo's own sockets on loopback
+    with open(stack_file, "w") as stacks:
+        faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+        try:
+            import torch
+
+            if backend == "gloo":
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+                device = "cpu"
+            else:
+                torch.cuda.set_device(rank)
+                device = f"cuda:{rank}"
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
+            for module in preload:
+                importlib.import_module(module)
+            ctx = RankContext(rank, world_size, backend, device)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+            replies.put(("start", rank, RankReply(rank, False, error=_describe(exc), traceback=traceback.format_exc())))
+            return
+        replies.put(("start", rank, RankReply(rank, True)))
+        while True:
+            message = tasks.get()
+            if message is None:
+                break
+            task_id, fn_path, payload = message
+            try:
+                reply = RankReply(rank, True, value=resolve(fn_path)(ctx, payload))
+            except BaseException as exc:  # noqa: BLE001
+                reply = RankReply(rank, False, error=_describe(exc), traceback=traceback.format_exc())
+            replies.put((task_id, rank, reply))
+        try:
+            torch.distributed.destroy_process_group()
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            pass
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class World:
+    """N ranks on this machine, rendezvous on 127.0.0.1 with a free port."""
+
+    def __init__(self, world_size: int, backend: str = "gloo", preload: tuple[str, ...] = (),
+                 start_timeout_s: float = 600.0):
+        self.world_size = world_size
+        self.backend = backend
+        self.preload = preload
+        self.start_timeout_s = start_timeout_s
+        self.broken = False
+        self._ids = itertools.count()
+        self._ctx = mp.get_context("spawn")
+        self._procs: list[Any] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="zero3-world-")
+
+    def start(self) -> "World":
+        port = free_loopback_port()
+        self._replies = self._ctx.Queue()
+        self._tasks = [self._ctx.Queue() for _ in range(self.world_size)]
+        for rank in range(self.world_size):
+            proc = self._ctx.Process(
+                target=_rank_main,
+                args=(rank, self.world_size, port, self.backend, self._tasks[rank], self._replies,
+                      self._stack_file(rank), self.preload),
+                daemon=True,
+            )
+            proc.start()
+            self._procs.append(proc)
+        outcome = self._collect("start", time.monotonic() + self.start_timeout_s)
+        failed = [r for r in outcome.replies.values() if not r.ok]
+        if outcome.timed_out or outcome.exit_codes or failed:
+            self.close()
+            detail = failed[0].error if failed else (
+                f"ranks died with exit codes {outcome.exit_codes}" if outcome.exit_codes else "start timed out")
+            raise WorldStartError(f"world of {self.world_size} ranks ({self.backend}) did not start: {detail}")
+        return self
+
+    def run(self, fn_path: str, payload: Any, timeout_s: float,
+            gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
+        """Runs the task in every rank. `gave_up(value)` says a rank's reply means it stopped early, so its
+        peers may be stuck waiting for it: they get STRAGGLER_GRACE_S more, not the whole limit."""
+        if self.broken:
+            raise RuntimeError("world is broken; start a new one")
+        task_id = next(self._ids)
+        started = time.monotonic()
+        for q in self._tasks:
+            q.put((task_id, fn_path, payload))
+        outcome = self._collect(task_id, started + timeout_s, gave_up)
+        outcome.seconds = time.monotonic() - started
+        if outcome.timed_out or outcome.exit_codes or len(outcome.replies) < self.world_size:
+            self.broken = True
+            self.close()
+        return outcome
+
+    def _collect(self, task_id: Any, deadline: float,
+                 gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
+        outcome = TaskOutcome(replies={})
+        first_give_up: float | None = None
+        while len(outcome.replies) < self.world_size:
+            now = time.monotonic()
+            if first_give_up is not None:
+                deadline = min(deadline, first_give_up + STRAGGLER_GRACE_S)
+            if now >= deadline:
+                if first_give_up is None:
+                    outcome.timed_out = True
+                    outcome.stacks = self._dump_stacks(set(range(self.world_size)) - set(outcome.replies))
+                return outcome
+            try:
+                got_id, rank, reply = self._replies.get(timeout=min(0.2, deadline - now))
+            except queue.Empty:
+                outcome.exit_codes.update({
+                    rank: proc.exitcode for rank, proc in enumerate(self._procs)
+                    if proc.exitcode is not None and rank not in outcome.replies
+                })
+                if outcome.exit_codes:
+                    return outcome
+                continue
+            if got_id != task_id:
+                continue  # a late reply to an earlier task
+            if first_give_up is None and (not reply.ok or gave_up(reply.value)):
+                first_give_up = time.monotonic()
+            outcome.replies[rank] = reply
+        return outcome
+
+    def _stack_file(self, rank: int) -> str:
+        return str(Path(self._tmp.name) / f"stack-rank{rank}.txt")
+
+    def _dump_stacks(self, ranks: set[int]) -> dict[int, str]:
+        for rank in ranks:
+            proc = self._procs[rank]
+            if proc.pid and proc.exitcode is None:
+                os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(1.0)
+        return {rank: Path(self._stack_file(rank)).read_text(errors="replace")[-4000:] for rank in sorted(ranks)}
+
+    def close(self) -> None:
+        for q, proc in zip(self._tasks if hasattr(self, "_tasks") else [], self._procs):
+            if proc.exitcode is None and not self.broken:
+                q.put(None)
+        deadline = time.monotonic() + 10
+        for proc in self._procs:
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join(timeout=5)
+        self._procs = []
+        self.broken = True
+
+    def __enter__(self) -> "World":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorldPool:
+    """One live world per world size, started on first use and replaced when broken."""
+
+    def __init__(self, backend: str = "gloo", preload: tuple[str, ...] = ()):
+        self.backend = backend
+        self.preload = preload
+        self._worlds: dict[int, World] = {}
+
+    def get(self, world_size: int) -> World:
+        world = self._worlds.get(world_size)
+        if world is None or world.broken:
+            world = World(world_size, self.backend, self.preload).start()
+            self._worlds[world_size] = world
+        return world
+
+    def close(self) -> None:
+        for world in self._worlds.values():
+            world.close()
+        self._worlds.clear()
+

@@ -1,0 +1,182 @@
+"""Tiny model families and the checkpoints written from them.
+
+Each family is chosen for what it exercises: tied embeddings (gpt2), untied + rotary (llama), grouped
+query attention (qwen3), a padding index and a task head missing from a base checkpoint (bert), an
+encoder-decoder (t5), mixture-of-experts (mixtral). Checkpoints are written with the installed
+transformers' own `save_pretrained`, in three layouts, and cached by (transformers version, family, layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import UsageError
+
+LAYOUTS = ("safetensors", "sharded", "bin")
+CHECKPOINT_SEED = 1234
+SHARD_SIZE = "40KB"  # small enough that every family's checkpoint spans several shards
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    config_class: str
+    config_kwargs: tuple[tuple[str, Any], ...]
+    auto_class: str  # what from_config / from_pretrained build
+    checkpoint_auto_class: str  # what the checkpoint is written from (a base model for task heads)
+    tied: bool  # whether the built model shares its input and output embeddings
+    source_dir: Optional[str] = None  # a user's checkpoint: config and weights come from there
+
+    def make_config(self) -> Any:
+        import transformers
+
+        if self.source_dir:
+            return transformers.AutoConfig.from_pretrained(self.source_dir)
+        config_class = getattr(transformers, self.config_class, None)
+        if config_class is None:
+            raise FamilyUnavailable(f"transformers {transformers.__version__} has no {self.config_class}")
+        return config_class(**dict(self.config_kwargs))
+
+
+class FamilyUnavailable(Exception):
+    """The installed transformers lacks this family (reported as SKIP with this reason)."""
+
+
+def _kw(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(kwargs.items()))
+
+
+_DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=128, max_position_embeddings=128)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("gpt2", "GPT2Config", _kw(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=128),
+           "AutoModelForCausalLM", "AutoModelForCausalLM", tied=True),
+    Family("llama", "LlamaConfig", _kw(**_DECODER, num_key_value_heads=4, tie_word_embeddings=False),
+           "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False),
+    Family("qwen3", "Qwen3Config", _kw(**_DECODER, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+           "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False),
+    Family("bert", "BertConfig", _kw(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, vocab_size=128, max_position_embeddings=128,
+                                     pad_token_id=0, num_labels=2),
+           "AutoModelForSequenceClassification", "AutoModel", tied=False),
+    Family("t5", "T5Config", _kw(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
+                                 vocab_size=128, decoder_start_token_id=0, pad_token_id=0),
+           "AutoModelForSeq2SeqLM", "AutoModelForSeq2SeqLM", tied=True),
+    Family("mixtral", "MixtralConfig", _kw(**_DECODER, num_key_value_heads=2, num_local_experts=4,
+                                           num_experts_per_tok=2, tie_word_embeddings=False),
+           "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False),
+)}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ZERO3_CONFORMANCE_CACHE", Path.home() / ".cache" / "zero3-conformance"))
+
+
+def auto_class(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def checkpoint_dir(family: Family, layout: str) -> Path:
+    import transformers
+
+    return cache_root() / "zoo" / f"transformers-{transformers.__version__}" / family.name / layout
+
+
+def ensure_checkpoint(family: Family, layout: str) -> Path:
+    """The family's checkpoint in this layout, written once (atomically, so concurrent runs are safe)."""
+    if family.source_dir:
+        return Path(family.source_dir)
+    target = checkpoint_dir(family, layout)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{layout}-", dir=target.parent))
+    try:
+        _write_checkpoint(family, layout, staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def checkpoint_model(family: Family) -> Any:
+    """The model the checkpoint holds: its own init, then every tensor moved off it deterministically, so a
+    loader that skips a tensor (or leaves it at its init, ones or zeros) cannot pass by accident."""
+    import torch
+
+    torch.manual_seed(CHECKPOINT_SEED)
+    model = auto_class(family.checkpoint_auto_class).from_config(family.make_config())
+    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
+    with torch.no_grad():
+        for param in model.parameters():  # tied parameters are visited once
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            param.add_((0.05 * noise).to(param.dtype))
+    return model
+
+
+def _write_checkpoint(family: Family, layout: str, out: Path) -> None:
+    model = checkpoint_model(family)
+    if layout == "safetensors":
+        model.save_pretrained(out, max_shard_size="1GB")
+    elif layout == "sharded":
+        model.save_pretrained(out, max_shard_size=SHARD_SIZE)
+        if not (out / "model.safetensors.index.json").exists():
+            raise RuntimeError(f"save_pretrained wrote no shard index for {family.name}")
+    elif layout == "bin":
+        # Recent transformers no longer write pytorch_model.bin; write the same tensors save_pretrained
+        # wrote, in the legacy format, the way older releases did.
+        from safetensors.torch import load_file
+        import torch
+
+        model.save_pretrained(out, max_shard_size="1GB")
+        state = load_file(str(out / "model.safetensors"))
+        torch.save(state, out / "pytorch_model.bin")
+        (out / "model.safetensors").unlink()
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+
+
+def detect_layout(path: Path) -> str:
+    """The layout of a user's checkpoint directory; UsageError if it holds no loadable weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"checkpoint directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise UsageError(f"checkpoint directory {path} has no config.json")
+    if (path / "model.safetensors.index.json").is_file():
+        try:
+            json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise UsageError(f"checkpoint index {path / 'model.safetensors.index.json'} is invalid: {exc}") from None
+        return "sharded"
+    if (path / "model.safetensors").is_file():
+        return "safetensors"
+    if (path / "pytorch_model.bin").is_file():
+        return "bin"
+    raise UsageError(f"checkpoint directory {path} has no model.safetensors, shard index or pytorch_model.bin")
+
+
+def user_family(path: Path) -> Family:
+    """A family for a user's own checkpoint: its config and class come from its config.json."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {Path(path) / 'config.json'}: {exc}") from None
+    architectures: Optional[list[str]] = config.get("architectures")
+    if not architectures:
+        raise UsageError(f"{Path(path) / 'config.json'} names no architectures; cannot tell which class to build")
+    return Family(str(path), "", (), architectures[0], architectures[0],
+                  tied=bool(config.get("tie_word_embeddings", True)), source_dir=str(path))

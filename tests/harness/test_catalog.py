@@ -1,0 +1,56 @@
+import re
+
+import pytest
+
+from zero3_conformance.catalog import build_cases
+from zero3_conformance.errors import UsageError
+from zero3_conformance.registry import load_checks
+from zero3_conformance.zoo import FAMILIES
+
+CONTRACT_CLAUSES = {"A1", "A2", "A3", "A4", "P1", "P2", "P3", "P4", "P5", "G1", "G2", "G3", "G4", "G5", "G6", "G7",
+                    "N1", "N2", "N3", "N4", "S1", "S2", "E1"}
+
+
+def test_every_check_names_a_contract_clause_and_says_what_it_checks():
+    for check in load_checks().values():
+        assert check.clause in CONTRACT_CLAUSES, check.id
+        assert check.summary, f"{check.id} has no docstring"
+
+
+def test_core_clauses_are_all_covered():
+    covered = {c.clause for c in load_checks().values()}
+    assert {"A1", "A2", "A3", "A4", "P1", "P2", "P4", "P5", "G1", "G2", "G3", "G4", "G5", "G6", "G7"} <= covered
+
+
+def test_default_catalog_spans_subjects_families_world_sizes():
+    cases = build_cases()
+    assert {c.subject for c in cases} == {"transformers", "reference"}
+    assert {c.model for c in cases} >= set(FAMILIES)
+    assert {c.world_size for c in cases} == {1, 2, 3}
+    assert {c.layout for c in cases if c.clause == "P2"} == {"safetensors", "sharded", "bin"}
+    assert len(FAMILIES) >= 6
+
+
+def test_case_ids_read_like_the_clause_and_are_unique():
+    cases = build_cases()
+    ids = [c.id for c in cases]
+    assert len(ids) == len(set(ids))
+    assert "G1-gathered_equals_checkpoint[reference-llama-sharded-ws3-fp32]" in ids
+    assert all(re.match(r"^[APGNSE]\d-[a-z0-9_]+\[[a-z0-9_.-]+\]$", i) for i in ids)
+
+
+def test_filters():
+    cases = build_cases(subjects=["reference"], models=["gpt2"], clauses=["G2"], world_sizes=[2])
+    assert cases and all((c.subject, c.model, c.clause, c.world_size) == ("reference", "gpt2", "G2", 2)
+                         for c in cases)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(models=["gpt5"]), "unknown model 'gpt5'"),
+    (dict(clauses=["Z9"]), "unknown clause 'Z9'"),
+    (dict(subjects=["mine"]), "unknown subject 'mine'"),
+    (dict(world_sizes=[0]), "invalid world size 0"),
+])
+def test_unknown_names_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        build_cases(**kwargs)

@@ -1,0 +1,38 @@
+import torch
+
+from zero3_conformance.checks.tensors import exact_mismatch, init_mismatch
+
+
+def test_exact_mismatch_names_tensor_position_and_values():
+    expected = torch.zeros(3, 4)
+    got = expected.clone()
+    got[1, 2] = 1e-3
+    message = exact_mismatch("layer.weight", expected, got)
+    assert "layer.weight" in message and "(1, 2)" in message and "expected 0" in message and "got 0.001" in message
+    assert exact_mismatch("w", expected, expected.clone()) is None
+    assert "dtype" in exact_mismatch("w", expected, expected.double())
+
+
+def test_init_statistics_accept_another_draw_and_reject_a_wrong_init():
+    torch.manual_seed(0)
+    baseline = torch.randn(128, 64) * 0.02
+    assert init_mismatch("w", baseline, torch.randn(128, 64) * 0.02, deterministic=False) is None
+    assert "std" in init_mismatch("w", baseline, torch.randn(128, 64) * 0.04, deterministic=False)
+    assert init_mismatch("w", baseline, torch.zeros(128, 64), deterministic=False) is not None
+
+
+def test_exact_zeros_and_ones_are_required_where_the_baseline_has_them():
+    baseline = torch.randn(10, 8) * 0.02
+    baseline[0] = 0.0  # a padding row
+    got = torch.randn(10, 8) * 0.02
+    assert "exactly 0" in init_mismatch("emb", baseline, got, deterministic=False)
+    got[0] = 0.0
+    assert init_mismatch("emb", baseline, got, deterministic=False) is None
+    assert "exactly 1" in init_mismatch("ln", torch.ones(8), torch.full((8,), 0.5), deterministic=False)
+
+
+def test_uninitialized_garbage_and_deterministic_values():
+    assert "non-finite" in init_mismatch("w", torch.zeros(4), torch.tensor([0, float("nan"), 0, 0]), False)
+    table = torch.arange(8.0) / 8
+    assert init_mismatch("inv_freq", table, table.clone(), deterministic=True) is None
+    assert "deterministic" in init_mismatch("inv_freq", table, table + 1e-3, deterministic=True)

@@ -1,0 +1,55 @@
+"""Real worlds of 2 ranks (gloo on CPU): tasks run in every rank, faults are classified, worlds restart."""
+
+import pytest
+
+from zero3_conformance.checks.base import verdict
+from zero3_conformance.results import CRASH, ERROR, TIMEOUT
+from zero3_conformance.world import WorldPool
+
+pytestmark = pytest.mark.xdist_group("harness-world")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = WorldPool("gloo")
+    yield pool
+    pool.close()
+
+
+def test_a_world_runs_many_tasks_in_every_rank(pool):
+    world = pool.get(2)
+    for _ in range(5):
+        outcome = world.run("zero3_conformance.faults:all_reduce_rank_sum", None, 60)
+        assert {r: reply.value for r, reply in outcome.replies.items()} == {0: 3.0, 1: 3.0}
+    assert pool.get(2) is world  # persistent: the same world serves the next task
+
+
+def test_hang_is_a_timeout_with_stacks_and_the_world_is_replaced(pool):
+    world = pool.get(2)
+    outcome = world.run("zero3_conformance.faults:hang_on_rank", 0, timeout_s=4)
+    status, message, _ = verdict(outcome, 2)
+    assert status == TIMEOUT
+    assert "hang_on_rank" in message  # every waiting rank's Python stack is in the message
+    assert world.broken
+    assert pool.get(2).run("zero3_conformance.faults:all_reduce_rank_sum", None, 60).replies[1].value == 3.0
+
+
+def test_exception_on_one_rank_is_an_error_and_releases_the_others(pool):
+    outcome = pool.get(2).run("zero3_conformance.faults:raise_on_rank", 1, timeout_s=120)
+    status, message, _ = verdict(outcome, 2)
+    assert status == ERROR
+    assert "injected failure on rank 1" in message and "rank 1" in message
+    assert outcome.seconds < 30  # released after the straggler grace, not the whole limit
+
+
+def test_dead_rank_is_a_crash_with_its_signal(pool):
+    outcome = pool.get(2).run("zero3_conformance.faults:kill_rank", 1, timeout_s=120)
+    status, message, _ = verdict(outcome, 2)
+    assert status == CRASH
+    assert "SIGSEGV" in message
+
+
+def test_world_recovers_after_faults(pool):
+    outcome = pool.get(2).run("zero3_conformance.faults:all_reduce_rank_sum", None, 60)
+    assert not outcome.timed_out and not outcome.exit_codes
+    assert [reply.value for reply in outcome.replies.values()] == [3.0, 3.0]
