@@ -10,6 +10,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from .errors import UsageError
 from .registry import load_checks
+from .mutants import MUTANTS
 from .subjects import SUBJECTS
 from .zoo import FAMILIES, Family, detect_layout
 
@@ -57,7 +58,9 @@ def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Seque
                 clauses: Optional[Sequence[str]] = None, world_sizes: Optional[Sequence[int]] = None,
                 user_model: Optional[Family] = None) -> list[CaseSpec]:
     registry = load_checks()
-    chosen_subjects = _choose("subject", subjects, SUBJECTS)
+    # Mutants (broken variants of the reference, for the harness's self-tests) only run when named.
+    known_subjects = [*SUBJECTS, *(f"mutant:{m}" for m in MUTANTS)]
+    chosen_subjects = _choose("subject", subjects, known_subjects) if subjects else list(SUBJECTS)
     all_clauses = sorted({c.clause for c in registry.values()}, key=lambda c: (c[0], int(c[1:])))
     chosen_clauses = set(_choose("clause", clauses, all_clauses))
     if user_model is not None:

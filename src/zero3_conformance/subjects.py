@@ -78,6 +78,11 @@ SUBJECTS: dict[str, type[Subject]] = {"transformers": TransformersSubject, "refe
 
 
 def get_subject(name: str) -> Subject:
+    if name.startswith("mutant:"):
+        from .mutants import MUTANTS
+
+        if name[len("mutant:"):] in MUTANTS:
+            return MUTANTS[name[len("mutant:"):]]()
     try:
         return SUBJECTS[name]()
     except KeyError:

@@ -1,0 +1,39 @@
+"""Every mutant of the reference is caught by the clause meant to catch it, while the reference passes
+the same cases: the checks are shown able to fail."""
+
+import pytest
+
+from zero3_conformance.catalog import build_cases
+from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.mutants import MUTANTS
+from zero3_conformance.results import FAIL, PASS
+from zero3_conformance.runner import Runner, prepare_checkpoints
+
+pytestmark = pytest.mark.xdist_group("harness-mutants")
+
+
+@pytest.fixture(scope="module")
+def runner():
+    runner = Runner(DEFAULT_ZERO3_CONFIG)
+    yield runner
+    runner.close()
+
+
+def killing_cases(subject, mutant):
+    cases = build_cases(subjects=[subject], clauses=list(mutant.kills), world_sizes=[1, 2],
+                        models=[mutant.family])
+    cases = [c for c in cases if c.world_size == max(x.world_size for x in cases) and c.dtype == "fp32"]
+    cases = [c for c in cases if c.layout in (None, "sharded", "safetensors")][:1]
+    prepare_checkpoints(cases)
+    return cases
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_mutant_is_killed_and_reference_passes(runner, name):
+    mutant = MUTANTS[name]
+    (mutant_case,) = killing_cases(f"mutant:{name}", mutant)
+    record = runner.run_case(mutant_case)
+    assert record.status == FAIL, f"{mutant_case.id} survived: {record.status} {record.message}"
+    assert record.message  # the finding says what was wrong
+    (reference_case,) = killing_cases("reference", mutant)
+    assert runner.run_case(reference_case).status == PASS
