@@ -9,8 +9,8 @@ import dataclasses
 from typing import Any, Iterable, Optional, Sequence
 
 from .errors import UsageError
-from .registry import load_checks
 from .mutants import MUTANTS
+from .registry import load_checks
 from .subjects import SUBJECTS
 from .zoo import FAMILIES, Family, detect_layout
 

@@ -138,8 +138,8 @@ def _write_checkpoint(family: Family, layout: str, out: Path) -> None:
     elif layout == "bin":
         # Recent transformers no longer write pytorch_model.bin; write the same tensors save_pretrained
         # wrote, in the legacy format, the way older releases did.
-        from safetensors.torch import load_file
         import torch
+        from safetensors.torch import load_file
 
         model.save_pretrained(out, max_shard_size="1GB")
         state = load_file(str(out / "model.safetensors"))

@@ -1,6 +1,15 @@
 import json
 
-from zero3_conformance.results import FAIL, PASS, SKIP, XFAIL, Record, RecordWriter, read_records, run_succeeded
+from zero3_conformance.results import (
+    FAIL,
+    PASS,
+    SKIP,
+    XFAIL,
+    Record,
+    RecordWriter,
+    read_records,
+    run_succeeded,
+)
 
 
 def make(status=PASS, **kw):

@@ -11,9 +11,7 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import math
 import traceback
-from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT
@@ -265,10 +263,3 @@ def _exit_text(code: int) -> str:
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def checkpoint_path_of(payload: dict[str, Any]) -> Optional[Path]:
-    return Path(payload["checkpoint"]) if payload.get("checkpoint") else None
-
-
-__all__ = ["Case", "Check", "NotApplicable", "check", "execute", "verdict", "ceil_div", "math"]

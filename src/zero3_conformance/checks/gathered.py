@@ -168,7 +168,8 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
             continue
         problem = exact_mismatch(name, expected[name], got[name])
         if problem:
-            problems.append(f"{problem} [numel {param.ds_numel}, shard {ceil_div(int(param.ds_numel), case.world_size)}]")
+            shard = ceil_div(int(param.ds_numel), case.world_size)
+            problems.append(f"{problem} [numel {param.ds_numel}, shard {shard}]")
         case.agree(name, got[name])
     _report(case, problems, "uneven tensors differ")
     case.metrics["uneven_tensors"] = len(uneven)

@@ -223,11 +223,11 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any
         for n, buffer in buffers.items():
             if prefix + n in tensors:
                 buffer.copy_(tensors[prefix + n])
-        loaded = [(p, tensors.get(prefix + n)) for n, p in params.items() if prefix + n in plan.sources]
-        with deepspeed.zero.GatheredParameters([p for p, _ in loaded], modifier_rank=0), torch.no_grad():
+        loaded = {n: p for n, p in params.items() if prefix + n in plan.sources}
+        with deepspeed.zero.GatheredParameters(list(loaded.values()), modifier_rank=0), torch.no_grad():
             if is_writer:
-                for (n, param), (_, tensor) in zip(((n, p) for n, p in params.items() if prefix + n in plan.sources),
-                                                   loaded):
+                for n, param in loaded.items():
+                    tensor = tensors[prefix + n]
                     if tuple(tensor.shape) != tuple(param.shape):
                         raise ValueError(f"checkpoint tensor {prefix + n} has shape {tuple(tensor.shape)}, "
                                          f"the model expects {tuple(param.shape)}")
