@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 from ..zoo import LAYOUTS
 from .base import Case, NotApplicable, ceil_div, check
@@ -25,6 +25,21 @@ def _report(case: Case, problems: list[str], what: str) -> None:
         case.fail(f"... and {len(problems) - MAX_LISTED} more {what} (rank {case.rank})")
 
 
+def _compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
+                 compare: Callable[[str, Any, Any], Optional[str]], what: str) -> None:
+    """Compares every expected tensor with the ZeRO-3 model's; every rank must also see the same values."""
+    problems = []
+    for key, tensor in sorted(expected.items()):
+        if key not in got:
+            problems.append(f"{key}: missing from the ZeRO-3 model's state dict")
+            continue
+        problem = compare(key, tensor, got[key])
+        if problem:
+            problems.append(problem)
+        case.agree(key, got[key])
+    _report(case, problems, what)
+
+
 @check("G1", "gathered_equals_checkpoint", layouts=LAYOUTS)
 def gathered_equals_checkpoint(case: Case) -> None:
     """Inside GatheredParameters, every checkpoint tensor equals the gathered parameter or buffer bit for bit."""
@@ -33,17 +48,7 @@ def gathered_equals_checkpoint(case: Case) -> None:
     expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
     del baseline
     config_object, model, _ = case.zero3_from_pretrained()
-    got = _gathered_state(model)
-    problems = []
-    for key, tensor in sorted(expected.items()):
-        if key not in got:
-            problems.append(f"{key}: in the checkpoint but not in the ZeRO-3 model's state dict")
-            continue
-        problem = exact_mismatch(key, tensor, got[key])
-        if problem:
-            problems.append(problem)
-        case.agree(key, got[key])
-    _report(case, problems, "tensors differ")
+    _compare_all(case, expected, _gathered_state(model), exact_mismatch, "tensors differ")
     case.metrics["tensors_compared"] = len(expected)
 
 
@@ -97,17 +102,9 @@ def missing_weights_initialized(case: Case) -> None:
     del baseline
     deterministic = _deterministic_keys(case)
     config_object, model, _ = case.zero3_from_pretrained()
-    got = _gathered_state(model)
-    problems = []
-    for key in missing:
-        if key not in got:
-            problems.append(f"{key}: missing from the ZeRO-3 model")
-            continue
-        problem = init_mismatch(key, expected[key], got[key], key in deterministic)
-        if problem:
-            problems.append(problem)
-        case.agree(key, got[key])
-    _report(case, problems, "tensors initialized wrongly")
+    _compare_all(case, {k: expected[k] for k in missing}, _gathered_state(model),
+                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
+                 "tensors initialized wrongly")
     case.metrics["missing_keys"] = missing
 
 
@@ -117,17 +114,9 @@ def from_config_init_matches_baseline(case: Case) -> None:
     expected = full_parameters(case.baseline_from_config())
     deterministic = _deterministic_keys(case)
     config_object, model = case.zero3_from_config()
-    got = _gathered_state(model)
-    problems = []
-    for key, tensor in sorted(expected.items()):
-        if key not in got:
-            problems.append(f"{key}: missing from the ZeRO-3 model")
-            continue
-        problem = init_mismatch(key, tensor, got[key], key in deterministic)
-        if problem:
-            problems.append(problem)
-        case.agree(key, got[key])
-    _report(case, problems, "tensors initialized wrongly")
+    _compare_all(case, expected, _gathered_state(model),
+                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
+                 "tensors initialized wrongly")
     case.metrics["deterministic_tensors"] = len(deterministic)
 
 
