@@ -40,12 +40,27 @@ def _compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
     _report(case, problems, what)
 
 
+def _baseline_matches_file(case: Case, expected: dict[str, Any], base_prefix: str) -> None:
+    """The expected tensors come from the non-ZeRO loader; where a checkpoint key names a model key directly
+    (or with the base model's prefix), they must equal the file's bytes, or the baseline itself is broken."""
+    from ..reference.checkpoint import CheckpointReader
+
+    reader = CheckpointReader(case.checkpoint_path)
+    for key in reader.keys():
+        target = key if key in expected else f"{base_prefix}.{key}"
+        if target in expected:
+            problem = exact_mismatch(target, reader.get(key).to(expected[target].dtype), expected[target])
+            if problem:
+                raise RuntimeError(f"the non-ZeRO baseline does not hold the checkpoint file's tensor: {problem}")
+
+
 @check("G1", "gathered_equals_checkpoint", layouts=LAYOUTS)
 def gathered_equals_checkpoint(case: Case) -> None:
     """Inside GatheredParameters, every checkpoint tensor equals the gathered parameter or buffer bit for bit."""
     baseline, info = case.baseline_from_pretrained()
     not_from_checkpoint = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
     expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
+    _baseline_matches_file(case, expected, baseline.base_model_prefix)
     del baseline
     config_object, model, _ = case.zero3_from_pretrained()
     _compare_all(case, expected, _gathered_state(model), exact_mismatch, "tensors differ")
