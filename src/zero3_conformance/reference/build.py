@@ -9,6 +9,8 @@
    rank (buffers are per rank), and let rank 0's parameter values be the ones partitioned back.
 4. Load (from_pretrained): module by module, read only the tensors that module needs, gather its
    parameters and copy them in on rank 0 (`modifier_rank=0` re-partitions the result to every rank).
+
+Without a live stage-3 ZeroConfig, both builders make ordinary models, as transformers does.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ def _concrete_class(model_class: Any, config: Any) -> Any:
     return mapping[type(config)] if mapping is not None else model_class
 
 
-def _require_zero3() -> ZeroConfig:
+def _active_zero3() -> Optional[ZeroConfig]:
+    """The live stage-3 config, or None: without one, the builders make ordinary models."""
     config = active_config()
-    if config is None or not config.is_zero3():
-        raise RuntimeError("the reference builds ZeRO-3 models only: create a stage-3 ZeroConfig first")
-    return config
+    return config if config is not None and config.is_zero3() else None
 
 
 @contextlib.contextmanager
@@ -125,7 +126,9 @@ def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
 
 
 def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
-    zero = _require_zero3()
+    zero = _active_zero3()
+    if zero is None:
+        return _concrete_class(model_class, config)._from_config(config, **compat.dtype_kwarg(dtype))
     model = _construct(_concrete_class(model_class, config), config, zero, dtype)
     _initialize(model)
     return model
@@ -202,7 +205,10 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any
     import torch
     from transformers import AutoConfig
 
-    zero = _require_zero3()
+    zero = _active_zero3()
+    if zero is None:  # an ordinary load is not what the reference is about: transformers does it
+        return model_class.from_pretrained(str(path), output_loading_info=True, trust_remote_code=False,
+                                           **compat.dtype_kwarg(dtype))
     reader = CheckpointReader(Path(path))
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     model = _construct(_concrete_class(model_class, config), config, zero, dtype)
