@@ -36,3 +36,12 @@ def test_uninitialized_garbage_and_deterministic_values():
     table = torch.arange(8.0) / 8
     assert init_mismatch("inv_freq", table, table.clone(), deterministic=True) is None
     assert "deterministic" in init_mismatch("inv_freq", table, table + 1e-3, deterministic=True)
+
+
+def test_rank_agreement_digests_any_tensor():
+    from zero3_conformance.checks.base import describe_value
+
+    for tensor in (torch.tensor(-1e4, dtype=torch.bfloat16), torch.ones(2, 2, dtype=torch.bool), torch.zeros(0)):
+        assert describe_value(tensor) == describe_value(tensor.clone())
+    assert describe_value(torch.tensor(1.0)) != describe_value(torch.tensor(2.0))
+    assert describe_value(torch.tensor(1.0)).startswith("tensor() torch.float32")

@@ -78,6 +78,9 @@ class Case:
         self.findings: list[str] = []
         self.agreed: dict[str, str] = {}
         self.metrics: dict[str, Any] = {}
+        # Baseline models live until the case ends: freed, their memory could be handed to a subject's
+        # uninitialized tensor, which would then hold exactly the baseline's values and pass.
+        self._baselines: list[Any] = []
 
     # --- findings -------------------------------------------------------------------------------
     def fail(self, message: str) -> None:
@@ -135,13 +138,18 @@ class Case:
         cls = self.model_class()
         config = self.model_config()
         if hasattr(cls, "_model_mapping"):
-            return cls.from_config(config, **dtype_kwarg(dtype))
-        return cls._from_config(config, **dtype_kwarg(dtype))
+            model = cls.from_config(config, **dtype_kwarg(dtype))
+        else:
+            model = cls._from_config(config, **dtype_kwarg(dtype))
+        self._baselines.append(model)
+        return model
 
     def baseline_from_pretrained(self) -> tuple[Any, dict[str, Any]]:
         self.seed()
-        return self.model_class().from_pretrained(self.checkpoint_path, output_loading_info=True,
-                                                  trust_remote_code=False)
+        model, info = self.model_class().from_pretrained(self.checkpoint_path, output_loading_info=True,
+                                                         trust_remote_code=False)
+        self._baselines.append(model)
+        return model, info
 
     def zero3_from_config(self) -> tuple[Any, Any]:
         """(config object, model) built by the subject under its stage-3 config."""
@@ -166,10 +174,10 @@ def describe_value(value: Any) -> str:
         import torch
 
         if isinstance(value, torch.Tensor):
-            data = value.detach().cpu().contiguous()
+            data = value.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors cannot be viewed as bytes
             digest = hashlib.sha1(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()[:12]
             total = float(data.double().sum()) if data.numel() else 0.0
-            return f"tensor{tuple(data.shape)} {data.dtype} sum={total:.9g} sha1={digest}"
+            return f"tensor{tuple(value.shape)} {data.dtype} sum={total:.9g} sha1={digest}"
     except ImportError:
         pass
     return repr(value)

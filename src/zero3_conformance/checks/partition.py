@@ -71,7 +71,6 @@ def from_pretrained_partitioned(case: Case) -> None:
     """from_pretrained under a stage-3 config returns a partitioned model, for every checkpoint layout."""
     baseline, _ = case.baseline_from_pretrained()
     shapes = baseline_shapes(baseline)
-    del baseline
     config_object, model, _ = case.zero3_from_pretrained()
     verify_partitioned(case, model, shapes)
 
@@ -126,7 +125,6 @@ def dtype_follows_config(case: Case) -> None:
     target = {"bf16": torch.bfloat16, "fp16": torch.float16}[case.dtype]
     baseline = case.baseline_from_config(dtype=target)
     baseline_buffers = {k: v.detach().clone() for k, v in baseline.named_buffers()}
-    del baseline
     config_object, model = case.zero3_from_config()
     for name, param in model.named_parameters():
         if param.is_floating_point():
