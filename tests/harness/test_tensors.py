@@ -45,3 +45,13 @@ def test_rank_agreement_digests_any_tensor():
         assert describe_value(tensor) == describe_value(tensor.clone())
     assert describe_value(torch.tensor(1.0)) != describe_value(torch.tensor(2.0))
     assert describe_value(torch.tensor(1.0)).startswith("tensor() torch.float32")
+
+
+def test_nan_copied_bit_for_bit_is_identical():
+    from zero3_conformance.checks.tensors import identical
+
+    a = torch.tensor([1.0, float("nan"), 3.0])
+    assert identical(a, a.clone())
+    assert exact_mismatch("w", a, a.clone()) is None
+    assert not identical(a, torch.tensor([1.0, 2.0, 3.0]))
+    assert exact_mismatch("w", a, torch.tensor([1.0, 2.0, 3.0])) is not None

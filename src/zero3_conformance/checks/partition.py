@@ -8,6 +8,7 @@ from typing import Any
 from ..dsconfig import with_stage
 from ..zoo import LAYOUTS
 from .base import Case, ceil_div, check
+from .tensors import identical
 
 
 def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -48,7 +49,7 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
         reassembled = torch.cat(pieces)[: int(param.ds_numel)]
         with deepspeed.zero.GatheredParameters([param]):
             gathered = param.detach().reshape(-1).float().clone()
-        if not torch.equal(reassembled, gathered):
+        if not identical(reassembled, gathered):
             case.fail(f"{name}: the ranks' shards concatenated do not equal the gathered tensor "
                       f"(max |diff| {float((reassembled - gathered).abs().max()):.3g})")
 
@@ -138,7 +139,7 @@ def dtype_follows_config(case: Case) -> None:
                 continue
             if buffer.dtype != expected.dtype:
                 case.fail(f"buffer {name}: dtype expected {expected.dtype} (baseline), got {buffer.dtype}")
-            elif not torch.equal(buffer, expected):
+            elif not identical(buffer, expected):
                 diff = (buffer.double() - expected.double()).abs().max()
                 case.fail(f"buffer {name}: values differ from the baseline's (max |diff| {float(diff):.3g})")
             case.agree(f"buffer {name}", buffer)
