@@ -22,6 +22,13 @@ def _patched(module: Any, name: str, replacement: Any) -> Iterator[None]:
         setattr(module, name, original)
 
 
+def _initialization_skipped() -> contextlib.AbstractContextManager:
+    """The reference with its init step removed: parameters stay as zero.Init left them."""
+    from .reference import build
+
+    return _patched(build, "_initialize", lambda model, only=None: None)
+
+
 class Mutant(ReferenceSubject):
     kills: tuple[str, ...] = ()  # the clauses that must catch this mutant
     family = "llama"
@@ -81,9 +88,7 @@ class SkippedInit(Mutant):
     kills = ("G4",)
 
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
-        from .reference import build
-
-        with _patched(build, "_initialize", lambda model, only=None: None):
+        with _initialization_skipped():
             return super().from_config(model_class, config, dtype)
 
 
@@ -94,9 +99,7 @@ class MissingKeysUninitialized(Mutant):
     family = "bert"
 
     def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        from .reference import build
-
-        with _patched(build, "_initialize", lambda model, only=None: None):
+        with _initialization_skipped():
             return super().from_pretrained(model_class, path, dtype)
 
 

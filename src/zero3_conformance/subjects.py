@@ -81,8 +81,9 @@ def get_subject(name: str) -> Subject:
     if name.startswith("mutant:"):
         from .mutants import MUTANTS
 
-        if name[len("mutant:"):] in MUTANTS:
-            return MUTANTS[name[len("mutant:"):]]()
+        mutant = MUTANTS.get(name[len("mutant:"):])
+        if mutant is not None:
+            return mutant()
     try:
         return SUBJECTS[name]()
     except KeyError:

@@ -161,17 +161,15 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
               if hasattr(p, "ds_numel") and (p.ds_numel % case.world_size or p.ds_numel < case.world_size)}
     if not uneven:
         raise NotApplicable(f"no parameter of this model has a size that world size {case.world_size} leaves uneven")
-    got = _gathered_state(model)
-    problems = []
-    for name, param in sorted(uneven.items()):
-        if name in set(info.get("missing_keys", [])):
-            continue
-        problem = exact_mismatch(name, expected[name], got[name])
-        if problem:
-            shard = ceil_div(int(param.ds_numel), case.world_size)
-            problems.append(f"{problem} [numel {param.ds_numel}, shard {shard}]")
-        case.agree(name, got[name])
-    _report(case, problems, "uneven tensors differ")
+    missing = set(info.get("missing_keys", []))
+
+    def compare(name: str, want: Any, got: Any) -> Optional[str]:
+        problem = exact_mismatch(name, want, got)
+        numel = int(uneven[name].ds_numel)
+        return problem and f"{problem} [numel {numel}, shard {ceil_div(numel, case.world_size)}]"
+
+    _compare_all(case, {n: expected[n] for n in uneven if n not in missing}, _gathered_state(model), compare,
+                 "uneven tensors differ")
     case.metrics["uneven_tensors"] = len(uneven)
 
 
