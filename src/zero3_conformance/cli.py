@@ -13,7 +13,7 @@ from .catalog import build_cases
 from .cell import describe_cell, local_device
 from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
 from .errors import UsageError
-from .results import RecordWriter, run_succeeded
+from .results import Record, RecordWriter, run_succeeded
 
 
 def _csv(text: str) -> list[str]:
@@ -85,23 +85,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write to output directory {out}: {exc.strerror}") from None
     prepare_checkpoints(cases)
-    runner = Runner(ds_config, timeout_s=args.timeout)
+    runner = Runner(ds_config, timeout_s=args.timeout, known_issues=issues)
     width = len(str(len(cases)))
 
-    def progress(index: int, total: int, record) -> None:
+    def progress(index: int, total: int, record: Record) -> None:
         if not args.quiet:
             print(f"[{index:{width}d}/{total}] {record.status:7s} {record.case_id} ({record.duration_s:.1f}s)",
                   flush=True)
 
-    records = []
     with RecordWriter(out / "results.jsonl") as writer:
-        class Applying:
-            def write(self, record):
-                record = known_issues.apply(record, issues)
-                records.append(record)
-                writer.write(record)
-
-        runner.run(cases, Applying(), progress)
+        records = runner.run(cases, writer, progress)
     notes = [f"known issue matched nothing in this run: {i.clause} {i.subject} ({i.link})"
              for i in known_issues.stale(issues, records)]
     summary.write(out / "summary.md", records, len(cases), notes)

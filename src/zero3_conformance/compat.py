@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from packaging.version import Version
 
@@ -76,48 +76,65 @@ def module_initializer(owner: Any) -> Callable[[Any], None]:
     return owner._init_weights
 
 
-def checkpoint_key_converter(model: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+class CheckpointConversion:
     """The installed library's declared conversion from a model type's checkpoint keys to its module keys
-    (transformers 5 fuses per-expert MoE weights on load). None when the version declares none."""
-    try:
-        get_mapping = _first_attr([("transformers.conversion_mapping", "get_model_conversion_mapping")])
-        apply = _first_attr([("transformers.integrations.deepspeed", "_apply_weight_conversions_to_state_dict")])
-    except ImportError:
-        return None
-    mapping = get_mapping(model)
-    if not mapping:
-        return None
+    (transformers 5 renames keys and fuses per-expert MoE weights on load), applied with the library's own
+    model-level conversion operations: never its DeepSpeed loading path, which is what is under test."""
 
-    def convert(tensors: dict[str, Any]) -> dict[str, Any]:
+    def __init__(self, model: Any, mapping: list[Any], renaming_type: type, converter_type: type, rename: Any):
+        import torch
+
+        self._model = model
+        self._rename = rename
+        self._renamings = [m for m in mapping if isinstance(m, renaming_type)]
+        self._converters = [m for m in mapping if isinstance(m, converter_type)]
+        self._converter_of = {p: c for c in self._converters for p in c.source_patterns}
+        self._meta = {k: torch.empty(getattr(v, "ds_shape", v.shape), device="meta")
+                      for k, v in model.state_dict().items()}
+
+    def target(self, key: str) -> tuple[str, Optional[str]]:
+        """(module key, the converter source pattern it matched or None)."""
+        return self._rename(key, self._renamings, self._converters, base_model_prefix=self._model.base_model_prefix,
+                            meta_state_dict=self._meta)
+
+    def module_key(self, key: str) -> str:
+        return self.target(key)[0]
+
+    def convert(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoint tensors -> module tensors, for every module key these tensors fully provide."""
         out: dict[str, Any] = {}
-        for group in apply(model, dict(tensors), mapping):
-            out.update(group)
+        collected: dict[str, dict[str, list[Any]]] = {}
+        for key in sorted(tensors, key=_natural_key):  # experts in numeric order: 2 before 10
+            target, pattern = self.target(key)
+            if pattern is None:
+                out[target] = tensors[key]
+            else:
+                collected.setdefault(target, {}).setdefault(pattern, []).append(tensors[key])
+        for target, by_pattern in collected.items():
+            converter = self._converter_of[next(iter(by_pattern))]
+            if len(converter.target_patterns) != 1:
+                raise NotImplementedError(f"{target}: conversions with several targets are not implemented")
+            values: dict[str, Any] = {p: by_pattern[p] for p in converter.source_patterns if p in by_pattern}
+            for operation in converter.operations:
+                values = operation.convert(values, source_patterns=converter.source_patterns,
+                                           target_patterns=converter.target_patterns, full_layer_name=target,
+                                           model=self._model, config=self._model.config)
+            (out[target],) = values.values()
         return out
 
-    return convert
+
+def _natural_key(key: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in key.split(".")]
 
 
-def checkpoint_key_renamer(model: Any) -> Callable[[str], str] | None:
-    """Maps one checkpoint key to the module key it feeds under the library's declared conversions."""
+def checkpoint_conversion(model: Any) -> Optional[CheckpointConversion]:
+    """The model type's declared checkpoint conversion; None where the version declares none."""
     try:
-        rename = _first_attr([("transformers.core_model_loading", "rename_source_key")])
         get_mapping = _first_attr([("transformers.conversion_mapping", "get_model_conversion_mapping")])
-        transform_types = [_first_attr([("transformers.core_model_loading", n)])
-                           for n in ("WeightRenaming", "WeightConverter")]
+        rename = _first_attr([("transformers.core_model_loading", "rename_source_key")])
+        renaming_type, converter_type = (_first_attr([("transformers.core_model_loading", n)])
+                                         for n in ("WeightRenaming", "WeightConverter"))
     except ImportError:
         return None
     mapping = get_mapping(model)
-    if not mapping:
-        return None
-    import torch
-
-    renamings = [m for m in mapping if isinstance(m, transform_types[0])]
-    converters = [m for m in mapping if isinstance(m, transform_types[1])]
-    meta = {k: torch.empty(v.shape if not hasattr(v, "ds_shape") else v.ds_shape, device="meta")
-            for k, v in model.state_dict().items()}
-
-    def renamer(key: str) -> str:
-        return rename(key, renamings, converters, base_model_prefix=model.base_model_prefix,
-                      meta_state_dict=meta)[0]
-
-    return renamer
+    return CheckpointConversion(model, mapping, renaming_type, converter_type, rename) if mapping else None

@@ -26,14 +26,14 @@ class ConformanceSession:
         from .dsconfig import DEFAULT_ZERO3_CONFIG
         from .runner import Runner
 
-        self.runner = Runner(DEFAULT_ZERO3_CONFIG)
-        self.issues = known_issues.load(config.getoption("--z3-known-issues"))
+        issues = known_issues.load(config.getoption("--z3-known-issues"))
+        self.runner = Runner(DEFAULT_ZERO3_CONFIG, known_issues=issues)
         out: Optional[Path] = config.getoption("--z3-results")
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.writer = RecordWriter(out / f"results-{worker}.jsonl") if out else None
 
     def run(self, case: Any) -> Record:
-        record = known_issues.apply(self.runner.run_case(case), self.issues)
+        record = self.runner.run_case(case)
         if self.writer:
             self.writer.write(record)
         return record

@@ -6,13 +6,15 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .catalog import CaseSpec
 from .cell import describe_cell, local_device
 from .checks.base import gave_up, verdict
 from .dsconfig import with_dtype
-from .results import ERROR, SKIP, Record, RecordWriter
+from .known_issues import KnownIssue
+from .known_issues import apply as apply_known_issues
+from .results import ERROR, PASS, SKIP, Record, RecordWriter
 from .world import WorldPool, WorldStartError
 from .zoo import FamilyUnavailable, ensure_checkpoint
 
@@ -23,16 +25,24 @@ QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSF
              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore"}
 
 
+def quiet_environment() -> None:
+    """No hub, no progress bars, no per-load chatter, here and in every rank process started after."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 class Runner:
+    """Runs cases and turns each outcome into a record, with the known-issues file applied."""
+
     def __init__(self, ds_config: dict[str, Any], backend: Optional[str] = None,
-                 timeout_s: float = CHECK_TIMEOUT_S):
-        for key, value in QUIET_ENV.items():
-            os.environ.setdefault(key, value)
+                 timeout_s: float = CHECK_TIMEOUT_S, known_issues: Sequence[KnownIssue] = ()):
+        quiet_environment()
         detected_backend, device = local_device()
         self.backend = backend or detected_backend
         self.cell = describe_cell(self.backend, device)
         self.ds_config = ds_config
         self.timeout_s = timeout_s
+        self.known_issues = list(known_issues)
         self.pool = WorldPool(self.backend, RANK_PRELOAD)
 
     def run_case(self, case: CaseSpec) -> Record:
@@ -51,12 +61,13 @@ class Runner:
         return self._record(case, status, message, metrics, started)
 
     def _record(self, case: CaseSpec, status: str, message: str, metrics: dict[str, Any], started: float) -> Record:
-        if message and status not in ("PASS",):
+        if message and status not in (PASS, SKIP):  # a skip's reason reads the same for every case
             message = f"[{case.id} on {self.cell['backend']}, world size {case.world_size}] {message}"
-        return Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
-                      layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
-                      message=message, duration_s=round(time.monotonic() - started, 3), cell=self.cell,
-                      metrics=metrics, case_id=case.id)
+        record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
+                        layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
+                        message=message, duration_s=round(time.monotonic() - started, 3), cell=self.cell,
+                        metrics=metrics, case_id=case.id)
+        return apply_known_issues(record, self.known_issues)
 
     def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,
             progress: Callable[[int, int, Record], None] = lambda i, n, r: None) -> list[Record]:
@@ -88,6 +99,7 @@ def _by_world_size(cases: Iterable[CaseSpec]) -> list[CaseSpec]:
 
 def prepare_checkpoints(cases: Iterable[CaseSpec]) -> None:
     """Writes every checkpoint the cases need before any world starts (ranks only read them)."""
+    quiet_environment()
     for key in sorted({(c.family, c.layout) for c in cases if c.family and c.layout}, key=str):
         try:
             ensure_checkpoint(*key)

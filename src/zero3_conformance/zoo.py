@@ -2,13 +2,16 @@
 
 Each family is chosen for what it exercises: tied embeddings (gpt2), untied + rotary (llama), grouped
 query attention (qwen3), a padding index and a task head missing from a base checkpoint (bert), an
-encoder-decoder (t5), mixture-of-experts (mixtral). Checkpoints are written with the installed
-transformers' own `save_pretrained`, in three layouts, and cached by (transformers version, family, layout).
+encoder-decoder (t5), mixture-of-experts (mixtral). Odd sizes (gpt2 and t5 hidden size 65, a vocabulary
+of 131, bert's 3 labels) leave tensors that world sizes 2 and 3 do not divide, as real vocabularies do.
+Checkpoints are written with the installed transformers' own `save_pretrained`, in three layouts, and
+cached by (transformers version, family definition, layout).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -52,22 +55,24 @@ def _kw(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(kwargs.items()))
 
 
+VOCAB = 131
 _DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=128, max_position_embeddings=128)
+                vocab_size=VOCAB, max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("gpt2", "GPT2Config", _kw(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=128),
+    Family("gpt2", "GPT2Config", _kw(n_embd=65, n_layer=2, n_head=5, n_positions=128, vocab_size=VOCAB,
+                                   bos_token_id=1, eos_token_id=2),
            "AutoModelForCausalLM", "AutoModelForCausalLM", tied=True),
     Family("llama", "LlamaConfig", _kw(**_DECODER, num_key_value_heads=4, tie_word_embeddings=False),
            "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False),
     Family("qwen3", "Qwen3Config", _kw(**_DECODER, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
            "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False),
     Family("bert", "BertConfig", _kw(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=128, vocab_size=128, max_position_embeddings=128,
-                                     pad_token_id=0, num_labels=2),
+                                     intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=128,
+                                     pad_token_id=0, num_labels=3),
            "AutoModelForSequenceClassification", "AutoModel", tied=False),
-    Family("t5", "T5Config", _kw(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
-                                 vocab_size=128, decoder_start_token_id=0, pad_token_id=0),
+    Family("t5", "T5Config", _kw(d_model=65, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
+                                 vocab_size=VOCAB, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
            "AutoModelForSeq2SeqLM", "AutoModelForSeq2SeqLM", tied=True),
     Family("mixtral", "MixtralConfig", _kw(**_DECODER, num_key_value_heads=2, num_local_experts=4,
                                            num_experts_per_tok=2, tie_word_embeddings=False),
@@ -86,9 +91,12 @@ def auto_class(name: str) -> Any:
 
 
 def checkpoint_dir(family: Family, layout: str) -> Path:
+    """Keyed by everything that decides the checkpoint's contents, so a changed family is never read stale."""
     import transformers
 
-    return cache_root() / "zoo" / f"transformers-{transformers.__version__}" / family.name / layout
+    recipe = repr((dataclasses.astuple(family), CHECKPOINT_SEED, SHARD_SIZE)).encode()
+    return (cache_root() / "zoo" / f"transformers-{transformers.__version__}"
+            / f"{family.name}-{hashlib.sha1(recipe).hexdigest()[:10]}" / layout)
 
 
 def ensure_checkpoint(family: Family, layout: str) -> Path:

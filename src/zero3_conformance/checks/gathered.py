@@ -157,18 +157,19 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
     baseline, info = case.baseline_from_pretrained()
     expected = full_parameters(baseline)
     config_object, model, _ = case.zero3_from_pretrained()
-    uneven = {n: p for n, p in model.named_parameters()
-              if hasattr(p, "ds_numel") and (p.ds_numel % case.world_size or p.ds_numel < case.world_size)}
-    if not uneven:
-        raise NotApplicable(f"no parameter of this model has a size that world size {case.world_size} leaves uneven")
     missing = set(info.get("missing_keys", []))
+    uneven = {n: p for n, p in model.named_parameters() if n not in missing and hasattr(p, "ds_numel")
+              and (p.ds_numel % case.world_size or p.ds_numel < case.world_size)}
+    if not uneven:
+        raise NotApplicable(f"no parameter this checkpoint provides has a size that world size {case.world_size} "
+                            f"leaves uneven")
 
     def compare(name: str, want: Any, got: Any) -> Optional[str]:
         problem = exact_mismatch(name, want, got)
         numel = int(uneven[name].ds_numel)
         return problem and f"{problem} [numel {numel}, shard {ceil_div(numel, case.world_size)}]"
 
-    _compare_all(case, {n: expected[n] for n in uneven if n not in missing}, _gathered_state(model), compare,
+    _compare_all(case, {n: expected[n] for n in uneven}, _gathered_state(model), compare,
                  "uneven tensors differ")
     case.metrics["uneven_tensors"] = len(uneven)
 

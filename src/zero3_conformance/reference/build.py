@@ -150,9 +150,9 @@ def _persistent_keys(model: Any) -> set[str]:
 class _Plan:
     """Which checkpoint keys feed which model keys, and what the loading report says."""
 
-    def __init__(self, model: Any, reader: CheckpointReader):
+    def __init__(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion]):
         model_keys = _persistent_keys(model)
-        renamer = compat.checkpoint_key_renamer(model) or self._prefix_renamer(model, reader.keys(), model_keys)
+        renamer = conversion.module_key if conversion else self._prefix_renamer(model, reader.keys(), model_keys)
         self.sources: dict[str, list[str]] = {}  # model key -> checkpoint keys
         unexpected = []
         for key in reader.keys():
@@ -190,12 +190,13 @@ def _drop_ignored(keys: list[str], patterns: Optional[list[str]]) -> list[str]:
     return [k for k in keys if not any(re.search(p, k) for p in patterns)]
 
 
-def _module_tensors(reader: CheckpointReader, plan: _Plan, keys: list[str], converter: Any) -> dict[str, Any]:
+def _module_tensors(reader: CheckpointReader, plan: _Plan, keys: list[str],
+                    conversion: Optional[compat.CheckpointConversion]) -> dict[str, Any]:
     """The checkpoint tensors for these model keys, converted to the model's layout where it differs."""
     raw = {src: reader.get(src) for key in keys for src in plan.sources.get(key, [])}
     needs_conversion = any(plan.sources.get(key) != [key] for key in keys if key in plan.sources)
-    if converter is not None and needs_conversion:
-        return converter(raw)
+    if conversion is not None and needs_conversion:
+        return conversion.convert(raw)
     return {key: raw[plan.sources[key][0]] for key in keys if key in plan.sources}
 
 
@@ -212,9 +213,9 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any
     reader = CheckpointReader(Path(path))
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     model = _construct(_concrete_class(model_class, config), config, zero, dtype)
-    plan = _Plan(model, reader)
+    conversion = compat.checkpoint_conversion(model)
+    plan = _Plan(model, reader, conversion)
     _initialize(model, only=set(plan.missing))
-    converter = compat.checkpoint_key_converter(model)
     is_writer = _rank() == 0
     for name, module in _post_order(model):
         prefix = f"{name}." if name else ""
@@ -225,7 +226,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any
         if not any(key in plan.sources for key in keys):
             continue
         # Buffers are whole on every rank: every rank reads them. Parameters: only rank 0 reads.
-        tensors = _module_tensors(reader, plan, keys, converter) if (is_writer or buffers) else {}
+        tensors = _module_tensors(reader, plan, keys, conversion) if (is_writer or buffers) else {}
         for n, buffer in buffers.items():
             if prefix + n in tensors:
                 buffer.copy_(tensors[prefix + n])
