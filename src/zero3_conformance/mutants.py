@@ -69,7 +69,7 @@ class UnpartitionedFromConfig(Mutant):
 class PerturbedLoad(Mutant):
     """One checkpoint tensor is loaded off by 1e-3 (e.g. a lossy cast on the way in)."""
 
-    kills = ("G1",)
+    kills = ("G1", "N1", "N2", "N3")
 
     def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
         import deepspeed

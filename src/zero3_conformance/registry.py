@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-CHECK_MODULES = ("activation", "partition", "gathered")
+CHECK_MODULES = ("activation", "partition", "gathered", "numerics")
 
 
 def load_checks() -> dict:

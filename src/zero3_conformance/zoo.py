@@ -188,3 +188,24 @@ def user_family(path: Path) -> Family:
         raise UsageError(f"{Path(path) / 'config.json'} names no architectures; cannot tell which class to build")
     return Family(str(path), "", (), architectures[0], architectures[0],
                   tied=bool(config.get("tie_word_embeddings", True)), source_dir=str(path))
+
+
+SEQUENCE_LENGTH = 8
+
+
+def training_batch(family: Family, config: Any, seed: int, length: int = SEQUENCE_LENGTH) -> dict[str, Any]:
+    """One deterministic training example (batch of 1) for the family's task, with labels so the model
+    returns a loss: next-token labels for causal and seq2seq LMs, a class for sequence classification."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    vocab = int(config.vocab_size)
+    # Token 0 is a padding id in some families: draw from the ordinary tokens only.
+    input_ids = torch.randint(3, vocab, (1, length), generator=generator)
+    if family.auto_class.endswith("ForSequenceClassification"):
+        return {"input_ids": input_ids, "labels": torch.randint(0, int(config.num_labels), (1,), generator=generator)}
+    if getattr(config, "is_encoder_decoder", False):
+        return {"input_ids": input_ids, "labels": torch.randint(3, vocab, (1, length // 2), generator=generator)}
+    if family.auto_class.endswith("ForCausalLM"):
+        return {"input_ids": input_ids, "labels": input_ids.clone()}
+    raise FamilyUnavailable(f"no training batch is known for {family.auto_class}")

@@ -80,7 +80,8 @@ class Case:
         self.metrics: dict[str, Any] = {}
         # Baseline models live until the case ends: freed, their memory could be handed to a subject's
         # uninitialized tensor, which would then hold exactly the baseline's values and pass.
-        self._baselines: list[Any] = []
+        self._kept: list[Any] = []
+        self._closers: list[Callable[[], Any]] = []
 
     # --- findings -------------------------------------------------------------------------------
     def fail(self, message: str) -> None:
@@ -105,6 +106,25 @@ class Case:
             tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
             raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
                 from exc
+
+    # --- lifetime -------------------------------------------------------------------------------
+    def keep(self, obj: Any) -> Any:
+        """Keeps `obj` alive until the case ends (a config object, a baseline model)."""
+        self._kept.append(obj)
+        return obj
+
+    def on_close(self, closer: Callable[[], Any]) -> None:
+        """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - the case's verdict is already decided
+                pass
+        self._closers.clear()
+        self._kept.clear()
 
     # --- models ---------------------------------------------------------------------------------
     def model_class(self) -> Any:
@@ -141,15 +161,15 @@ class Case:
             model = cls.from_config(config, **dtype_kwarg(dtype))
         else:
             model = cls._from_config(config, **dtype_kwarg(dtype))
-        self._baselines.append(model)
-        return model
+        return self.keep(model)
 
-    def baseline_from_pretrained(self) -> tuple[Any, dict[str, Any]]:
+    def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        from ..compat import dtype_kwarg
+
         self.seed()
         model, info = self.model_class().from_pretrained(self.checkpoint_path, output_loading_info=True,
-                                                         trust_remote_code=False)
-        self._baselines.append(model)
-        return model, info
+                                                         trust_remote_code=False, **dtype_kwarg(dtype))
+        return self.keep(model), info
 
     def zero3_from_config(self) -> tuple[Any, Any]:
         """(config object, model) built by the subject under its stage-3 config."""
@@ -200,6 +220,7 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - the check itself broke
         status, message = ERROR, traceback.format_exc()[-3000:]
     finally:
+        case.close()
         gc.collect()  # drop this case's config objects and models before the next case
     return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed}
 

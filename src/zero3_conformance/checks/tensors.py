@@ -42,11 +42,16 @@ def _first_difference(expected: Any, got: Any) -> str:
     differs = (e != g) & ~(torch.isnan(e) & torch.isnan(g))
     count = int(differs.sum())
     index = int(differs.nonzero()[0]) if count else 0
-    position = tuple(int(i) for i in torch.unravel_index(torch.tensor(index), tuple(expected.shape))) \
-        if expected.dim() else ()
+    position = _position(index, expected.shape)
     diff = (e - g).abs()
     return (f"{count}/{e.numel()} elements differ, max |diff| {float(diff[differs].max()) if count else 0:.3g}; "
             f"first at {position}: expected {float(e[index]):.9g}, got {float(g[index]):.9g}")
+
+
+def _position(flat_index: int, shape: Any) -> tuple[int, ...]:
+    import torch
+
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), tuple(shape))) if len(shape) else ()
 
 
 def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> Optional[str]:
@@ -96,3 +101,40 @@ def tied_groups(model: Any) -> list[tuple[str, ...]]:
     for key, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(key)
     return sorted(tuple(group) for group in names.values() if len(group) > 1)
+
+
+def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float, atol: float) -> Optional[str]:
+    """None if every tensor is close (|got - expected| <= atol + rtol * |expected|, elementwise); else how many
+    are not and the worst of them: its name, max abs and rel difference, and where."""
+    import torch
+
+    worst: Optional[tuple[float, str]] = None
+    failing = []
+    for name in sorted(expected):
+        if name not in got:
+            failing.append(name)
+            worst = worst or (float("inf"), f"{name}: missing")
+            continue
+        e, g = expected[name].detach().double(), got[name].detach().double()
+        if e.shape != g.shape:
+            failing.append(name)
+            worst = (float("inf"), f"{name}: shape expected {tuple(e.shape)}, got {tuple(g.shape)}")
+            continue
+        diff = (e - g).abs()
+        excess = diff / (atol + rtol * e.abs())  # > 1 where the tolerance is broken
+        excess[torch.isnan(diff)] = float("inf")
+        if e.numel() == 0 or not bool((excess > 1).any()):
+            continue
+        failing.append(name)
+        index = int(excess.reshape(-1).argmax())
+        score = float(excess.reshape(-1)[index])
+        if worst is None or score > worst[0]:
+            position = _position(index, e.shape)
+            rel = diff / e.abs().clamp_min(1e-30)
+            worst = (score, f"worst {name}: max |diff| {float(diff.max()):.3g}, max rel diff {float(rel.max()):.3g}; "
+                            f"at {position} expected {float(e.reshape(-1)[index]):.9g}, got "
+                            f"{float(g.reshape(-1)[index]):.9g}")
+    if not failing:
+        return None
+    return f"{len(failing)}/{len(expected)} tensors outside tolerance ({', '.join(failing[:5])}" \
+           f"{', ...' if len(failing) > 5 else ''}); {worst[1] if worst else ''}"

@@ -1,0 +1,185 @@
+"""N — a ZeRO-3 model computes and trains like the baseline: forward, backward, optimizer steps.
+
+Both sides load the same checkpoint. Each rank feeds the engine its own batch (data parallelism);
+the baseline, in the same process, runs every rank's batch and averages the losses, which is the
+global batch as data parallelism defines it, so gradients and steps are comparable. Dropout is off on
+both sides (eval mode): the checks are about ZeRO-3, not about random masks.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Optional
+
+from ..zoo import FamilyUnavailable, training_batch
+from .base import SEED, Case, NotApplicable, check
+from .tensors import closeness_problem
+
+# (rtol, atol) per training dtype. fp32: what SPEC.md asks. bf16: torch.testing's defaults for bfloat16
+# (8 bits of mantissa), the usual tolerance for that dtype.
+TOLERANCES = {"fp32": (1e-5, 1e-6), "bf16": (1.6e-2, 1e-5)}
+STEPS = 3  # optimizer steps compared by N3
+OPTIMIZERS: dict[str, Callable[[Any], Any]] = {
+    "sgd_momentum": lambda params: _torch().optim.SGD(params, lr=0.05, momentum=0.9),
+    # AdamW's update lr * m / (sqrt(v) + eps) amplifies a gradient difference by up to lr / (4 * eps). Where the
+    # ranks' gradients nearly cancel, their sum keeps fp32 noise of about 1e-8 from the large terms; eps 1e-4
+    # keeps that below 3e-8 in the parameters (eps 1e-8 would make it O(lr)), while a wrong optimizer state,
+    # step count or weight decay still moves parameters by O(lr) = 1e-3.
+    "adamw": lambda params: _torch().optim.AdamW(params, lr=1e-3, eps=1e-4, weight_decay=0.01),
+}
+# Config sections that change the arithmetic on one side only; the checks run without them (everything
+# else in a user's config — buckets, persistence thresholds, offload — is kept, and is what is checked).
+NEUTRALIZED = ("optimizer", "scheduler", "train_batch_size")
+# Global-norm gradient clipping (norms taken across every rank's partitions) is part of what N3 checks: the
+# user's value, else this one, set explicitly on both sides since DeepSpeed's default differs by release.
+DEFAULT_CLIPPING = 1.0
+_NUMERIC = dict(layouts=("safetensors",), world_sizes=(2, 3))
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _dtype(case: Case) -> Any:
+    return {"fp32": _torch().float32, "bf16": _torch().bfloat16}[case.dtype]
+
+
+def _batch(case: Case, step: int, rank: int) -> dict[str, Any]:
+    try:
+        return training_batch(case.require_family(), case.model_config(), seed=SEED + 1000 * step + rank)
+    except FamilyUnavailable as exc:
+        raise NotApplicable(str(exc)) from None
+
+
+def _engine(case: Case, model: Any, optimizer: Optional[str]) -> Any:
+    import deepspeed
+
+    config = copy.deepcopy(case.ds_config)
+    for key in NEUTRALIZED:
+        config.pop(key, None)
+    # A client optimizer other than Adam(W) needs DeepSpeed's explicit consent under ZeRO.
+    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, zero_allow_untested_optimizer=True,
+                  gradient_clipping=_clipping(case))
+    client_optimizer = OPTIMIZERS[optimizer](model.parameters()) if optimizer else None
+    with case.subject_call("deepspeed.initialize"):
+        engine, *_ = deepspeed.initialize(model=model, optimizer=client_optimizer, config=config)
+    engine.eval()
+    case.on_close(getattr(engine, "destroy", lambda: None))
+    return engine
+
+
+def _clipping(case: Case) -> float:
+    return float(case.ds_config.get("gradient_clipping", DEFAULT_CLIPPING))
+
+
+def _baseline(case: Case) -> Any:
+    model, _ = case.baseline_from_pretrained(dtype=_dtype(case))
+    return model.eval()
+
+
+def _pair(case: Case, optimizer: Optional[str] = None) -> tuple[Any, Any]:
+    """(baseline model, ZeRO-3 engine over the subject's model), both from the same checkpoint."""
+    baseline = _baseline(case)
+    config_object, model, _ = case.zero3_from_pretrained()
+    case.keep(config_object)
+    return baseline, _engine(case, model, optimizer)
+
+
+def _baseline_step(case: Case, baseline: Any, step: int) -> None:
+    """Forward and backward of the global batch as data parallelism computes it: each rank's gradients,
+    summed, divided by the world size (DeepSpeed's averaging, in the same order of operations)."""
+    for rank in range(case.world_size):
+        baseline(**_batch(case, step, rank)).loss.backward()
+    for param in baseline.parameters():
+        if param.grad is not None:
+            param.grad.div_(case.world_size)
+
+
+def _report(case: Case, what: str, expected: dict[str, Any], got: dict[str, Any], step: Optional[int] = None) -> None:
+    rtol, atol = TOLERANCES[case.dtype]
+    problem = closeness_problem(expected, got, rtol, atol)
+    if problem:
+        when = f" after step {step}" if step is not None else ""
+        case.fail(f"{what}{when} (rank {case.rank}, {case.dtype}, rtol={rtol:g}, atol={atol:g}): {problem}")
+
+
+@check("N1", "forward_matches_baseline", dtypes=("fp32", "bf16"), **_NUMERIC)
+def forward_matches_baseline(case: Case) -> None:
+    """Logits and loss from the DeepSpeed engine equal the baseline's on the same inputs."""
+    torch = _torch()
+    baseline, engine = _pair(case)
+    batch = _batch(case, 0, case.rank)
+    with torch.no_grad():
+        expected = baseline(**batch)
+        with case.subject_call("engine forward"):
+            got = engine(**batch)
+    _report(case, "forward", {"logits": expected.logits, "loss": expected.loss},
+            {"logits": got.logits, "loss": got.loss})
+
+
+def _full_gradients(model: Any) -> dict[str, Any]:
+    from deepspeed.utils import safe_get_full_grad
+
+    grads = {}
+    for name, param in model.named_parameters():  # same order on every rank: each call is a collective
+        grad = safe_get_full_grad(param)
+        grads[name] = grad.detach().clone() if grad is not None else None
+    return grads
+
+
+@check("N2", "gradients_match_baseline", **_NUMERIC)
+def gradients_match_baseline(case: Case) -> None:
+    """Full gradients (safe_get_full_grad) equal the baseline's for the same global batch."""
+    baseline, engine = _pair(case, optimizer="sgd_momentum")
+    _baseline_step(case, baseline, 0)
+    with case.subject_call("engine forward/backward"):
+        engine.backward(engine(**_batch(case, 0, case.rank)).loss)
+    got = _full_gradients(engine.module)
+    expected = {name: p.grad for name, p in baseline.named_parameters()}
+    missing = sorted(name for name, grad in got.items() if grad is None and expected.get(name) is not None)
+    case.expect(not missing, f"no gradient from safe_get_full_grad for {missing[:5]} (rank {case.rank})")
+    _report(case, "gradients", {k: v for k, v in expected.items() if v is not None},
+            {k: v for k, v in got.items() if v is not None})
+
+
+def _steps_match(case: Case, optimizer: str) -> None:
+    import deepspeed
+
+    torch = _torch()
+    baseline, engine = _pair(case, optimizer)
+    # The baseline keeps fp32 master weights, as DeepSpeed's optimizer does for bf16 training.
+    master = {name: p.detach().float().clone().requires_grad_(True) for name, p in baseline.named_parameters()}
+    baseline_optimizer = OPTIMIZERS[optimizer](list(master.values()))
+    for step in range(STEPS):
+        baseline.zero_grad()
+        _baseline_step(case, baseline, step)
+        for name, p in baseline.named_parameters():
+            master[name].grad = None if p.grad is None else p.grad.float()
+        if _clipping(case) > 0:
+            torch.nn.utils.clip_grad_norm_(list(master.values()), _clipping(case))
+        baseline_optimizer.step()
+        with torch.no_grad():
+            for name, p in baseline.named_parameters():
+                p.copy_(master[name].to(p.dtype))
+        with case.subject_call(f"engine step {step}"):
+            engine.backward(engine(**_batch(case, step, case.rank)).loss)
+            engine.step()
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params):
+        got = {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+    _report(case, f"parameters ({optimizer})", {n: p.detach() for n, p in baseline.named_parameters()}, got,
+            step=STEPS)
+
+
+@check("N3", "sgd_momentum_steps_match_baseline", **_NUMERIC)
+def sgd_momentum_steps_match_baseline(case: Case) -> None:
+    """Parameters after 3 steps of SGD with momentum equal the baseline's after the same steps."""
+    _steps_match(case, "sgd_momentum")
+
+
+@check("N3", "adamw_steps_match_baseline", **_NUMERIC)
+def adamw_steps_match_baseline(case: Case) -> None:
+    """Parameters after 3 steps of AdamW equal the baseline's after the same steps."""
+    _steps_match(case, "adamw")
