@@ -1,7 +1,7 @@
 """N — a ZeRO-3 model computes and trains like the baseline: forward, backward, optimizer steps.
 
 Both sides load the same checkpoint. Each rank feeds the engine its own batch (data parallelism);
-the baseline, in the same process, runs every rank's batch and averages the losses, which is the
+the baseline, in the same process, runs every rank's batch and averages the gradients, which is the
 global batch as data parallelism defines it, so gradients and steps are comparable. Dropout is off on
 both sides (eval mode): the checks are about ZeRO-3, not about random masks.
 """
@@ -15,7 +15,7 @@ from ..zoo import FamilyUnavailable, training_batch
 from .base import SEED, Case, NotApplicable, check
 from .tensors import closeness_problem
 
-# (rtol, atol) per training dtype. fp32: what SPEC.md asks. bf16: torch.testing's defaults for bfloat16
+# (rtol, atol) per training dtype. fp32: what the contract asks. bf16: torch.testing's defaults for bfloat16
 # (8 bits of mantissa), the usual tolerance for that dtype.
 TOLERANCES = {"fp32": (1e-5, 1e-6), "bf16": (1.6e-2, 1e-5)}
 STEPS = 3  # optimizer steps compared by N3
