@@ -152,13 +152,14 @@ def _steps_match(case: Case, optimizer: str) -> None:
     # The baseline keeps fp32 master weights, as DeepSpeed's optimizer does for bf16 training.
     master = {name: p.detach().float().clone().requires_grad_(True) for name, p in baseline.named_parameters()}
     baseline_optimizer = OPTIMIZERS[optimizer](list(master.values()))
+    clipping = _clipping(case)
     for step in range(STEPS):
         baseline.zero_grad()
         _baseline_step(case, baseline, step)
         for name, p in baseline.named_parameters():
             master[name].grad = None if p.grad is None else p.grad.float()
-        if _clipping(case) > 0:
-            torch.nn.utils.clip_grad_norm_(list(master.values()), _clipping(case))
+        if clipping > 0:
+            torch.nn.utils.clip_grad_norm_(list(master.values()), clipping)
         baseline_optimizer.step()
         with torch.no_grad():
             for name, p in baseline.named_parameters():
