@@ -27,6 +27,7 @@ class CaseSpec:
     layout: Optional[str]
     world_size: int
     dtype: str
+    timeout_s: Optional[float] = None  # the check's own limit, if tighter than the run's
 
     @property
     def model(self) -> str:
@@ -92,5 +93,5 @@ def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Seque
                             continue
                         for dtype in entry.dtypes:
                             cases.append(CaseSpec(entry.id, entry.clause, entry.name, subject, family, layout,
-                                                  world_size, dtype))
+                                                  world_size, dtype, entry.timeout_s))
     return cases

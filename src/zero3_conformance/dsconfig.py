@@ -9,10 +9,16 @@ from typing import Any, Union
 
 from .errors import UsageError
 
+# DeepSpeed keeps parameters below a persistence threshold (default 1e5 elements) whole on every rank once
+# the engine runs. The zoo's models are tiny, so by default every parameter would persist and the engine
+# would never gather or release anything. A threshold scaled to the zoo gives the regime of a full-size
+# model: weight matrices are fetched and released around every use, vectors (norms, biases) persist.
+PERSISTENCE_THRESHOLD = 128
+
 DEFAULT_ZERO3_CONFIG: dict[str, Any] = {
     "train_micro_batch_size_per_gpu": 1,
     "gradient_accumulation_steps": 1,
-    "zero_optimization": {"stage": 3},
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": PERSISTENCE_THRESHOLD},
 }
 
 DTYPE_SECTIONS = {"fp16": "fp16", "bf16": "bf16"}

@@ -30,7 +30,7 @@ def _initialization_skipped() -> contextlib.AbstractContextManager:
 
 
 class Mutant(ReferenceSubject):
-    kills: tuple[str, ...] = ()  # the clauses that must catch this mutant
+    kills: tuple[str, ...] = ()  # the clauses (every check of one) or check ids that must catch this mutant
     family = "llama"
 
 
@@ -57,13 +57,17 @@ class NoValidation(Mutant):
             return super().make_config(source)
 
 
-class UnpartitionedFromConfig(Mutant):
-    """from_config forgets zero.Init and builds the whole model on every rank."""
+class Unpartitioned(Mutant):
+    """Construction forgets zero.Init: from_config and from_pretrained build the whole model on every rank.
+    (P3's from_pretrained check cannot see it: an unpartitioned load maps the file and allocates nothing.)"""
 
-    kills = ("P1",)
+    kills = ("P1", "P2", "P3-from_config_peak_memory")
 
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
         return model_class.from_config(config)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        return model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False)
 
 
 class PerturbedLoad(Mutant):
@@ -114,12 +118,57 @@ class EmptyLoadingReport(Mutant):
         return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
 
 
+class UnsyncedGenerate(Mutant):
+    """generate without synchronizing the ranks: the first rank done stops gathering, the others hang."""
+
+    kills = ("N4",)
+
+    def generate(self, model: Any, **kwargs: Any) -> Any:
+        return model.generate(**kwargs, synced_gpus=False)
+
+
+class UntiedAfterLoad(Mutant):
+    """A tied head comes out of loading as a second parameter holding a copy of the embedding."""
+
+    kills = ("G2",)
+    family = "gpt2"
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        import deepspeed
+        import torch
+
+        from .reference.build import active_zero3, partitioned_construction
+
+        model, info = super().from_pretrained(model_class, path, dtype)
+        weight = model.get_input_embeddings().weight
+        with partitioned_construction(active_zero3(), weight.dtype):
+            copy = torch.nn.Linear(weight.ds_shape[1], weight.ds_shape[0], bias=False, dtype=weight.dtype)
+        with deepspeed.zero.GatheredParameters([weight, copy.weight], modifier_rank=0), torch.no_grad():
+            copy.weight.copy_(weight)
+        model.get_output_embeddings().weight = copy.weight
+        return model, info
+
+
+class ResizeLeavesAliases(Mutant):
+    """After resizing, the embedding's aliases (a tied head) still point at the old, smaller embedding."""
+
+    kills = ("S2",)
+    family = "gpt2"
+
+    def resize_token_embeddings(self, model: Any, new_num_tokens: int) -> Any:
+        with _patched(model, "tie_weights", lambda *args, **kwargs: None):
+            return super().resize_token_embeddings(model, new_num_tokens)
+
+
 MUTANTS: dict[str, type[Mutant]] = {
     "strong_registration": StrongRegistration,
     "no_validation": NoValidation,
-    "unpartitioned_from_config": UnpartitionedFromConfig,
+    "unpartitioned": Unpartitioned,
     "perturbed_load": PerturbedLoad,
     "skipped_init": SkippedInit,
     "missing_keys_uninitialized": MissingKeysUninitialized,
     "empty_loading_report": EmptyLoadingReport,
+    "unsynced_generate": UnsyncedGenerate,
+    "untied_after_load": UntiedAfterLoad,
+    "resize_leaves_aliases": ResizeLeavesAliases,
 }

@@ -56,7 +56,8 @@ class Runner:
             world = self.pool.get(case.world_size)
         except WorldStartError as exc:
             return self._record(case, ERROR, str(exc), {}, started)
-        outcome = world.run("zero3_conformance.checks.base:execute", payload, self.timeout_s, gave_up)
+        timeout_s = min(self.timeout_s, case.timeout_s or self.timeout_s)
+        outcome = world.run("zero3_conformance.checks.base:execute", payload, timeout_s, gave_up)
         status, message, metrics = verdict(outcome, case.world_size)
         return self._record(case, status, message, metrics, started)
 

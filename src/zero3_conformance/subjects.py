@@ -25,6 +25,15 @@ class Subject:
         """(model, loading report with missing_keys / unexpected_keys / mismatched_keys)."""
         raise NotImplementedError
 
+    def generate(self, model: Any, **kwargs: Any) -> Any:
+        """`model.generate(**kwargs)` the way this subject makes it safe under ZeRO-3, where every rank must
+        run as many forward passes as the rank that generates longest."""
+        raise NotImplementedError
+
+    def resize_token_embeddings(self, model: Any, new_num_tokens: int) -> Any:
+        """Grows the vocabulary of a model this subject built (embeddings, head, config)."""
+        raise NotImplementedError
+
 
 class TransformersSubject(Subject):
     """The installed transformers: HfDeepSpeedConfig plus the Auto classes' from_config / from_pretrained."""
@@ -46,6 +55,12 @@ class TransformersSubject(Subject):
         model, info = model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False,
                                                   **compat.dtype_kwarg(dtype))
         return model, info
+
+    def generate(self, model: Any, **kwargs: Any) -> Any:
+        return model.generate(**kwargs)  # transformers syncs the ranks itself when it sees ZeRO-3
+
+    def resize_token_embeddings(self, model: Any, new_num_tokens: int) -> Any:
+        return model.resize_token_embeddings(new_num_tokens)
 
 
 class ReferenceSubject(Subject):
@@ -72,6 +87,16 @@ class ReferenceSubject(Subject):
         from .reference import from_pretrained
 
         return from_pretrained(model_class, path, dtype)
+
+    def generate(self, model: Any, **kwargs: Any) -> Any:
+        from .reference import generate
+
+        return generate(model, **kwargs)
+
+    def resize_token_embeddings(self, model: Any, new_num_tokens: int) -> Any:
+        from .reference import resize_token_embeddings
+
+        return resize_token_embeddings(model, new_num_tokens)
 
 
 SUBJECTS: dict[str, type[Subject]] = {"transformers": TransformersSubject, "reference": ReferenceSubject}

@@ -38,6 +38,7 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
             cells.append(", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: STATUSES.index(kv[0])))
                          or "—")
         lines.append(f"| {clause} | " + " | ".join(cells) + " |")
+    lines += _memory_table(records) + _resize_table(records)
     problems = [r for r in records if r.status not in (PASS, SKIP)]
     if problems:
         lines += ["", "## Results that did not pass", ""]
@@ -49,6 +50,42 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _mb(values: list) -> str:
+    return " / ".join("?" if v is None else f"{v:.0f}" for v in values)
+
+
+def _memory_table(records: list[Record]) -> list[str]:
+    """P3's figures: what each rank allocated while building, against the bound and the baseline."""
+    rows = [r for r in records if "peak_anon_mb_by_rank" in r.metrics]
+    if not rows:
+        return []
+    lines = ["", "## Memory at construction (P3)", "",
+             f"A {rows[0].metrics['model_mb']:.0f} MB model (largest module {rows[0].metrics['largest_module_mb']:.0f} "
+             "MB), built in fresh processes. MB allocated per rank (anonymous memory), resident-set peak per rank "
+             "(adds checkpoint file pages the loader mapped), the bound, and the same build without ZeRO.", "",
+             "| check | subject | world | allocated per rank | resident peak per rank | bound | baseline allocated |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r.check, r.world_size, r.subject)):
+        m = r.metrics
+        lines.append(f"| {r.check} | {r.subject} | {r.world_size} | {_mb(m['peak_anon_mb_by_rank'])} | "
+                     f"{_mb(m['peak_mb_by_rank'])} | {m['bound_mb']:.0f} | {_mb([m.get('baseline_peak_anon_mb')])} |")
+    return lines
+
+
+def _resize_table(records: list[Record]) -> list[str]:
+    """S2's metrics: whether resized embeddings were partitioned at once or held whole until the engine."""
+    rows = [r for r in records if "partitioned_at_resize" in r.metrics]
+    if not rows:
+        return []
+    lines = ["", "## Resizing embeddings (S2)", "", "| subject | model | world | partitioned at resize | "
+             "bytes held whole per rank until the engine is built |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r.subject, r.model, r.world_size)):
+        partitioned = "yes" if r.metrics["partitioned_at_resize"] else "no"
+        lines.append(f"| {r.subject} | {r.model} | {r.world_size} | {partitioned} | "
+                     f"{r.metrics['whole_bytes_per_rank_after_resize']:,} |")
+    return lines
 
 
 def write(path: Path, records: list[Record], planned: int, notes: list[str] = ()) -> None:

@@ -80,6 +80,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
+# P3's model: large enough (about 270 MB in fp32) that construction dominates the noise of a process's own
+# memory, and made of many mid-sized modules (the largest, an embedding, about 25 MB) so the bound
+# model_bytes / world + largest_module_bytes stays well below model_bytes from world size 2 on.
+_MEMORY_LLAMA = dict(max_position_embeddings=256, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+MEMORY_FAMILY = Family("llama-memory", "LlamaConfig", _kw(
+    hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=12,
+    vocab_size=8000, **_MEMORY_LLAMA), "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False)
+# The same architecture, tiny: built once before measuring, so one-time costs of the code path (lazy imports,
+# allocator arenas, communication buffers) are not counted as the construction's.
+MEMORY_WARMUP_FAMILY = Family("llama-memory-warmup", "LlamaConfig", _kw(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+    vocab_size=256, **_MEMORY_LLAMA), "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("ZERO3_CONFORMANCE_CACHE", Path.home() / ".cache" / "zero3-conformance"))
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import logging
 import traceback
 from typing import Any, Callable, Iterator, Optional
 
@@ -30,6 +31,7 @@ class Check:
     world_sizes: tuple[int, ...]
     families: Optional[tuple[str, ...]]  # None: every family; (): no model involved
     summary: str
+    timeout_s: Optional[float] = None  # a tighter limit than the run's, for checks that can hang
 
     @property
     def id(self) -> str:
@@ -40,10 +42,11 @@ REGISTRY: dict[str, Check] = {}
 
 
 def check(clause: str, name: str, *, layouts: tuple[Optional[str], ...] = (None,), dtypes: tuple[str, ...] = ("fp32",),
-          world_sizes: tuple[int, ...] = (1, 2, 3), families: Optional[tuple[str, ...]] = None) -> Callable:
+          world_sizes: tuple[int, ...] = (1, 2, 3), families: Optional[tuple[str, ...]] = None,
+          timeout_s: Optional[float] = None) -> Callable:
     def register(fn: Callable[["Case"], None]) -> Callable[["Case"], None]:
         summary = (fn.__doc__ or "").strip().splitlines()[0]
-        entry = Check(clause, name, fn, layouts, dtypes, world_sizes, families, summary)
+        entry = Check(clause, name, fn, layouts, dtypes, world_sizes, families, summary, timeout_s)
         if entry.id in REGISTRY:
             raise ValueError(f"check {entry.id} registered twice")
         REGISTRY[entry.id] = entry
@@ -69,7 +72,8 @@ class Case:
 
         self.ctx = ctx
         self.rank, self.world_size = ctx.rank, ctx.world_size
-        self.subject = get_subject(payload["subject"])
+        self.subject_name: str = payload["subject"]
+        self.subject = get_subject(self.subject_name)
         self.family: Optional[Family] = Family(**payload["family"]) if payload.get("family") else None
         self.layout: Optional[str] = payload.get("layout")
         self.dtype: str = payload["dtype"]
@@ -208,6 +212,8 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     from ..registry import load_checks
 
     load_checks()
+    # DeepSpeed's warnings (e.g. about the client optimizers N3 uses on purpose) would bury the run's output.
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     entry = REGISTRY[payload["check"]]
     case = Case(ctx, payload)
     try:

@@ -46,19 +46,21 @@ def _dtype(case: Case) -> Any:
     return {"fp32": _torch().float32, "bf16": _torch().bfloat16}[case.dtype]
 
 
-def _batch(case: Case, step: int, rank: int) -> dict[str, Any]:
+def batch_for(case: Case, step: int, rank: int) -> dict[str, Any]:
     try:
         return training_batch(case.require_family(), case.model_config(), seed=SEED + 1000 * step + rank)
     except FamilyUnavailable as exc:
         raise NotApplicable(str(exc)) from None
 
 
-def _engine(case: Case, model: Any, optimizer: Optional[str]) -> Any:
+def deepspeed_engine(case: Case, model: Any, optimizer: Optional[str], **zero_options: Any) -> Any:
+    """The case's DeepSpeed config (less NEUTRALIZED, plus `zero_options`) wrapped around `model`."""
     import deepspeed
 
     config = copy.deepcopy(case.ds_config)
     for key in NEUTRALIZED:
         config.pop(key, None)
+    config["zero_optimization"] = {**config.get("zero_optimization", {}), **zero_options}
     # A client optimizer other than Adam(W) needs DeepSpeed's explicit consent under ZeRO.
     config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, zero_allow_untested_optimizer=True,
                   gradient_clipping=_clipping(case))
@@ -84,14 +86,14 @@ def _pair(case: Case, optimizer: Optional[str] = None) -> tuple[Any, Any]:
     baseline = _baseline(case)
     config_object, model, _ = case.zero3_from_pretrained()
     case.keep(config_object)
-    return baseline, _engine(case, model, optimizer)
+    return baseline, deepspeed_engine(case, model, optimizer)
 
 
 def _baseline_step(case: Case, baseline: Any, step: int) -> None:
     """Forward and backward of the global batch as data parallelism computes it: each rank's gradients,
     summed, divided by the world size (DeepSpeed's averaging, in the same order of operations)."""
     for rank in range(case.world_size):
-        baseline(**_batch(case, step, rank)).loss.backward()
+        baseline(**batch_for(case, step, rank)).loss.backward()
     for param in baseline.parameters():
         if param.grad is not None:
             param.grad.div_(case.world_size)
@@ -110,7 +112,7 @@ def forward_matches_baseline(case: Case) -> None:
     """Logits and loss from the DeepSpeed engine equal the baseline's on the same inputs."""
     torch = _torch()
     baseline, engine = _pair(case)
-    batch = _batch(case, 0, case.rank)
+    batch = batch_for(case, 0, case.rank)
     with torch.no_grad():
         expected = baseline(**batch)
         with case.subject_call("engine forward"):
@@ -134,8 +136,9 @@ def gradients_match_baseline(case: Case) -> None:
     """Full gradients (safe_get_full_grad) equal the baseline's for the same global batch."""
     baseline, engine = _pair(case, optimizer="sgd_momentum")
     _baseline_step(case, baseline, 0)
+    batch = batch_for(case, 0, case.rank)
     with case.subject_call("engine forward/backward"):
-        engine.backward(engine(**_batch(case, 0, case.rank)).loss)
+        engine.backward(engine(**batch).loss)
     got = _full_gradients(engine.module)
     expected = {name: p.grad for name, p in baseline.named_parameters()}
     missing = sorted(name for name, grad in got.items() if grad is None and expected.get(name) is not None)
@@ -164,8 +167,9 @@ def _steps_match(case: Case, optimizer: str) -> None:
         with torch.no_grad():
             for name, p in baseline.named_parameters():
                 p.copy_(master[name].to(p.dtype))
+        batch = batch_for(case, step, case.rank)
         with case.subject_call(f"engine step {step}"):
-            engine.backward(engine(**_batch(case, step, case.rank)).loss)
+            engine.backward(engine(**batch).loss)
             engine.step()
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params):
@@ -184,3 +188,45 @@ def sgd_momentum_steps_match_baseline(case: Case) -> None:
 def adamw_steps_match_baseline(case: Case) -> None:
     """Parameters after 3 steps of AdamW equal the baseline's after the same steps."""
     _steps_match(case, "adamw")
+
+
+# N4: rank r gets a prompt of PROMPT_LENGTH + 2r tokens and asks for NEW_TOKENS + 3r, so the ranks finish
+# at different steps: a rank that stops stepping while the others still gather parameters hangs them.
+PROMPT_LENGTH, NEW_TOKENS = 3, 2
+GENERATE_TIMEOUT_S = 45.0  # generating a dozen tokens takes a few seconds even on a loaded machine
+GENERATIVE = ("gpt2", "llama", "qwen3", "t5", "mixtral")  # bert's sequence classifier does not generate
+
+
+def _prompt(case: Case) -> dict[str, Any]:
+    torch = _torch()
+    generator = torch.Generator().manual_seed(SEED + 77 + case.rank)
+    length = PROMPT_LENGTH + 2 * case.rank
+    input_ids = torch.randint(3, int(case.model_config().vocab_size), (1, length), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+@check("N4", "generate_matches_baseline", families=GENERATIVE, timeout_s=GENERATE_TIMEOUT_S, **_NUMERIC)
+def generate_matches_baseline(case: Case) -> None:
+    """Greedy generate with a different prompt length and max_new_tokens per rank finishes and returns the
+    baseline's tokens on every rank."""
+    baseline = _baseline(case)
+    if not baseline.can_generate():
+        raise NotApplicable(f"{type(baseline).__name__} cannot generate")
+    config_object, model, _ = case.zero3_from_pretrained()
+    case.keep(config_object)
+    engine = deepspeed_engine(case, model, optimizer=None)
+    config = baseline.config
+    pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+    options = dict(do_sample=False, num_beams=1, max_new_tokens=NEW_TOKENS + 3 * case.rank, pad_token_id=pad)
+    prompt = _prompt(case)
+    torch = _torch()
+    with torch.no_grad():
+        expected = baseline.generate(**prompt, **options)
+        with case.subject_call("generate"):
+            got = case.subject.generate(engine.module, **prompt, **options)
+    case.metrics["new_tokens_by_rank_0"] = int(expected.shape[-1] - (0 if config.is_encoder_decoder
+                                                                      else prompt["input_ids"].shape[-1]))
+    if tuple(got.shape) != tuple(expected.shape) or not torch.equal(got, expected):
+        case.fail(f"generate (rank {case.rank}, prompt of {prompt['input_ids'].shape[-1]} tokens, "
+                  f"max_new_tokens={options['max_new_tokens']}): expected tokens {expected.tolist()}, "
+                  f"got {got.tolist()}")

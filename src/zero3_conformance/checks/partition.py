@@ -6,8 +6,9 @@ import gc
 from typing import Any
 
 from ..dsconfig import with_stage
+from ..memory import MB
 from ..zoo import LAYOUTS
-from .base import Case, ceil_div, check
+from .base import Case, SubjectRaised, ceil_div, check
 from .tensors import identical
 
 
@@ -143,3 +144,102 @@ def dtype_follows_config(case: Case) -> None:
                 diff = (buffer.double() - expected.double()).abs().max()
                 case.fail(f"buffer {name}: values differ from the baseline's (max |diff| {float(diff):.3g})")
             case.agree(f"buffer {name}", buffer)
+
+
+# P3 allows model_bytes / world + largest_module_bytes + MEMORY_SLACK_MB per rank: one module is whole while
+# it is built (or loaded), and the slack covers what any build allocates besides (Python objects, the
+# config, the allocator's rounding). With MEMORY_FAMILY the bound is well below model_bytes from world size
+# 2 on, so a build that materializes the whole model on a rank cannot pass.
+MEMORY_SLACK_MB = 48.0
+MEMORY_PROBE_TIMEOUT_S = 300.0
+_baseline_peaks: dict[tuple[str, str], dict[str, Any]] = {}  # per rank process: the baseline is measured once
+
+
+def _model_sizes(family: Any) -> tuple[float, float]:
+    """(model MB, largest module's own parameters MB) of the family in fp32, from a model on the meta device."""
+    import torch
+
+    from ..zoo import auto_class
+
+    with torch.device("meta"):
+        model = auto_class(family.auto_class).from_config(family.make_config())
+    total = sum(p.numel() * 4 for p in model.parameters())
+    largest = max(sum(p.numel() * 4 for p in m.parameters(recurse=False)) for m in model.modules())
+    return total / MB, largest / MB
+
+
+def _probe_everywhere(case: Case, build: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every rank starts a fresh process; those form a group of their own and build the model once. Then
+    rank 0 measures the baseline's build (no ZeRO) in one more fresh process. Returns (every rank's
+    figures, the baseline's)."""
+    import torch.distributed as dist
+
+    from ..memory import run_probe
+    from ..world import free_loopback_port
+    from ..zoo import MEMORY_FAMILY, MEMORY_WARMUP_FAMILY, ensure_checkpoint
+
+    shared: list[Any] = [None, None, None]
+    if case.rank == 0:
+        shared = [str(ensure_checkpoint(MEMORY_FAMILY, "safetensors")),
+                  str(ensure_checkpoint(MEMORY_WARMUP_FAMILY, "safetensors")), free_loopback_port()]
+    dist.broadcast_object_list(shared, src=0)
+    checkpoint, warmup_checkpoint, port = shared
+    spec = {"subject": case.subject_name, "build": build, "checkpoint": checkpoint, "ds_config": case.ds_config,
+            "backend": case.ctx.backend, "auto_class": MEMORY_FAMILY.auto_class,
+            "warmup_checkpoint": warmup_checkpoint}
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(case.rank),
+           "LOCAL_RANK": str(case.rank), "WORLD_SIZE": str(case.world_size), "LOCAL_WORLD_SIZE": str(case.world_size)}
+    try:
+        figures: dict[str, Any] = run_probe(spec, env, MEMORY_PROBE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - reported once every rank is back, so none waits forever
+        figures = {"error": str(exc)}
+    everyone: list[Any] = [None] * case.world_size
+    dist.all_gather_object(everyone, figures)
+    baseline: dict[str, Any] = {}
+    if case.rank == 0:
+        key = (build, checkpoint)
+        if key not in _baseline_peaks:
+            _baseline_peaks[key] = run_probe({**spec, "subject": "baseline"}, {}, MEMORY_PROBE_TIMEOUT_S)
+        baseline = _baseline_peaks[key]
+    return everyone, baseline
+
+
+def _peak_memory_within_bound(case: Case, build: str) -> None:
+    from ..zoo import MEMORY_FAMILY
+
+    everyone, baseline = _probe_everywhere(case, build)
+    mine = everyone[case.rank]
+    if "error" in mine:
+        raise RuntimeError(mine["error"])
+    if "raised" in mine:
+        raise SubjectRaised(f"{case.subject.name} raised during {build} in the memory probe: {mine['raised']}")
+    model_mb, largest_mb = _model_sizes(MEMORY_FAMILY)
+    bound = model_mb / case.world_size + largest_mb + MEMORY_SLACK_MB
+    # Judged on the memory the rank allocated itself: file pages of a mapped checkpoint are page cache,
+    # shared by every rank and reclaimable; the resident-set peak that counts them is recorded beside it.
+    case.expect(mine["peak_anon_mb"] <= bound,
+                f"{build} of a {model_mb:.0f} MB model: rank {case.rank} allocated up to {mine['peak_anon_mb']:.0f} "
+                f"MB, over the bound {bound:.0f} MB = {model_mb:.0f}/{case.world_size} + largest module "
+                f"{largest_mb:.0f} + slack {MEMORY_SLACK_MB:.0f} (resident-set peak {mine['peak_mb']:.0f} MB; the "
+                f"baseline without ZeRO allocated {baseline.get('peak_anon_mb', '?')} MB)")
+    case.metrics.update({
+        "model_mb": round(model_mb, 1), "largest_module_mb": round(largest_mb, 1), "bound_mb": round(bound, 1),
+        "peak_mb_by_rank": [f.get("peak_mb") for f in everyone],
+        "peak_anon_mb_by_rank": [f.get("peak_anon_mb") for f in everyone],
+        "seconds_by_rank": [f.get("seconds") for f in everyone],
+        "baseline_peak_mb": baseline.get("peak_mb"), "baseline_peak_anon_mb": baseline.get("peak_anon_mb"),
+    })
+
+
+@check("P3", "from_config_peak_memory", world_sizes=(1, 2, 4), families=())
+def from_config_peak_memory(case: Case) -> None:
+    """Building a 270 MB model with from_config, no rank's peak memory exceeds model/world + largest module +
+    slack (measured in fresh processes; the baseline's peak is recorded beside it)."""
+    _peak_memory_within_bound(case, "from_config")
+
+
+@check("P3", "from_pretrained_peak_memory", world_sizes=(1, 2, 4), families=())
+def from_pretrained_peak_memory(case: Case) -> None:
+    """Loading a 270 MB checkpoint with from_pretrained, no rank's peak memory exceeds model/world + largest
+    module + slack (measured in fresh processes; the baseline's peak is recorded beside it)."""
+    _peak_memory_within_bound(case, "from_pretrained")

@@ -32,7 +32,7 @@ def _concrete_class(model_class: Any, config: Any) -> Any:
     return mapping[type(config)] if mapping is not None else model_class
 
 
-def _active_zero3() -> Optional[ZeroConfig]:
+def active_zero3() -> Optional[ZeroConfig]:
     """The live stage-3 config, or None: without one, the builders make ordinary models."""
     config = active_config()
     return config if config is not None and config.is_zero3() else None
@@ -64,13 +64,20 @@ def _dtype_name(dtype: Any) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
 
 
-def _construct(model_class: Any, config: Any, zero: ZeroConfig, dtype: Any) -> Any:
+@contextlib.contextmanager
+def partitioned_construction(zero: ZeroConfig, dtype: Any) -> Iterator[None]:
+    """Modules constructed inside are partitioned as each one's __init__ ends, without weight init."""
     import deepspeed
 
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, _dtype_name(dtype))
     with compat.no_init_weights(), _explicit_dtypes_kept(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        yield
+
+
+def _construct(model_class: Any, config: Any, zero: ZeroConfig, dtype: Any) -> Any:
+    with partitioned_construction(zero, dtype):
         model = model_class(config)
     model.tie_weights()
     return model
@@ -126,7 +133,7 @@ def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
 
 
 def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
-    zero = _active_zero3()
+    zero = active_zero3()
     if zero is None:
         return _concrete_class(model_class, config)._from_config(config, **compat.dtype_kwarg(dtype))
     model = _construct(_concrete_class(model_class, config), config, zero, dtype)
@@ -206,7 +213,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any
     import torch
     from transformers import AutoConfig
 
-    zero = _active_zero3()
+    zero = active_zero3()
     if zero is None:  # an ordinary load is not what the reference is about: transformers does it
         return model_class.from_pretrained(str(path), output_loading_info=True, trust_remote_code=False,
                                            **compat.dtype_kwarg(dtype))

@@ -1,0 +1,185 @@
+"""S — saving a ZeRO-3 model and growing its vocabulary."""
+
+from __future__ import annotations
+
+import gc
+import io
+import shutil
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+from .base import SEED, Case, check
+from .numerics import batch_for, deepspeed_engine
+from .tensors import exact_mismatch, full_parameters, tied_groups
+
+ADDED_TOKENS = 5  # V + 5: 136 rows for the zoo's vocabulary of 131, which world size 3 does not divide
+
+
+def _vocabulary_modules(model: Any) -> dict[str, Any]:
+    """The input embedding and, where the model has one, the output head."""
+    modules = {"input embeddings": model.get_input_embeddings()}
+    head = model.get_output_embeddings()
+    if head is not None:
+        modules["output embeddings"] = head
+    return modules
+
+
+def _vocabulary_params(model: Any) -> dict[str, Any]:
+    return {f"{what}.{name}": param for what, module in _vocabulary_modules(model).items()
+            for name, param in module.named_parameters(recurse=False)}
+
+
+def _held_whole_bytes(params: dict[str, Any]) -> int:
+    """Bytes of these parameters that this rank holds unpartitioned."""
+    return sum(p.numel() * p.element_size() for p in params.values() if not hasattr(p, "ds_id"))
+
+
+@check("S2", "resize_token_embeddings", layouts=("safetensors",), world_sizes=(2, 3))
+def resize_token_embeddings(case: Case) -> None:
+    """resize_token_embeddings(V + k): config, old rows, new rows equal on every rank, tied head, partitioned
+    with V + k rows once the engine is built, logits V + k wide."""
+    import deepspeed
+    import torch
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    baseline, _ = case.baseline_from_pretrained()
+    groups = tied_groups(baseline)
+    old_rows = {what: module.weight.detach().clone() for what, module in _vocabulary_modules(baseline).items()}
+    vocab = int(baseline.get_input_embeddings().weight.shape[0])
+    new_vocab = vocab + ADDED_TOKENS
+    config_object, model, _ = case.zero3_from_pretrained()
+    case.keep(config_object)
+    # Each rank's random state differs, as in data-parallel code that seeds per rank: new rows must not
+    # depend on it.
+    torch.manual_seed(SEED + 1 + case.rank)
+    with case.subject_call(f"resize_token_embeddings({new_vocab})"):
+        case.subject.resize_token_embeddings(model, new_vocab)
+    case.expect(model.config.get_text_config().vocab_size == new_vocab,
+                f"config.vocab_size expected {new_vocab}, got {model.config.get_text_config().vocab_size}")
+    params = _vocabulary_params(model)
+    case.metrics["partitioned_at_resize"] = all(hasattr(p, "ds_id") for p in params.values())
+    case.metrics["whole_bytes_per_rank_after_resize"] = _held_whole_bytes(params)
+
+    engine = deepspeed_engine(case, model, optimizer=None)
+    modules = _vocabulary_modules(engine.module)
+    params = _vocabulary_params(engine.module)
+    for name, param in params.items():
+        where = f"{name} after the engine is built (rank {case.rank})"
+        if not case.expect(hasattr(param, "ds_id"), f"{where}: not partitioned (no ds_id)"):
+            continue
+        case.expect(param.ds_status == ZeroParamStatus.NOT_AVAILABLE and param.numel() == 0,
+                    f"{where}: expected released (NOT_AVAILABLE, empty), got {param.ds_status}, {param.numel()} "
+                    f"elements held")
+        case.expect(int(param.ds_shape[0]) == new_vocab, f"{where}: ds_shape {tuple(param.ds_shape)}, expected "
+                                                         f"{new_vocab} rows")
+    named = dict(engine.module.named_parameters(remove_duplicate=False))
+    for group in groups:  # e.g. a tied head, or an encoder's and a decoder's embed_tokens
+        shared = {id(named[name]) for name in group if name in named}
+        case.expect(len(shared) == 1 and all(name in named for name in group),
+                    f"tied group {group} is no longer one parameter after resizing: {len(shared)} separate "
+                    f"parameters (rank {case.rank})")
+    zero_params = [p for p in params.values() if hasattr(p, "ds_id")]
+    with deepspeed.zero.GatheredParameters(zero_params):
+        for what, module in modules.items():
+            weight = module.weight.detach().clone()
+            if weight.shape[0] != new_vocab:
+                case.fail(f"{what}.weight has {weight.shape[0]} rows after resizing, expected {new_vocab}")
+                continue
+            problem = exact_mismatch(f"{what}.weight[:{vocab}]", old_rows[what], weight[:vocab])
+            case.expect(problem is None, f"old rows changed by resizing: {problem} (rank {case.rank})")
+            added = weight[vocab:]
+            case.expect(bool(torch.isfinite(added).all()), f"{what}.weight: added rows hold non-finite values")
+            case.agree(f"{what}.weight added rows", added)
+    if "output embeddings" in modules:
+        new_token = torch.tensor([[3, new_vocab - 1, 4, new_vocab - 2]])
+        inputs = {"input_ids": new_token}
+        if getattr(engine.module.config, "is_encoder_decoder", False):
+            inputs["decoder_input_ids"] = new_token
+        with torch.no_grad(), case.subject_call("forward with added tokens"):
+            logits = engine(**inputs).logits
+        case.expect(logits.shape[-1] == new_vocab, f"logits {tuple(logits.shape)}, expected {new_vocab} wide")
+        case.expect(bool(torch.isfinite(logits).all()), "logits over the added tokens are not finite")
+
+
+def _scratch_dir(case: Case) -> Path:
+    """A private directory every rank of this case writes to; removed when the case ends."""
+    import torch.distributed as dist
+
+    path = [tempfile.mkdtemp(prefix="zero3-save-") if case.rank == 0 else None]
+    dist.broadcast_object_list(path, src=0)
+    if case.rank == 0:
+        case.on_close(lambda: shutil.rmtree(path[0], ignore_errors=True))
+    return Path(path[0])
+
+
+def _saved(case: Case, engine: Any, scratch: Path) -> dict[str, Path]:
+    """The trained engine saved the three ways S1 names; returns directories from_pretrained can load."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    model = engine.module
+    dirs = {what: scratch / what for what in ("save_16bit_model", "zero_to_fp32", "save_pretrained")}
+    with case.subject_call("engine.save_16bit_model"):
+        engine.save_16bit_model(str(dirs["save_16bit_model"]), "pytorch_model.bin")
+    with case.subject_call("engine.save_checkpoint"):
+        engine.save_checkpoint(str(scratch / "zero-checkpoint"), tag="s1")
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        if case.rank == 0:
+            with case.subject_call("save_pretrained of the gathered model"):
+                model.save_pretrained(dirs["save_pretrained"])
+    dist.barrier()
+    if case.rank == 0:
+        chatter = io.StringIO()  # zero_to_fp32 prints progress to stdout and stderr
+        with case.subject_call("zero_to_fp32 consolidation"), redirect_stdout(chatter), redirect_stderr(chatter):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(scratch / "zero-checkpoint"), tag="s1")
+        dirs["zero_to_fp32"].mkdir()
+        torch.save(state, dirs["zero_to_fp32"] / "pytorch_model.bin")
+        for what in ("save_16bit_model", "zero_to_fp32"):  # weights alone: the config comes from the model
+            model.config.save_pretrained(dirs[what])
+    return dirs
+
+
+@check("S1", "saved_checkpoints_reload_exactly", layouts=("safetensors",), world_sizes=(2, 3))
+def saved_checkpoints_reload_exactly(case: Case) -> None:
+    """After a training step, the 16-bit consolidated save, zero_to_fp32 consolidation and save_pretrained of
+    gathered weights each load without ZeRO to exactly the weights the ZeRO model held, tied weights included."""
+    import deepspeed
+
+    config_object, model, _ = case.zero3_from_pretrained()
+    engine = deepspeed_engine(case, model, "sgd_momentum", stage3_gather_16bit_weights_on_model_save=True)
+    batch = batch_for(case, 0, case.rank)
+    with case.subject_call("training step"):
+        engine.backward(engine(**batch).loss)
+        engine.step()
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+        held = full_parameters(engine.module)
+    held_groups = tied_groups(engine.module)
+    dirs = _saved(case, engine, _scratch_dir(case))
+    # Reloading "without ZeRO" needs the subject's config gone; it was only needed for construction.
+    del config_object
+    gc.collect()
+    if not case.expect(not case.subject.is_zero3_enabled(), "ZeRO-3 is still enabled after the config object "
+                                                            "was dropped; cannot reload without ZeRO (see A2)"):
+        return
+    if case.rank != 0:
+        return  # rank 0 wrote the files; one reload of each is enough
+    for what, directory in dirs.items():
+        with case.subject_call(f"from_pretrained of the {what} checkpoint"):
+            reloaded, info = case.model_class().from_pretrained(str(directory), output_loading_info=True,
+                                                                trust_remote_code=False)
+        case.keep(reloaded)
+        case.expect(not info.get("missing_keys"), f"{what}: keys missing on reload: {info.get('missing_keys')}")
+        got = full_parameters(reloaded)
+        problems = [p for key in sorted(held) if (p := exact_mismatch(key, held[key], got[key]) if key in got
+                                                   else f"{key}: absent after reload")]
+        for problem in problems[:5]:
+            case.fail(f"{what}: reloaded {problem} (expected: what the ZeRO-3 model held after training)")
+        if len(problems) > 5:
+            case.fail(f"{what}: ... and {len(problems) - 5} more tensors differ")
+        groups = tied_groups(reloaded)
+        case.expect(groups == held_groups, f"{what}: tied groups after reload {groups}, the ZeRO-3 model had "
+                                           f"{held_groups}")

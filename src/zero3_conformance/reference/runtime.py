@@ -1,0 +1,80 @@
+"""Using a model the reference built: what changes once its parameters are partitioned.
+
+- generate: every forward pass gathers parameters with collectives, so a rank that is done generating
+  must keep stepping until every rank is done (`synced_gpus`), or the others wait for it forever.
+- resize_token_embeddings: the new embedding (and untied head) is created under `zero.Init`, so it is
+  partitioned at once and no rank holds the whole new vocabulary; old rows are copied and new rows set
+  to the mean of the old ones on rank 0, which re-partitions them to every rank (no per-rank randomness).
+  The model's own tie_weights then points every alias (a tied head, an encoder's copy) at the new
+  embedding, so a tied group stays one ZeRO parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .build import active_zero3, partitioned_construction
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _partitioned(model: Any) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def generate(model: Any, **kwargs: Any) -> Any:
+    if _partitioned(model) and _world_size() > 1:
+        kwargs.setdefault("synced_gpus", True)
+    return model.generate(**kwargs)
+
+
+def _grown(old: Any, new: Any, old_rows: int) -> None:
+    """new[:old_rows] = old; the added rows = the mean of the old rows (in fp32, then cast)."""
+    new[:old_rows].copy_(old[:old_rows])
+    new[old_rows:].copy_(old.float().mean(dim=0, keepdim=True).expand_as(new[old_rows:]).to(new.dtype))
+
+
+def _resized(module: Any, new_rows: int, zero: Any) -> None:
+    """Swaps `module`'s weight (and bias) for partitioned ones with `new_rows` rows."""
+    import deepspeed
+    import torch
+
+    weight = module.weight
+    old_rows, width = weight.ds_shape
+    bias = getattr(module, "bias", None)
+    with partitioned_construction(zero, weight.dtype):
+        # Only parameters of a module constructed inside zero.Init are partitioned: build one to take them from.
+        grown = torch.nn.Linear(width, new_rows, bias=bias is not None, dtype=weight.dtype)
+    new_weight, new_bias = grown.weight, grown.bias
+    pairs = [(weight, new_weight)] + ([(bias, new_bias)] if bias is not None else [])
+    with deepspeed.zero.GatheredParameters([p for pair in pairs for p in pair], modifier_rank=0), torch.no_grad():
+        for old, new in pairs:
+            _grown(old, new, old_rows)
+    module.weight = new_weight
+    if bias is not None:
+        module.bias = new_bias
+    for attribute in ("num_embeddings", "out_features"):
+        if hasattr(module, attribute):
+            setattr(module, attribute, new_rows)
+
+
+def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
+    zero = active_zero3()
+    if zero is None or not _partitioned(model):
+        return model.resize_token_embeddings(new_num_tokens)
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embeddings.weight
+    _resized(embeddings, new_num_tokens, zero)
+    if head is not None and not tied:
+        _resized(head, new_num_tokens, zero)
+    model.config.get_text_config().vocab_size = new_num_tokens
+    if hasattr(model, "vocab_size"):
+        model.vocab_size = new_num_tokens
+    model.tie_weights()  # every alias of the embedding (a tied head, an encoder's copy) takes the new one
+    if head is not None and hasattr(head, "out_features"):
+        head.out_features = new_num_tokens
+    return embeddings
