@@ -1,6 +1,6 @@
 import torch
 
-from zero3_conformance.checks.tensors import exact_mismatch, init_mismatch
+from zero3_conformance.checks.tensors import closeness_problem, exact_mismatch, init_mismatch
 
 
 def test_exact_mismatch_names_tensor_position_and_values():
@@ -55,3 +55,13 @@ def test_nan_copied_bit_for_bit_is_identical():
     assert exact_mismatch("w", a, a.clone()) is None
     assert not identical(a, torch.tensor([1.0, 2.0, 3.0]))
     assert exact_mismatch("w", a, torch.tensor([1.0, 2.0, 3.0])) is not None
+
+
+def test_closeness_names_the_worst_tensor_and_honours_an_elementwise_allowance():
+    expected = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([2.0])}
+    got = {"a": torch.tensor([1.0, 1e-3]), "b": torch.tensor([2.0])}
+    problem = closeness_problem(expected, got, rtol=1e-5, atol=1e-6)
+    assert problem is not None and "1/2 tensors" in problem and "worst a" in problem and "(1,)" in problem
+    # The allowance covers exactly the element that needs it, and no more.
+    assert closeness_problem(expected, got, 1e-5, 1e-6, extra={"a": torch.tensor([0.0, 1e-3])}) is None
+    assert closeness_problem(expected, got, 1e-5, 1e-6, extra={"a": torch.tensor([1e-3, 0.0])}) is not None

@@ -103,9 +103,11 @@ def tied_groups(model: Any) -> list[tuple[str, ...]]:
     return sorted(tuple(group) for group in names.values() if len(group) > 1)
 
 
-def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float, atol: float) -> Optional[str]:
-    """None if every tensor is close (|got - expected| <= atol + rtol * |expected|, elementwise); else how many
-    are not and the worst of them: its name, max abs and rel difference, and where."""
+def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float, atol: float,
+                      extra: Optional[dict[str, Any]] = None) -> Optional[str]:
+    """None if every tensor is close (|got - expected| <= atol + rtol * |expected| + extra, elementwise, where
+    `extra` optionally gives a tensor's own additional allowance); else how many are not and the worst of
+    them: its name, max abs and rel difference, and where."""
     import torch
 
     worst: Optional[tuple[float, str]] = None
@@ -121,7 +123,10 @@ def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float
             worst = (float("inf"), f"{name}: shape expected {tuple(e.shape)}, got {tuple(g.shape)}")
             continue
         diff = (e - g).abs()
-        excess = diff / (atol + rtol * e.abs())  # > 1 where the tolerance is broken
+        allowed = atol + rtol * e.abs()
+        if extra is not None and name in extra:
+            allowed = allowed + extra[name].double()
+        excess = diff / allowed  # > 1 where the tolerance is broken
         excess[torch.isnan(diff)] = float("inf")
         if e.numel() == 0 or not bool((excess > 1).any()):
             continue
