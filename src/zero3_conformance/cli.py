@@ -1,4 +1,4 @@
-"""zero3-conformance run | env."""
+"""zero3-conformance run | matrix | report | env | list."""
 
 from __future__ import annotations
 
@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE)
     run.add_argument("--timeout", type=float, default=180.0, help="seconds per check before TIMEOUT")
     run.add_argument("--quiet", action="store_true")
+    matrix = commands.add_parser("matrix", help="run a profile's cells of the version matrix, each in its tox env")
+    matrix.add_argument("--profile", default="smoke", help="profile of matrix/matrix.toml (default smoke)")
+    matrix.add_argument("--file", type=Path, default=None, help="matrix file (default matrix/matrix.toml)")
+    matrix.add_argument("--out", type=Path, default=Path("runs/matrix"), help="one run directory per cell, and report/")
+    matrix.add_argument("--resume", action="store_true", help="keep cells that already finished in --out")
+    matrix.add_argument("--list", action="store_true", help="print the profile's cells and stop")
+    matrix.add_argument("--write-tox", type=Path, default=None, metavar="PATH",
+                        help="write the tox.ini generated from the matrix to PATH and stop")
+    matrix.add_argument("run_args", nargs="*", help="options passed to each cell's `run` (after --)")
+    report = commands.add_parser("report", help="aggregate run directories into a compatibility report")
+    report.add_argument("run_dirs", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, required=True)
+    report.add_argument("--baseline", type=Path, default=None, help="an older report.json to diff against")
     commands.add_parser("env", help="print the cell: versions, backend, device")
     commands.add_parser("list", help="list the checks and their clauses")
     return parser
@@ -103,6 +116,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _matrix_file(args: argparse.Namespace) -> Path:
+    if args.file is not None:
+        return args.file
+    return Path(__file__).resolve().parents[2] / "matrix" / "matrix.toml"
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    import importlib.util
+    import shutil
+
+    from . import matrix as matrix_file
+    from .matrix_runner import COMPLETE, run_profile
+    from .report import write_report
+
+    path = _matrix_file(args)
+    matrix = matrix_file.load(path)
+    cells = matrix.profile(args.profile)
+    if args.write_tox is not None:
+        args.write_tox.write_text(matrix_file.render_tox(matrix), encoding="utf-8")
+        return 0
+    if args.list:
+        for cell in cells:
+            print(f"{cell.name}  {' '.join(cell.pins())}")
+        return 0
+    # The tox installed beside this harness, else one on PATH.
+    tox = [sys.executable, "-m", "tox"] if importlib.util.find_spec("tox") else ([shutil.which("tox")] if
+                                                                               shutil.which("tox") else None)
+    if tox is None:
+        raise UsageError("tox is not installed here: pip install 'zero3-conformance[matrix]'")
+
+    def progress(index: int, total: int, cell: matrix_file.Cell, info: dict) -> None:
+        print(f"[{index}/{total}] {info['status']:15s} {cell.name} ({info.get('seconds', 0):.0f}s)", flush=True)
+
+    run_dirs = run_profile(cells, args.out, tox, path.parent.parent, args.run_args, args.resume, progress)
+    passed_on = ["--", *args.run_args] if args.run_args else []
+    command = " ".join(["zero3-conformance matrix --profile", args.profile, *passed_on])
+    report = write_report(run_dirs, args.out / "report", command=command)
+    passed = all(c["passed"] for c in report["cells"] if c["status"] == COMPLETE)
+    print(f"report in {args.out / 'report'}/report.md: {sum(c['passed'] for c in report['cells'])} of "
+          f"{len(report['cells'])} cells pass")
+    return 0 if passed else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    command = "zero3-conformance report " + " ".join(map(str, args.run_dirs)) + f" --out {args.out}"
+    report = write_report(args.run_dirs, args.out, args.baseline, command)
+    print(f"report in {args.out}/report.md and report.json: {len(report['cells'])} cells, "
+          f"{len(report['failures'])} failures")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -110,6 +176,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_env()
         if args.command == "list":
             return cmd_list()
+        if args.command == "matrix":
+            return cmd_matrix(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args)
     except UsageError as exc:
         print(f"zero3-conformance: error: {exc}", file=sys.stderr)

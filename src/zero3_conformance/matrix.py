@@ -1,0 +1,200 @@
+"""The version matrix (matrix/matrix.toml): axes, exclusions, profiles of cells, and the tox.ini made from them.
+
+A cell pins one version of each library; its name says them, e.g. `torch2.13.0-ds0.19.8-tf5.24.0-acc1.15.0`,
+and is its tox environment's name. Any problem in the file is a UsageError naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .errors import UsageError
+
+LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
+SHORT = {"torch": "torch", "deepspeed": "ds", "transformers": "tf", "accelerate": "acc"}
+PROFILE_KEYS = {"cells", "all"}
+DEFAULT_FILE = Path("matrix") / "matrix.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    torch: str
+    deepspeed: str
+    transformers: str
+    accelerate: str
+
+    @property
+    def name(self) -> str:
+        return "-".join(f"{SHORT[lib]}{getattr(self, lib)}" for lib in LIBRARIES)
+
+    def pins(self) -> list[str]:
+        return [f"{lib}=={getattr(self, lib)}" for lib in LIBRARIES]
+
+
+@dataclasses.dataclass(frozen=True)
+class Exclusion:
+    specifiers: dict[str, str]  # library -> PEP 440 specifier set
+    reason: str
+
+    def matches(self, cell: Cell) -> bool:
+        from packaging.specifiers import SpecifierSet
+
+        return all(getattr(cell, lib) in SpecifierSet(spec) for lib, spec in self.specifiers.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Matrix:
+    python: str
+    axes: dict[str, list[str]]
+    exclusions: list[Exclusion]
+    profiles: dict[str, list[Cell]]
+
+    def profile(self, name: str) -> list[Cell]:
+        if name not in self.profiles:
+            raise UsageError(f"unknown profile {name!r}; known: {', '.join(self.profiles)}")
+        return self.profiles[name]
+
+    def excluded(self, cell: Cell) -> Optional[Exclusion]:
+        return next((e for e in self.exclusions if e.matches(cell)), None)
+
+
+def _fail(where: str, problem: str) -> UsageError:
+    return UsageError(f"invalid matrix file {where}: {problem}")
+
+
+def _versions(where: str, value: Any) -> list[str]:
+    from packaging.version import InvalidVersion, Version
+
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _fail(where, "expected a non-empty list of version strings")
+    for version in value:
+        try:
+            Version(version)
+        except InvalidVersion:
+            raise _fail(where, f"{version!r} is not a version") from None
+    if len(set(value)) != len(value):
+        raise _fail(where, "a version is listed twice")
+    return list(value)
+
+
+def _exclusion(where: str, entry: Any) -> Exclusion:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("reason"), str) or not entry["reason"].strip():
+        raise _fail(where, "an exclusion is a table of specifiers with a non-empty 'reason'")
+    specifiers = {k: v for k, v in entry.items() if k != "reason"}
+    unknown = set(specifiers) - set(LIBRARIES)
+    if unknown or not specifiers:
+        raise _fail(where, f"exclusion keys must be among {', '.join(LIBRARIES)}; got {sorted(entry)}")
+    for lib, spec in specifiers.items():
+        try:
+            SpecifierSet(spec)
+        except (InvalidSpecifier, TypeError):
+            raise _fail(f"{where}.{lib}", f"{spec!r} is not a PEP 440 specifier") from None
+    return Exclusion(specifiers, entry["reason"])
+
+
+def _cell(where: str, entry: Any, axes: dict[str, list[str]]) -> Cell:
+    if not isinstance(entry, dict) or set(entry) != set(LIBRARIES):
+        got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise _fail(where, f"a cell names exactly {', '.join(LIBRARIES)}; got {got}")
+    for lib in LIBRARIES:
+        if entry[lib] not in axes[lib]:
+            raise _fail(f"{where}.{lib}", f"{entry[lib]!r} is not in axes.{lib} {axes[lib]}")
+    return Cell(**{lib: entry[lib] for lib in LIBRARIES})
+
+
+def _product(axes: dict[str, list[str]]) -> list[Cell]:
+    import itertools
+
+    return [Cell(*combo) for combo in itertools.product(*(axes[lib] for lib in LIBRARIES))]
+
+
+def parse(data: dict[str, Any], source: str = "matrix") -> Matrix:
+    if not isinstance(data.get("python"), str):
+        raise _fail(f"{source}: python", "expected a version string such as \"3.11\"")
+    axes_data = data.get("axes")
+    if not isinstance(axes_data, dict) or set(axes_data) != set(LIBRARIES):
+        raise _fail(f"{source}: axes", f"expected exactly {', '.join(LIBRARIES)}")
+    axes = {lib: _versions(f"{source}: axes.{lib}", axes_data[lib]) for lib in LIBRARIES}
+    exclude = data.get("exclude", [])
+    if not isinstance(exclude, list):
+        raise _fail(f"{source}: exclude", "expected a list of tables")
+    exclusions = [_exclusion(f"{source}: exclude[{i}]", e) for i, e in enumerate(exclude)]
+    matrix = Matrix(data["python"], axes, exclusions, {})
+    profiles = data.get("profiles")
+    if not isinstance(profiles, dict) or not profiles:
+        raise _fail(f"{source}: profiles", "expected at least one profile")
+    for name, profile in profiles.items():
+        where = f"{source}: profiles.{name}"
+        if not isinstance(profile, dict) or set(profile) - PROFILE_KEYS or len(set(profile) & PROFILE_KEYS) != 1:
+            raise _fail(where, "a profile has either 'cells' (a list) or 'all = true'")
+        if "all" in profile:
+            if profile["all"] is not True:
+                raise _fail(f"{where}.all", "only 'all = true' is meaningful")
+            cells = [c for c in _product(axes) if matrix.excluded(c) is None]
+        else:
+            if not isinstance(profile["cells"], list) or not profile["cells"]:
+                raise _fail(f"{where}.cells", "expected a non-empty list of cells")
+            cells = [_cell(f"{where}.cells[{i}]", e, axes) for i, e in enumerate(profile["cells"])]
+            for i, cell in enumerate(cells):
+                exclusion = matrix.excluded(cell)
+                if exclusion is not None:
+                    raise _fail(f"{where}.cells[{i}]", f"{cell.name} is excluded: {exclusion.reason}")
+            if len({c.name for c in cells}) != len(cells):
+                raise _fail(f"{where}.cells", "a cell is listed twice")
+        matrix.profiles[name] = cells
+    return matrix
+
+
+def load(path: Union[str, Path] = DEFAULT_FILE) -> Matrix:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read matrix file {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"invalid matrix file {path}: {exc}") from None
+    return parse(data, str(path))
+
+
+def render_tox(matrix: Matrix) -> str:
+    """tox.ini: a cell's name is its factors (`torch2.13.0-ds0.19.8-...`), each factor pins one library, and
+    each profile is a label listing its cells, so `tox -e CELL` and `tox -m PROFILE` both work."""
+    factor_pins = [f"    {SHORT[lib]}{version}: {lib}=={version}" for lib in LIBRARIES for version in matrix.axes[lib]]
+    return "\n".join([
+        "# Generated from matrix/matrix.toml by `zero3-conformance matrix --write-tox`; edit that file instead.",
+        "[tox]",
+        "requires =",
+        "    tox>=4",
+        "    tox-uv>=1",
+        f"env_list = {', '.join(c.name for c in next(iter(matrix.profiles.values())))}",
+        "labels =",
+        *(f"    {name} = {', '.join(c.name for c in cells)}" for name, cells in matrix.profiles.items()),
+        "",
+        "[testenv]",
+        f"base_python = python{matrix.python}",
+        "package = editable",
+        "deps =",
+        *factor_pins,
+        "# uv reads its own settings: hand it pip's find-links, where a local torch build may live.",
+        "set_env =",
+        "    UV_FIND_LINKS = {env:PIP_FIND_LINKS:}",
+        "pass_env =",
+        "    HOME",
+        "    PIP_*",
+        "    ZERO3_CONFORMANCE_*",
+        "    CUDA_VISIBLE_DEVICES",
+        "commands =",
+        "    zero3-conformance run --out {env:ZERO3_CONFORMANCE_MATRIX_OUT:{toxinidir}/runs/matrix}/{env_name} "
+        "{posargs}",
+    ]) + "\n"

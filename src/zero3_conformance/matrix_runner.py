@@ -1,0 +1,86 @@
+"""Runs a profile's cells, each in its own tox environment, and keeps going past cells that break.
+
+Each cell gets a run directory named after it, holding the run's records and `cell.json`: whether its
+environment installed, whether the libraries imported, and how the run ended. A cell that cannot be
+installed or imported is recorded as such, with the resolver's or the import's message, never as a
+test failure and never dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .matrix import Cell
+
+CELL_FILE = "cell.json"
+NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_IMPORTABLE", "COMPLETE", "RUN_FAILED"
+IMPORT_CHECK = "import torch, deepspeed, transformers, accelerate, zero3_conformance"
+OUT_ENV = "ZERO3_CONFORMANCE_MATRIX_OUT"  # where tox.ini's command writes a cell's run directory
+TAIL_CHARS = 3000
+
+
+def _tail(done: subprocess.CompletedProcess) -> str:
+    return (done.stdout + done.stderr)[-TAIL_CHARS:].strip()
+
+
+def read_cell_file(run_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((Path(run_dir) / CELL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cell_file(run_dir: Path, cell: Cell, status: str, message: str, seconds: float,
+                     exit_status: Optional[int] = None) -> dict:
+    info = {"cell": cell.name, "pins": dataclasses.asdict(cell), "status": status, "message": message,
+            "exit_status": exit_status, "seconds": round(seconds, 1)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / f".{CELL_FILE}.tmp"
+    staging.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    staging.replace(run_dir / CELL_FILE)  # whole or not at all
+    return info
+
+
+def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args: list[str]) -> dict:
+    """Installs, import-checks and runs one cell through tox; returns what its cell.json says."""
+    import os
+
+    started = time.monotonic()
+    run_dir = out_root / cell.name
+    env = {**os.environ, OUT_ENV: str(out_root.resolve())}
+
+    def tox_call(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*tox, *args], cwd=project, env=env, capture_output=True, text=True)
+
+    installed = tox_call("run", "-e", cell.name, "--notest")
+    if installed.returncode != 0:
+        return _write_cell_file(run_dir, cell, NOT_INSTALLABLE, _tail(installed), time.monotonic() - started)
+    imported = tox_call("exec", "-e", cell.name, "--", "python", "-c", IMPORT_CHECK)
+    if imported.returncode != 0:
+        return _write_cell_file(run_dir, cell, NOT_IMPORTABLE, _tail(imported), time.monotonic() - started)
+    ran = tox_call("run", "-e", cell.name, "--", "--quiet", *run_args)
+    # The run exits 0 (all passed) or 1 (findings): both are complete runs. Anything else broke the run.
+    complete = ran.returncode in (0, 1) and (run_dir / "summary.md").is_file()
+    return _write_cell_file(run_dir, cell, COMPLETE if complete else RUN_FAILED, "" if complete else _tail(ran),
+                            time.monotonic() - started, exit_status=ran.returncode)
+
+
+def run_profile(cells: list[Cell], out_root: Path, tox: list[str], project: Path, run_args: list[str],
+                resume: bool = False, progress: Callable[[int, int, Cell, dict], None] = lambda *a: None) -> list[Path]:
+    """Runs every cell in turn; with `resume`, cells that already finished are kept as they are."""
+    run_dirs = []
+    for index, cell in enumerate(cells, 1):
+        run_dir = out_root / cell.name
+        previous = read_cell_file(run_dir) if resume else None
+        if previous is not None and previous.get("status") != RUN_FAILED:
+            info = previous
+        else:
+            info = run_cell(cell, out_root, tox, project, run_args)
+        progress(index, len(cells), cell, info)
+        run_dirs.append(run_dir)
+    return run_dirs

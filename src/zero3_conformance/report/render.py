@@ -1,0 +1,86 @@
+"""report.json and report.md from the aggregate."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import UsageError
+from ..results import BAD_STATUSES, PASS, XFAIL, XPASS
+from .aggregate import aggregate
+
+GROUPS = "APGNSE"
+MESSAGE_CHARS = 1500
+
+
+def _group_cell(clauses: dict[str, dict[str, int]], group: str) -> str:
+    counts: dict[str, int] = {}
+    for clause, statuses in clauses.items():
+        if clause.startswith(group):
+            for status, n in statuses.items():
+                counts[status] = counts.get(status, 0) + n
+    if not counts:
+        return "—"
+    good = counts.get(PASS, 0) + counts.get(XPASS, 0)
+    bad = sum(counts.get(s, 0) for s in BAD_STATUSES)
+    text = f"✓ {good}" + (f" ✗ {bad}" if bad else "")
+    return text + (f" (xfail {counts[XFAIL]})" if counts.get(XFAIL) else "")
+
+
+def render_markdown(report: dict[str, Any], command: str) -> str:
+    lines = ["# ZeRO-3 compatibility report", ""]
+    lines += ["| cell | status | " + " | ".join(GROUPS) + " |", "|---|---|" + "---|" * len(GROUPS)]
+    for cell in report["cells"]:
+        verdict = "passes" if cell["passed"] else ("fails" if cell["status"] == "COMPLETE" else cell["status"])
+        lines.append(f"| `{cell['name']}` | {verdict} | "
+                     + " | ".join(_group_cell(cell["clauses"], g) for g in GROUPS) + " |")
+    lines += ["", "## Supported versions (from these cells)", ""]
+    for lib, versions in report["supported"].items():
+        lines.append(f"- **{lib}**: " + "; ".join(f"{v}: {text}" for v, text in versions.items()))
+    broken = [c for c in report["cells"] if c["status"] not in ("COMPLETE",)]
+    if broken:
+        lines += ["", "## Cells that did not run to the end", ""]
+        for cell in broken:
+            lines += [f"### {cell['status']} `{cell['name']}`", "", "```", cell["message"][-MESSAGE_CHARS:], "```", ""]
+    if report.get("diff"):
+        lines += ["", "## Changes against the baseline report", ""]
+        for name, change in report["diff"].items():
+            lines.append(f"- `{name}`: newly failing {', '.join(change['newly_failing']) or 'none'}; "
+                         f"newly fixed {', '.join(change['newly_fixed']) or 'none'}"
+                         + (" (new cell)" if "new_cell" in change else ""))
+    if report["failures"]:
+        lines += ["", "## Failures", ""]
+        for failure in report["failures"]:
+            lines += [f"### {failure['status']} {failure['case']} — likely fault: {failure['likely_fault']}",
+                      f"cell `{failure['cell']}`", "", "```", failure["message"][:MESSAGE_CHARS], "```", ""]
+    devices = sorted({str(c["versions"].get("device", "?")) for c in report["cells"]})
+    lines += ["", "## Provenance", "",
+              f"- generated {report['generated']} by zero3-conformance {report['harness']} "
+              f"on {platform.node() or 'an unnamed host'}",
+              f"- devices: {', '.join(devices)}",
+              f"- cells: {len(report['cells'])}; exact versions in each cell's name and in report.json",
+              f"- regenerate with: `{command}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dirs: list[Path], out: Path, baseline: Optional[Path] = None, command: str = "") -> dict:
+    old = None
+    if baseline is not None:
+        try:
+            old = json.loads(Path(baseline).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read baseline report {baseline}: {exc}") from None
+    report = aggregate(run_dirs, old)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Each file is written whole, then renamed: a reader never sees half a report.
+        for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True) + "\n"),
+                           ("report.md", render_markdown(report, command))):
+            staging = out / f".{name}.tmp"
+            staging.write_text(text, encoding="utf-8")
+            staging.replace(out / name)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    return report

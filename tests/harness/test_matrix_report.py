@@ -1,0 +1,116 @@
+"""A matrix run keeps going past broken cells and records why they broke; the report aggregates run
+directories, says where a fault likely lies, and diffs against an older report. tox is stood in for by a
+small script that behaves per cell as told, so these tests run in a second."""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from zero3_conformance import cli
+from zero3_conformance.matrix import Cell
+from zero3_conformance.matrix_runner import COMPLETE, NOT_IMPORTABLE, NOT_INSTALLABLE, run_profile
+from zero3_conformance.report import write_report
+from zero3_conformance.report.aggregate import BLAME_INTEGRATION, BLAME_STACK
+from zero3_conformance.results import FAIL, PASS, Record, RecordWriter
+from zero3_conformance.summary import write as write_summary
+
+FAKE_TOX = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+    args = sys.argv[1:]
+    cell = args[args.index("-e") + 1]
+    behaviour = json.loads(os.environ["FAKE_TOX"])[cell]
+    if args[0] == "run" and "--notest" in args:
+        if behaviour == "install":
+            print("ERROR: resolution impossible: deepspeed==0.15.4 needs torch<2.6")
+            sys.exit(1)
+        sys.exit(0)
+    if args[0] == "exec":
+        if behaviour == "import":
+            print("ImportError: cannot import name 'is_torch_greater_or_equal'")
+            sys.exit(1)
+        sys.exit(0)
+    out = Path(os.environ["ZERO3_CONFORMANCE_MATRIX_OUT"]) / cell
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calls").write_text(str(int((out / "calls").read_text()) + 1 if (out / "calls").exists() else 1))
+    (out / "results.jsonl").write_text("")
+    (out / "summary.md").write_text("done")
+    sys.exit(0)
+''')
+
+CELLS = [Cell("2.13.0", "0.19.8", "5.24.0", "1.15.0"), Cell("2.13.0", "0.15.4", "4.46.3", "1.10.1"),
+         Cell("2.14.1", "0.19.8", "4.57.6", "1.15.0")]
+
+
+@pytest.fixture
+def fake_tox(tmp_path, monkeypatch):
+    script = tmp_path / "fake_tox.py"
+    script.write_text(FAKE_TOX)
+    monkeypatch.setenv("FAKE_TOX", json.dumps({CELLS[0].name: "ok", CELLS[1].name: "install",
+                                               CELLS[2].name: "import"}))
+    return [sys.executable, str(script)]
+
+
+def test_broken_cells_are_recorded_not_dropped_and_resume_keeps_finished_ones(tmp_path, fake_tox):
+    out = tmp_path / "runs"
+    run_dirs = run_profile(CELLS, out, fake_tox, tmp_path, [])
+    statuses = [json.loads((d / "cell.json").read_text())["status"] for d in run_dirs]
+    assert statuses == [COMPLETE, NOT_INSTALLABLE, NOT_IMPORTABLE]
+    assert "resolution impossible" in json.loads((run_dirs[1] / "cell.json").read_text())["message"]
+    assert "ImportError" in json.loads((run_dirs[2] / "cell.json").read_text())["message"]
+    run_profile(CELLS, out, fake_tox, tmp_path, [], resume=True)
+    assert (run_dirs[0] / "calls").read_text() == "1"  # the finished cell was not run again
+    report = write_report(run_dirs, tmp_path / "report")
+    assert [c["status"] for c in report["cells"]] == [COMPLETE, NOT_INSTALLABLE, NOT_IMPORTABLE]
+    assert "NOT_INSTALLABLE" in (tmp_path / "report" / "report.md").read_text()
+
+
+CELL = {"python": "3.11.7", "torch": "2.13.0", "deepspeed": "0.19.8", "transformers": "5.24.0",
+        "accelerate": "1.15.0", "backend": "gloo", "device": "cpu", "harness": "0.1.0"}
+
+
+def _record(clause, subject, status, message="", check="c", cell=CELL):
+    return Record(clause=clause, check=check, subject=subject, model="llama", layout=None, world_size=2, dtype="fp32",
+                  status=status, message=message, duration_s=0.1, cell=cell,
+                  case_id=f"{clause}-{check}[{subject}-llama-ws2-fp32]")
+
+
+def _run_dir(path: Path, records) -> Path:
+    with RecordWriter(path / "results.jsonl") as writer:
+        for record in records:
+            writer.write(record)
+    write_summary(path / "summary.md", records, len(records))
+    return path
+
+
+def test_blame_diff_and_supported_ranges(tmp_path, capsys):
+    old_cell = _run_dir(tmp_path / "old", [_record("G1", "transformers", PASS), _record("G1", "reference", PASS),
+                                           _record("A4", "transformers", FAIL, "stage 7 accepted"),
+                                           _record("A4", "reference", PASS)])
+    assert cli.main(["report", str(old_cell), "--out", str(tmp_path / "r1")]) == 0
+    new_cell = _run_dir(tmp_path / "new", [
+        _record("G1", "transformers", FAIL, "model.embed_tokens.weight: 3 elements differ"),
+        _record("G1", "reference", PASS),
+        _record("N1", "transformers", FAIL, "logits differ"), _record("N1", "reference", FAIL, "logits differ"),
+        _record("A4", "transformers", PASS), _record("A4", "reference", PASS)])
+    assert cli.main(["report", str(new_cell), "--out", str(tmp_path / "r2"),
+                     "--baseline", str(tmp_path / "r1" / "report.json")]) == 0
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    blame = {(f["clause"], f["subject"]): f["likely_fault"] for f in report["failures"]}
+    assert blame == {("G1", "transformers"): BLAME_INTEGRATION, ("N1", "transformers"): BLAME_STACK,
+                     ("N1", "reference"): BLAME_STACK}
+    diff = next(iter(report["diff"].values()))
+    assert diff["newly_failing"] == ["G1/transformers", "N1/reference", "N1/transformers"]
+    assert diff["newly_fixed"] == ["A4/transformers"]
+    assert report["supported"]["transformers"] == {"5.24.0": "0/1 cells pass"}
+    markdown = (tmp_path / "r2" / "report.md").read_text()
+    assert "likely fault: transformers integration" in markdown and "3 elements differ" in markdown
+    assert "## Provenance" in markdown and "zero3-conformance report" in markdown
+
+
+def test_report_of_something_that_is_no_run_directory_exits_2(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
