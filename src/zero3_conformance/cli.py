@@ -149,7 +149,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     def progress(index: int, total: int, cell: matrix_file.Cell, info: dict) -> None:
         print(f"[{index}/{total}] {info['status']:15s} {cell.name} ({info.get('seconds', 0):.0f}s)", flush=True)
 
-    run_dirs = run_profile(cells, args.out, tox, path.parent.parent, args.run_args, args.resume, progress)
+    run_args = [*matrix.run_args[args.profile], *args.run_args]
+    run_dirs = run_profile(cells, args.out, tox, path.parent.parent, run_args, args.resume, progress)
     passed_on = ["--", *args.run_args] if args.run_args else []
     command = " ".join(["zero3-conformance matrix --profile", args.profile, *passed_on])
     report = write_report(run_dirs, args.out / "report", command=command)

@@ -14,7 +14,8 @@ from .errors import UsageError
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
 SHORT = {"torch": "torch", "deepspeed": "ds", "transformers": "tf", "accelerate": "acc"}
-PROFILE_KEYS = {"cells", "all"}
+PROFILE_KEYS = {"cells", "all"}  # exactly one of them
+PROFILE_OPTIONS = {"run_args"}  # options every cell's `zero3-conformance run` gets
 DEFAULT_FILE = Path("matrix") / "matrix.toml"
 
 
@@ -50,6 +51,7 @@ class Matrix:
     axes: dict[str, list[str]]
     exclusions: list[Exclusion]
     profiles: dict[str, list[Cell]]
+    run_args: dict[str, list[str]]  # per profile
 
     def profile(self, name: str) -> list[Cell]:
         if name not in self.profiles:
@@ -123,14 +125,19 @@ def parse(data: dict[str, Any], source: str = "matrix") -> Matrix:
     if not isinstance(exclude, list):
         raise _fail(f"{source}: exclude", "expected a list of tables")
     exclusions = [_exclusion(f"{source}: exclude[{i}]", e) for i, e in enumerate(exclude)]
-    matrix = Matrix(data["python"], axes, exclusions, {})
+    matrix = Matrix(data["python"], axes, exclusions, {}, {})
     profiles = data.get("profiles")
     if not isinstance(profiles, dict) or not profiles:
         raise _fail(f"{source}: profiles", "expected at least one profile")
     for name, profile in profiles.items():
         where = f"{source}: profiles.{name}"
-        if not isinstance(profile, dict) or set(profile) - PROFILE_KEYS or len(set(profile) & PROFILE_KEYS) != 1:
-            raise _fail(where, "a profile has either 'cells' (a list) or 'all = true'")
+        if not isinstance(profile, dict) or set(profile) - PROFILE_KEYS - PROFILE_OPTIONS \
+                or len(set(profile) & PROFILE_KEYS) != 1:
+            raise _fail(where, "a profile has either 'cells' (a list) or 'all = true', and optionally 'run_args'")
+        run_args = profile.get("run_args", [])
+        if not isinstance(run_args, list) or not all(isinstance(a, str) for a in run_args):
+            raise _fail(f"{where}.run_args", "expected a list of strings")
+        matrix.run_args[name] = list(run_args)
         if "all" in profile:
             if profile["all"] is not True:
                 raise _fail(f"{where}.all", "only 'all = true' is meaningful")

@@ -82,3 +82,10 @@ def test_unknown_profile_and_missing_file_exit_2(tmp_path, capsys):
     assert "unknown profile 'nightly'" in capsys.readouterr().err
     assert cli.main(["matrix", "--file", str(tmp_path / "none.toml"), "--list"]) == 2
     assert "cannot read matrix file" in capsys.readouterr().err
+
+
+def test_a_profile_may_carry_options_for_every_cell_run():
+    data = {**VALID, "profiles": {"quick": {**VALID["profiles"]["smoke"], "run_args": ["--world-sizes", "1,2"]}}}
+    assert parse(data).run_args["quick"] == ["--world-sizes", "1,2"]
+    with pytest.raises(Exception, match="profiles.quick.run_args"):
+        parse({**data, "profiles": {"quick": {**VALID["profiles"]["smoke"], "run_args": "--world-sizes 1"}}})
