@@ -73,7 +73,7 @@ def cmd_env() -> int:
 def cmd_list() -> int:
     from .registry import load_checks
 
-    for entry in sorted(load_checks().values(), key=lambda c: summary._clause_key(c.clause)):
+    for entry in sorted(load_checks().values(), key=lambda c: summary.clause_key(c.clause)):
         print(f"{entry.id:45s} {entry.summary}")
     return 0
 

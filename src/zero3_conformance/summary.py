@@ -11,7 +11,7 @@ from .results import PASS, SKIP, STATUSES, Record, run_succeeded
 CLAUSE_ORDER = "APGNSE"
 
 
-def _clause_key(clause: str) -> tuple[int, int]:
+def clause_key(clause: str) -> tuple[int, int]:
     return (CLAUSE_ORDER.index(clause[0]) if clause[0] in CLAUSE_ORDER else 99, int(clause[1:] or 0))
 
 
@@ -31,7 +31,7 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
     for r in records:
         table[r.clause][r.subject][r.status] += 1
     lines += ["| clause | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
-    for clause in sorted(table, key=_clause_key):
+    for clause in sorted(table, key=clause_key):
         cells = []
         for subject in subjects:
             c = table[clause][subject]

@@ -114,3 +114,40 @@ def test_blame_diff_and_supported_ranges(tmp_path, capsys):
 def test_report_of_something_that_is_no_run_directory_exits_2(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_html_report_is_self_contained_and_escapes_what_records_say(tmp_path):
+    hostile = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
+    run_dir = _run_dir(tmp_path / "cell", [_record("G1", "transformers", FAIL, hostile),
+                                           _record("G1", "reference", PASS)])
+    write_report([run_dir], tmp_path / "r")
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;img" in html
+    assert "http://" not in html and "https://" not in html  # nothing fetched from a network
+    assert 'class="fail"' in html and "likely fault: transformers integration" in html
+
+
+def _chromium():
+    import shutil
+
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium on this machine (apt-get install chromium)")
+def test_html_report_renders_in_a_headless_browser(tmp_path):
+    import struct
+    import subprocess
+
+    run_dir = _run_dir(tmp_path / "cell", [_record("G1", "transformers", FAIL, "weights differ"),
+                                           _record("G1", "reference", PASS)])
+    write_report([run_dir], tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").as_uri()
+    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=60).stdout
+    assert 'class="fail"' in dom and "likely fault: transformers integration" in dom  # the page parsed
+    shot = tmp_path / "shot.png"
+    subprocess.run([*browser, "--window-size=1200,800", f"--screenshot={shot}", page], capture_output=True,
+                   timeout=60)
+    header = shot.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24]) == (1200, 800)

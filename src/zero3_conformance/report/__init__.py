@@ -1,4 +1,4 @@
-"""Compatibility reports: run directories (one per cell) aggregated into report.json and report.md."""
+"""Compatibility reports: run directories (one per cell) aggregated into report.json, .md and .html."""
 
 from .aggregate import CellResult, aggregate, load_cell
 from .render import write_report

@@ -1,4 +1,4 @@
-"""report.json and report.md from the aggregate."""
+"""report.json, report.md and report.html from the aggregate, each written whole."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any, Optional
 
 from ..errors import UsageError
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS
+from ..summary import CLAUSE_ORDER
 from .aggregate import aggregate
+from .html import render_html
 
-GROUPS = "APGNSE"
+GROUPS = CLAUSE_ORDER
 MESSAGE_CHARS = 1500
 
 
@@ -77,7 +79,8 @@ def write_report(run_dirs: list[Path], out: Path, baseline: Optional[Path] = Non
         out.mkdir(parents=True, exist_ok=True)
         # Each file is written whole, then renamed: a reader never sees half a report.
         for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True) + "\n"),
-                           ("report.md", render_markdown(report, command))):
+                           ("report.md", render_markdown(report, command)),
+                           ("report.html", render_html(report, command))):
             staging = out / f".{name}.tmp"
             staging.write_text(text, encoding="utf-8")
             staging.replace(out / name)
