@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from typing import Any, Callable, Iterator, Optional
 
 from packaging.version import Version
@@ -86,6 +87,9 @@ class CheckpointConversion:
 
         self._model = model
         self._rename = rename
+        # The base model prefix is `base_model_prefix=` in later 5.x releases, `prefix=` in 5.0.
+        parameters = inspect.signature(rename).parameters
+        self._prefix_keyword = "base_model_prefix" if "base_model_prefix" in parameters else "prefix"
         self._renamings = [m for m in mapping if isinstance(m, renaming_type)]
         self._converters = [m for m in mapping if isinstance(m, converter_type)]
         self._converter_of = {p: c for c in self._converters for p in c.source_patterns}
@@ -94,8 +98,8 @@ class CheckpointConversion:
 
     def target(self, key: str) -> tuple[str, Optional[str]]:
         """(module key, the converter source pattern it matched or None)."""
-        return self._rename(key, self._renamings, self._converters, base_model_prefix=self._model.base_model_prefix,
-                            meta_state_dict=self._meta)
+        prefix = {self._prefix_keyword: self._model.base_model_prefix}
+        return self._rename(key, self._renamings, self._converters, **prefix, meta_state_dict=self._meta)
 
     def module_key(self, key: str) -> str:
         return self.target(key)[0]
