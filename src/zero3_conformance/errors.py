@@ -1,5 +1,25 @@
 """Errors that mean the user's input is wrong: the CLI prints them on one line and exits 2."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
 
 class UsageError(ValueError):
     """Bad input: a malformed config, a missing checkpoint, an unknown name."""
+
+
+def read_toml_file(path: Union[str, Path], what: str) -> dict[str, Any]:
+    """A TOML file's content; a file that cannot be read or parsed is a UsageError naming it as `what`."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None

@@ -15,20 +15,14 @@ Each entry in the TOML file names a clause, a subject, version conditions, what 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .errors import UsageError
+from .errors import UsageError, read_toml_file
 from .results import FAIL, PASS, XFAIL, XPASS, Record
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_FILE = Path(__file__).with_name("known_issues.toml")
 
@@ -60,12 +54,7 @@ class KnownIssue:
 
 
 def load(path: Path = DEFAULT_FILE) -> list[KnownIssue]:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read known-issues file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"known-issues file {path} is not valid TOML: {exc}") from None
+    data = read_toml_file(path, "known-issues file")
     issues = []
     for number, entry in enumerate(data.get("issue", []), 1):
         where = f"{path}: issue #{number}"

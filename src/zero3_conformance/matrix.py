@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import UsageError
+from .errors import UsageError, read_toml_file
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
 SHORT = {"torch": "torch", "deepspeed": "ds", "transformers": "tf", "accelerate": "acc"}
@@ -157,21 +157,7 @@ def parse(data: dict[str, Any], source: str = "matrix") -> Matrix:
 
 
 def load(path: Union[str, Path] = DEFAULT_FILE) -> Matrix:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read matrix file {path}: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"invalid matrix file {path}: {exc}") from None
-    return parse(data, str(path))
+    return parse(read_toml_file(path, "matrix file"), str(path))
 
 
 def render_tox(matrix: Matrix) -> str:
