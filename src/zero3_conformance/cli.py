@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", type=Path)
     report.add_argument("--out", type=Path, required=True)
     report.add_argument("--baseline", type=Path, default=None, help="an older report.json to diff against")
+    report.add_argument("--compatibility", type=Path, default=None, metavar="FILE",
+                        help="also write the markdown report to FILE (e.g. COMPATIBILITY.md)")
     commands.add_parser("env", help="print the cell: versions, backend, device")
     commands.add_parser("list", help="list the checks and their clauses")
     return parser
@@ -163,8 +165,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    command = "zero3-conformance report " + " ".join(map(str, args.run_dirs)) + f" --out {args.out}"
+    command = "zero3-conformance report " + " ".join(map(str, args.run_dirs)) + f" --out {args.out}" + (
+        f" --compatibility {args.compatibility}" if args.compatibility else "")
     report = write_report(args.run_dirs, args.out, args.baseline, command)
+    if args.compatibility is not None:
+        args.compatibility.write_text((args.out / "report.md").read_text(encoding="utf-8"), encoding="utf-8")
     print(f"report in {args.out}/report.md and report.json: {len(report['cells'])} cells, "
           f"{len(report['failures'])} failures")
     return 0

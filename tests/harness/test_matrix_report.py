@@ -96,8 +96,9 @@ def test_blame_diff_and_supported_ranges(tmp_path, capsys):
         _record("G1", "reference", PASS),
         _record("N1", "transformers", FAIL, "logits differ"), _record("N1", "reference", FAIL, "logits differ"),
         _record("A4", "transformers", PASS), _record("A4", "reference", PASS)])
-    assert cli.main(["report", str(new_cell), "--out", str(tmp_path / "r2"),
-                     "--baseline", str(tmp_path / "r1" / "report.json")]) == 0
+    assert cli.main(["report", str(new_cell), "--out", str(tmp_path / "r2"), "--compatibility",
+                     str(tmp_path / "COMPATIBILITY.md"), "--baseline", str(tmp_path / "r1" / "report.json")]) == 0
+    assert (tmp_path / "COMPATIBILITY.md").read_text() == (tmp_path / "r2" / "report.md").read_text()
     report = json.loads((tmp_path / "r2" / "report.json").read_text())
     blame = {(f["clause"], f["subject"]): f["likely_fault"] for f in report["failures"]}
     assert blame == {("G1", "transformers"): BLAME_INTEGRATION, ("N1", "transformers"): BLAME_STACK,
