@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--list", action="store_true", help="print the profile's cells and stop")
     matrix.add_argument("--write-tox", type=Path, default=None, metavar="PATH",
                         help="write the tox.ini generated from the matrix to PATH and stop")
+    matrix.add_argument("--compatibility", type=Path, default=None, metavar="FILE",
+                        help="also write the markdown report to FILE (e.g. COMPATIBILITY.md)")
     matrix.add_argument("run_args", nargs="*", help="options passed to each cell's `run` (after --)")
     report = commands.add_parser("report", help="aggregate run directories into a compatibility report")
     report.add_argument("run_dirs", nargs="+", type=Path)
@@ -154,12 +156,20 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     run_args = [*matrix.run_args[args.profile], *args.run_args]
     run_dirs = run_profile(cells, args.out, tox, path.parent.parent, run_args, args.resume, progress)
     passed_on = ["--", *args.run_args] if args.run_args else []
-    command = " ".join(["zero3-conformance matrix --profile", args.profile, *passed_on])
+    options = [f"--out {args.out}", "--resume" if args.resume else "",
+               f"--compatibility {args.compatibility}" if args.compatibility else ""]
+    command = " ".join(filter(None, ["zero3-conformance matrix --profile", args.profile, *options, *passed_on]))
     report = write_report(run_dirs, args.out / "report", command=command)
+    _copy_markdown(args.out / "report", args.compatibility)
     passed = all(c["passed"] for c in report["cells"] if c["status"] == COMPLETE)
     print(f"report in {args.out / 'report'}/report.md: {sum(c['passed'] for c in report['cells'])} of "
           f"{len(report['cells'])} cells pass")
     return 0 if passed else 1
+
+
+def _copy_markdown(report_dir: Path, target: Optional[Path]) -> None:
+    if target is not None:
+        target.write_text((report_dir / "report.md").read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -168,8 +178,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     command = "zero3-conformance report " + " ".join(map(str, args.run_dirs)) + f" --out {args.out}" + (
         f" --compatibility {args.compatibility}" if args.compatibility else "")
     report = write_report(args.run_dirs, args.out, args.baseline, command)
-    if args.compatibility is not None:
-        args.compatibility.write_text((args.out / "report.md").read_text(encoding="utf-8"), encoding="utf-8")
+    _copy_markdown(args.out, args.compatibility)
     print(f"report in {args.out}/report.md and report.json: {len(report['cells'])} cells, "
           f"{len(report['failures'])} failures")
     return 0
