@@ -120,12 +120,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _matrix_file(args: argparse.Namespace) -> Path:
-    if args.file is not None:
-        return args.file
-    return Path(__file__).resolve().parents[2] / "matrix" / "matrix.toml"
-
-
 def cmd_matrix(args: argparse.Namespace) -> int:
     import importlib.util
     import shutil
@@ -134,7 +128,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from .matrix_runner import COMPLETE, run_profile
     from .report import write_report
 
-    path = _matrix_file(args)
+    path = args.file or matrix_file.DEFAULT_FILE
     matrix = matrix_file.load(path)
     cells = matrix.profile(args.profile)
     if args.write_tox is not None:

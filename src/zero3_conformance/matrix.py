@@ -16,7 +16,8 @@ LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
 SHORT = {"torch": "torch", "deepspeed": "ds", "transformers": "tf", "accelerate": "acc"}
 PROFILE_KEYS = {"cells", "all"}  # exactly one of them
 PROFILE_OPTIONS = {"run_args"}  # options every cell's `zero3-conformance run` gets
-DEFAULT_FILE = Path("matrix") / "matrix.toml"
+# In a source checkout (the matrix is run from one: tox builds the project from it).
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "matrix" / "matrix.toml"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,7 +80,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
-# P3's model: large enough (about 270 MB in fp32) that construction dominates the noise of a process's own
+# P3's model: large enough (263 MB in fp32) that construction dominates the noise of a process's own
 # memory, and made of many mid-sized modules (the largest, an embedding, about 25 MB) so the bound
 # model_bytes / world + largest_module_bytes stays well below model_bytes from world size 2 on.
 _MEMORY_LLAMA = dict(max_position_embeddings=256, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)

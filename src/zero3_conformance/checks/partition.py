@@ -233,13 +233,13 @@ def _peak_memory_within_bound(case: Case, build: str) -> None:
 
 @check("P3", "from_config_peak_memory", world_sizes=(1, 2, 4), families=())
 def from_config_peak_memory(case: Case) -> None:
-    """Building a 270 MB model with from_config, no rank's peak memory exceeds model/world + largest module +
+    """Building a 263 MB model with from_config, no rank's peak memory exceeds model/world + largest module +
     slack (measured in fresh processes; the baseline's peak is recorded beside it)."""
     _peak_memory_within_bound(case, "from_config")
 
 
 @check("P3", "from_pretrained_peak_memory", world_sizes=(1, 2, 4), families=())
 def from_pretrained_peak_memory(case: Case) -> None:
-    """Loading a 270 MB checkpoint with from_pretrained, no rank's peak memory exceeds model/world + largest
+    """Loading a 263 MB checkpoint with from_pretrained, no rank's peak memory exceeds model/world + largest
     module + slack (measured in fresh processes; the baseline's peak is recorded beside it)."""
     _peak_memory_within_bound(case, "from_pretrained")
