@@ -15,9 +15,18 @@ from ..zoo import FamilyUnavailable, training_batch
 from .base import SEED, Case, NotApplicable, check
 from .tensors import closeness_problem
 
-# (rtol, atol) per training dtype. fp32: what the contract asks. bf16: torch.testing's defaults for bfloat16
-# (8 bits of mantissa), the usual tolerance for that dtype.
-TOLERANCES = {"fp32": (1e-5, 1e-6), "bf16": (1.6e-2, 1e-5)}
+# fp32: the ZeRO-3 result must equal the baseline's within (rtol, atol), elementwise, as the contract asks.
+TOLERANCES = {"fp32": (1e-5, 1e-6)}
+# bf16: elementwise tolerances do not fit. The engine's autograd graph (its gather/release hooks) sums a
+# tensor's gradient contributions in another order than the baseline's, and in bf16 each order rounds
+# differently: at world size 1, with no communication at all, BERT's key-bias gradient (exactly zero in
+# exact arithmetic) differs by 60% of itself and T5's gradients by up to 6% of their largest value, on both
+# sides of the comparison alike. So a bf16 result is held to the accuracy of the baseline's own bf16
+# result: both are compared with an fp32 computation of the baseline (the same bf16-rounded weights,
+# upcast), and per tensor the ZeRO-3 error may be at most LOW_PRECISION_FACTOR times the baseline's own
+# maximum error plus one rounding of the tensor's largest value (the criterion FlashAttention's tests use
+# for low-precision kernels). Measured, six families at world sizes 2 and 3: the ratio is at most 1.007.
+LOW_PRECISION_FACTOR = 2.0
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "bf16": 2.0**-8}  # half the gap between 1 and the next number
 STEPS = 3  # optimizer steps compared by N3
 OPTIMIZERS: dict[str, Callable[[Any], Any]] = {
@@ -123,13 +132,50 @@ def _averaging_error_bound(case: Case, magnitude: dict[str, Any]) -> dict[str, A
     return {name: case.world_size * unit_roundoff * m for name, m in magnitude.items()}
 
 
-def _report(case: Case, what: str, expected: dict[str, Any], got: dict[str, Any], step: Optional[int] = None,
-            extra: Optional[dict[str, Any]] = None) -> None:
-    rtol, atol = TOLERANCES[case.dtype]
-    problem = closeness_problem(expected, got, rtol, atol, extra)
+def _compare(case: Case, what: str, baseline: dict[str, Any], got: dict[str, Any],
+             reference: Optional[dict[str, Any]] = None, extra: Optional[dict[str, Any]] = None,
+             step: Optional[int] = None) -> None:
+    """Fails the case if `got` (the ZeRO-3 side) is not close to the baseline: in fp32 elementwise within
+    TOLERANCES; in low precision by the baseline's own error against `reference`, the same quantities
+    computed in fp32. `extra` adds an elementwise allowance per tensor (averaging rounding)."""
+    when = f" after step {step}" if step is not None else ""
+    if reference is None:
+        rtol, atol = TOLERANCES[case.dtype]
+        problem = closeness_problem(baseline, got, rtol, atol, extra)
+        criterion = f"rtol={rtol:g}, atol={atol:g}"
+    else:
+        allowance = _low_precision_allowance(case, reference, baseline)
+        if extra is not None:
+            allowance = {name: a + extra[name] if name in extra else a for name, a in allowance.items()}
+        problem = closeness_problem(reference, got, 0.0, 0.0, allowance)
+        criterion = (f"expected: an fp32 computation; allowed per tensor {LOW_PRECISION_FACTOR:g} x the "
+                     f"baseline's own {case.dtype} max error + one {case.dtype} rounding of the largest value")
     if problem:
-        when = f" after step {step}" if step is not None else ""
-        case.fail(f"{what}{when} (rank {case.rank}, {case.dtype}, rtol={rtol:g}, atol={atol:g}): {problem}")
+        case.fail(f"{what}{when} (rank {case.rank}, {case.dtype}, {criterion}): {problem}")
+
+
+def _low_precision_allowance(case: Case, reference: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    allowance = {}
+    for name, exact in reference.items():
+        exact = exact.detach().double()
+        if exact.numel() == 0:
+            allowance[name] = exact.new_zeros(())
+            continue
+        own_error = (baseline[name].detach().double() - exact).abs().max()
+        allowance[name] = LOW_PRECISION_FACTOR * own_error + UNIT_ROUNDOFF[case.dtype] * exact.abs().max()
+    return allowance
+
+
+def _fp32_reference(case: Case, baseline: Any) -> Optional[Any]:
+    """The baseline in fp32 with its (training-dtype) weights upcast, for low-precision cases; else None."""
+    if case.dtype == "fp32":
+        return None
+    return copy.deepcopy(baseline).float()
+
+
+def _outputs(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    output = model(**batch)
+    return {"logits": output.logits, "loss": output.loss}
 
 
 @check("N1", "forward_matches_baseline", dtypes=("fp32", "bf16"), **_NUMERIC)
@@ -137,13 +183,14 @@ def forward_matches_baseline(case: Case) -> None:
     """Logits and loss from the DeepSpeed engine equal the baseline's on the same inputs."""
     torch = _torch()
     baseline, engine = _pair(case)
+    reference = _fp32_reference(case, baseline)
     batch = batch_for(case, 0, case.rank)
     with torch.no_grad():
-        expected = baseline(**batch)
+        expected = _outputs(baseline, batch)
+        exact = _outputs(reference, batch) if reference is not None else None
         with case.subject_call("engine forward"):
-            got = engine(**batch)
-    _report(case, "forward", {"logits": expected.logits, "loss": expected.loss},
-            {"logits": got.logits, "loss": got.loss})
+            got = _outputs(engine, batch)
+    _compare(case, "forward", expected, got, exact)
 
 
 def _full_gradients(model: Any) -> dict[str, Any]:
@@ -156,27 +203,27 @@ def _full_gradients(model: Any) -> dict[str, Any]:
     return grads
 
 
-@check("N2", "gradients_match_baseline", **_NUMERIC)
+@check("N2", "gradients_match_baseline", dtypes=("fp32", "bf16"), **_NUMERIC)
 def gradients_match_baseline(case: Case) -> None:
     """Full gradients (safe_get_full_grad) equal the baseline's for the same global batch."""
     baseline, engine = _pair(case, optimizer="sgd_momentum")
+    reference = _fp32_reference(case, baseline)
     expected, magnitude = _baseline_gradients(case, baseline, 0)
+    exact = _baseline_gradients(case, reference, 0)[0] if reference is not None else None
     batch = batch_for(case, 0, case.rank)
     with case.subject_call("engine forward/backward"):
         engine.backward(engine(**batch).loss)
     got = _full_gradients(engine.module)
     missing = sorted(name for name, grad in got.items() if grad is None and name in expected)
     case.expect(not missing, f"no gradient from safe_get_full_grad for {missing[:5]} (rank {case.rank})")
-    _report(case, "gradients", expected, {k: v for k, v in got.items() if v is not None},
-            extra=_averaging_error_bound(case, magnitude))
+    _compare(case, "gradients", expected, {k: v for k, v in got.items() if v is not None}, exact,
+             extra=_averaging_error_bound(case, magnitude))
 
 
-def _steps_match(case: Case, optimizer: str) -> None:
-    import deepspeed
-
+def _baseline_steps(case: Case, baseline: Any, optimizer: str) -> dict[str, Any]:
+    """The baseline's fp32 master weights after STEPS steps; its parameters are left at their values in
+    its own dtype. The master weights are kept apart, as DeepSpeed's optimizer keeps them in low precision."""
     torch = _torch()
-    baseline, engine = _pair(case, optimizer)
-    # The baseline keeps fp32 master weights, as DeepSpeed's optimizer does for bf16 training.
     master = {name: p.detach().float().clone().requires_grad_(True) for name, p in baseline.named_parameters()}
     baseline_optimizer = OPTIMIZERS[optimizer](list(master.values()))
     clipping = _clipping(case)
@@ -190,6 +237,18 @@ def _steps_match(case: Case, optimizer: str) -> None:
         with torch.no_grad():
             for name, p in baseline.named_parameters():
                 p.copy_(master[name].to(p.dtype))
+    return {name: p.detach() for name, p in master.items()}
+
+
+def _steps_match(case: Case, optimizer: str) -> None:
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    baseline, engine = _pair(case, optimizer)
+    reference = _fp32_reference(case, baseline)
+    expected_master = _baseline_steps(case, baseline, optimizer)
+    exact = _baseline_steps(case, reference, optimizer) if reference is not None else None
+    for step in range(STEPS):
         batch = batch_for(case, step, case.rank)
         with case.subject_call(f"engine step {step}"):
             engine.backward(engine(**batch).loss)
@@ -197,17 +256,22 @@ def _steps_match(case: Case, optimizer: str) -> None:
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params):
         got = {name: p.detach().clone() for name, p in engine.module.named_parameters()}
-    _report(case, f"parameters ({optimizer})", {n: p.detach() for n, p in baseline.named_parameters()}, got,
-            step=STEPS)
+    what = f"parameters ({optimizer})"
+    _compare(case, what, {n: p.detach() for n, p in baseline.named_parameters()}, got, exact, step=STEPS)
+    if reference is not None:
+        # In low precision the optimizer's fp32 master weights carry what rounding to the model's dtype hides.
+        got_master = {name: safe_get_full_fp32_param(p) for name, p in engine.module.named_parameters()}
+        _compare(case, f"fp32 master weights ({optimizer})", expected_master,
+                 {k: v for k, v in got_master.items() if v is not None}, exact, step=STEPS)
 
 
-@check("N3", "sgd_momentum_steps_match_baseline", **_NUMERIC)
+@check("N3", "sgd_momentum_steps_match_baseline", dtypes=("fp32", "bf16"), **_NUMERIC)
 def sgd_momentum_steps_match_baseline(case: Case) -> None:
     """Parameters after 3 steps of SGD with momentum equal the baseline's after the same steps."""
     _steps_match(case, "sgd_momentum")
 
 
-@check("N3", "adamw_steps_match_baseline", **_NUMERIC)
+@check("N3", "adamw_steps_match_baseline", dtypes=("fp32", "bf16"), **_NUMERIC)
 def adamw_steps_match_baseline(case: Case) -> None:
     """Parameters after 3 steps of AdamW equal the baseline's after the same steps."""
     _steps_match(case, "adamw")

@@ -138,7 +138,8 @@ def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float
             rel = diff / e.abs().clamp_min(1e-30)
             worst = (score, f"worst {name}: max |diff| {float(diff.max()):.3g}, max rel diff {float(rel.max()):.3g}; "
                             f"at {position} expected {float(e.reshape(-1)[index]):.9g}, got "
-                            f"{float(g.reshape(-1)[index]):.9g}")
+                            f"{float(g.reshape(-1)[index]):.9g}, allowed |diff| "
+                            f"{float(allowed.expand_as(e).reshape(-1)[index]):.3g}")
     if not failing:
         return None
     return f"{len(failing)}/{len(expected)} tensors outside tolerance ({', '.join(failing[:5])}" \
