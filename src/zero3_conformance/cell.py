@@ -34,6 +34,12 @@ def local_device() -> tuple[str, str]:
     return "gloo", f"cpu ({platform.processor() or platform.machine()})"
 
 
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def cell_label(cell: dict[str, Any]) -> str:
     return (
         f"py{cell['python']}-torch{cell['torch']}-ds{cell['deepspeed']}-tf{cell['transformers']}"

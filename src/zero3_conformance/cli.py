@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--file", type=Path, default=None, help="matrix file (default matrix/matrix.toml)")
     matrix.add_argument("--out", type=Path, default=Path("runs/matrix"), help="one run directory per cell, and report/")
     matrix.add_argument("--resume", action="store_true", help="keep cells that already finished in --out")
+    matrix.add_argument("--cells", default="", help="comma-separated cell names: only these of the profile")
     matrix.add_argument("--list", action="store_true", help="print the profile's cells and stop")
+    matrix.add_argument("--github-matrix", action="store_true",
+                        help="print the cells as a GitHub Actions job matrix (JSON) and stop")
     matrix.add_argument("--write-tox", type=Path, default=None, metavar="PATH",
                         help="write the tox.ini generated from the matrix to PATH and stop")
     matrix.add_argument("--compatibility", type=Path, default=None, metavar="FILE",
@@ -130,7 +133,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     path = args.file or matrix_file.DEFAULT_FILE
     matrix = matrix_file.load(path)
-    cells = matrix.profile(args.profile)
+    cells = matrix.cells(args.profile, _csv(args.cells))
+    if args.github_matrix:
+        print(json.dumps(matrix_file.github_matrix(cells), separators=(",", ":")))
+        return 0
     if args.write_tox is not None:
         args.write_tox.write_text(matrix_file.render_tox(matrix), encoding="utf-8")
         return 0
@@ -150,7 +156,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     run_args = [*matrix.run_args[args.profile], *args.run_args]
     run_dirs = run_profile(cells, args.out, tox, path.parent.parent, run_args, args.resume, progress)
     passed_on = ["--", *args.run_args] if args.run_args else []
-    options = [f"--out {args.out}", "--resume" if args.resume else "",
+    options = [f"--cells {args.cells}" if args.cells else "", f"--out {args.out}", "--resume" if args.resume else "",
                f"--compatibility {args.compatibility}" if args.compatibility else ""]
     command = " ".join(filter(None, ["zero3-conformance matrix --profile", args.profile, *options, *passed_on]))
     report = write_report(run_dirs, args.out / "report", command=command)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from .errors import UsageError, read_toml_file
 
@@ -58,6 +58,18 @@ class Matrix:
         if name not in self.profiles:
             raise UsageError(f"unknown profile {name!r}; known: {', '.join(self.profiles)}")
         return self.profiles[name]
+
+    def cells(self, profile: str, names: Sequence[str] = ()) -> list[Cell]:
+        """The profile's cells, or only those named (each must be one of them)."""
+        cells = self.profile(profile)
+        if not names:
+            return cells
+        by_name = {c.name: c for c in cells}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise UsageError(f"cell {unknown[0]!r} is not in profile {profile!r} "
+                             f"(its cells: zero3-conformance matrix --profile {profile} --list)")
+        return [by_name[n] for n in names]
 
     def excluded(self, cell: Cell) -> Optional[Exclusion]:
         return next((e for e in self.exclusions if e.matches(cell)), None)
@@ -188,7 +200,13 @@ def render_tox(matrix: Matrix) -> str:
         "    PIP_*",
         "    ZERO3_CONFORMANCE_*",
         "    CUDA_VISIBLE_DEVICES",
+        "    NCCL_*",
         "commands =",
         "    zero3-conformance run --out {env:ZERO3_CONFORMANCE_MATRIX_OUT:{toxinidir}/runs/matrix}/{env_name} "
         "{posargs}",
     ]) + "\n"
+
+
+def github_matrix(cells: Sequence[Cell]) -> dict[str, Any]:
+    """A GitHub Actions `strategy.matrix`: one job per cell, with its name and each library's version."""
+    return {"include": [{"cell": c.name, **dataclasses.asdict(c)} for c in cells]}

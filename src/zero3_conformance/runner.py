@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .catalog import CaseSpec
-from .cell import describe_cell, local_device
+from .cell import describe_cell, local_device, visible_gpus
 from .checks.base import gave_up, verdict
 from .dsconfig import with_dtype
 from .known_issues import KnownIssue
@@ -44,9 +44,13 @@ class Runner:
         self.timeout_s = timeout_s
         self.known_issues = list(known_issues)
         self.pool = WorldPool(self.backend, RANK_PRELOAD)
+        self.gpus = visible_gpus() if self.backend == "nccl" else None  # NCCL: one rank per GPU
 
     def run_case(self, case: CaseSpec) -> Record:
         started = time.monotonic()
+        if self.gpus is not None and case.world_size > self.gpus:
+            return self._record(case, SKIP, f"world size {case.world_size} needs {case.world_size} GPUs (one rank "
+                                            f"per GPU); {self.gpus} visible", {}, started)
         try:
             checkpoint = str(ensure_checkpoint(case.family, case.layout)) if case.family and case.layout else None
         except FamilyUnavailable as exc:

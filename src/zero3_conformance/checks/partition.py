@@ -215,20 +215,26 @@ def _peak_memory_within_bound(case: Case, build: str) -> None:
         raise SubjectRaised(f"{case.subject.name} raised during {build} in the memory probe: {mine['raised']}")
     model_mb, largest_mb = _model_sizes(MEMORY_FAMILY)
     bound = model_mb / case.world_size + largest_mb + MEMORY_SLACK_MB
-    # Judged on the memory the rank allocated itself: file pages of a mapped checkpoint are page cache,
-    # shared by every rank and reclaimable; the resident-set peak that counts them is recorded beside it.
-    case.expect(mine["peak_anon_mb"] <= bound,
-                f"{build} of a {model_mb:.0f} MB model: rank {case.rank} allocated up to {mine['peak_anon_mb']:.0f} "
-                f"MB, over the bound {bound:.0f} MB = {model_mb:.0f}/{case.world_size} + largest module "
-                f"{largest_mb:.0f} + slack {MEMORY_SLACK_MB:.0f} (resident-set peak {mine['peak_mb']:.0f} MB; the "
-                f"baseline without ZeRO allocated {baseline.get('peak_anon_mb', '?')} MB)")
+    # On a GPU, ZeRO-3 builds on the device: judged on the CUDA allocator's peak. On CPU, on the memory the
+    # rank allocated itself: file pages of a mapped checkpoint are page cache, shared by every rank and
+    # reclaimable; the resident-set peak that counts them is recorded beside it.
+    judged, where = ("cuda_peak_mb", "on the GPU") if case.ctx.backend == "nccl" else ("peak_anon_mb", "")
+    case.expect(mine[judged] <= bound,
+                f"{build} of a {model_mb:.0f} MB model: rank {case.rank} allocated up to {mine[judged]:.0f} MB"
+                f"{' ' + where if where else ''}, over the bound {bound:.0f} MB = {model_mb:.0f}/{case.world_size} "
+                f"+ largest module {largest_mb:.0f} + slack {MEMORY_SLACK_MB:.0f} (resident-set peak "
+                f"{mine['peak_mb']:.0f} MB; the baseline without ZeRO allocated {baseline.get('peak_anon_mb', '?')} "
+                f"MB on the host)")
     case.metrics.update({
         "model_mb": round(model_mb, 1), "largest_module_mb": round(largest_mb, 1), "bound_mb": round(bound, 1),
         "peak_mb_by_rank": [f.get("peak_mb") for f in everyone],
         "peak_anon_mb_by_rank": [f.get("peak_anon_mb") for f in everyone],
         "seconds_by_rank": [f.get("seconds") for f in everyone],
         "baseline_peak_mb": baseline.get("peak_mb"), "baseline_peak_anon_mb": baseline.get("peak_anon_mb"),
+        "judged_on": judged,
     })
+    if judged == "cuda_peak_mb":
+        case.metrics["cuda_peak_mb_by_rank"] = [f.get("cuda_peak_mb") for f in everyone]
 
 
 @check("P3", "from_config_peak_memory", world_sizes=(1, 2, 4), families=())
