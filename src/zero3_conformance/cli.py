@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE)
     run.add_argument("--timeout", type=float, default=180.0, help="seconds per check before TIMEOUT")
     run.add_argument("--quiet", action="store_true")
+    run.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                     help="finish an interrupted run in DIR: its finished results are kept, the rest run")
     matrix = commands.add_parser("matrix", help="run a profile's cells of the version matrix, each in its tox env")
     matrix.add_argument("--profile", default="smoke", help="profile of matrix/matrix.toml (default smoke)")
     matrix.add_argument("--file", type=Path, default=None, help="matrix file (default matrix/matrix.toml)")
@@ -85,36 +87,89 @@ def cmd_list() -> int:
     return 0
 
 
+PLAN_FILE = "run.json"  # what a run was asked to check, so `run --resume DIR` can finish it
+SELECTION = ("subject", "models", "clauses", "world_sizes", "model", "ds_config", "known_issues", "timeout")
+
+
+def _selection(args: argparse.Namespace) -> dict:
+    return {"subject": args.subject, "models": args.models, "clauses": args.clauses, "world_sizes": args.world_sizes,
+            "model": str(args.model) if args.model else None,
+            "ds_config": load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG,
+            "known_issues": str(args.known_issues), "timeout": args.timeout}
+
+
+def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
+    """The plan of an earlier run in `run_dir` and its finished records; a torn last line is dropped."""
+    from .dsconfig import validate
+    from .results import read_records
+
+    try:
+        plan = json.loads((run_dir / PLAN_FILE).read_text(encoding="utf-8"))
+        selection = {key: plan["selection"][key] for key in SELECTION}
+    except OSError:
+        raise UsageError(f"cannot resume {run_dir}: no {PLAN_FILE} (not a run directory, or one from before "
+                         "runs could be resumed)") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"cannot resume {run_dir}: {PLAN_FILE} is not a run plan") from None
+    validate(selection["ds_config"], str(run_dir / PLAN_FILE))
+    results = run_dir / "results.jsonl"
+    records = read_records(results) if results.is_file() else []
+    return selection, records
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from .results import write_records
     from .runner import Runner, prepare_checkpoints
     from .zoo import detect_layout, user_family
 
-    ds_config = load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG
+    if args.resume is not None:
+        given = [f"--{key.replace('_', '-')}" for key in (*SELECTION, "out")
+                 if getattr(args, key) != build_parser().parse_args(["run"]).__dict__[key]]
+        if given:
+            raise UsageError(f"--resume takes what to check from its run directory's {PLAN_FILE}; leave out "
+                             f"{', '.join(given)}")
+        out: Path = args.resume
+        selection, finished = _resumed(out)
+    else:
+        out, selection, finished = args.out, _selection(args), []
     user_model = None
-    if args.model is not None:
-        detect_layout(args.model)
-        user_model = user_family(args.model)
-    issues = known_issues.load(args.known_issues)
-    cases = build_cases(_csv(args.subject), _csv(args.models), _csv(args.clauses),
-                        _world_sizes(args.world_sizes) if args.world_sizes else None, user_model)
-    out: Path = args.out
+    if selection["model"] is not None:
+        detect_layout(Path(selection["model"]))
+        user_model = user_family(Path(selection["model"]))
+    issues = known_issues.load(Path(selection["known_issues"]))
+    cases = build_cases(_csv(selection["subject"]), _csv(selection["models"]), _csv(selection["clauses"]),
+                        _world_sizes(selection["world_sizes"]) if selection["world_sizes"] else None, user_model)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.jsonl").write_text("")
+        if args.resume is None:
+            (out / PLAN_FILE).write_text(json.dumps({"schema": 1, "selection": selection}, indent=2) + "\n")
+        write_records(out / "results.jsonl", finished)  # drops a line a killed run left torn
         (out / "summary.md").unlink(missing_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write to output directory {out}: {exc.strerror}") from None
-    prepare_checkpoints(cases)
-    runner = Runner(ds_config, timeout_s=args.timeout, known_issues=issues)
+    done = {r.case_id for r in finished}
+    remaining = [case for case in cases if case.id not in done]
+    prepare_checkpoints(remaining)
+    runner = Runner(selection["ds_config"], timeout_s=selection["timeout"], known_issues=issues)
+    other_cells = {json.dumps(r.cell, sort_keys=True) for r in finished} - {json.dumps(runner.cell, sort_keys=True)}
+    if other_cells:
+        raise UsageError(f"cannot resume {out}: it was run on another cell ({sorted(other_cells)[0]}), this "
+                         f"environment is {json.dumps(runner.cell, sort_keys=True)}")
+    records = list(finished)
     width = len(str(len(cases)))
 
     def progress(index: int, total: int, record: Record) -> None:
+        records.append(record)
+        # Rewritten after every result, so a run killed outright still has a summary that says it is partial.
+        summary.write(out / "summary.md", records, len(cases))
         if not args.quiet:
-            print(f"[{index:{width}d}/{total}] {record.status:7s} {record.case_id} ({record.duration_s:.1f}s)",
-                  flush=True)
+            print(f"[{len(records):{width}d}/{len(cases)}] {record.status:7s} {record.case_id} "
+                  f"({record.duration_s:.1f}s)", flush=True)
 
+    if finished and not args.quiet:
+        print(f"resuming {out}: {len(finished)} of {len(cases)} results kept, {len(remaining)} to run", flush=True)
     with RecordWriter(out / "results.jsonl") as writer:
-        records = runner.run(cases, writer, progress)
+        runner.run(remaining, writer, progress)
     notes = [f"known issue matched nothing in this run: {i.clause} {i.subject} ({i.link})"
              for i in known_issues.stale(issues, records)]
     summary.write(out / "summary.md", records, len(cases), notes)

@@ -162,4 +162,7 @@ def run_probe(spec: dict[str, Any], env: Optional[dict[str, str]] = None, timeou
 
 
 if __name__ == "__main__":
+    from .world import die_with_parent
+
+    die_with_parent()  # a probe outlives nothing it was started for
     print(json.dumps(measure(json.loads(sys.argv[1]))), flush=True)

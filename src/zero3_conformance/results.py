@@ -77,5 +77,13 @@ def read_records(path: Path) -> list[Record]:
     return records
 
 
+def write_records(path: Path, records: Iterable[Record]) -> None:
+    """Replaces results.jsonl with exactly these records, all at once (a crash leaves the old file or the new)."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
+    staging.replace(path)
+
+
 def run_succeeded(records: Iterable[Record]) -> bool:
     return not any(r.status in BAD_STATUSES for r in records)

@@ -93,4 +93,7 @@ def _resize_table(records: list[Record]) -> list[str]:
 
 
 def write(path: Path, records: list[Record], planned: int, notes: list[str] = ()) -> None:
-    Path(path).write_text(render(records, planned, notes), encoding="utf-8")
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(render(records, planned, notes), encoding="utf-8")
+    staging.replace(path)  # whole or not at all, even if the run is killed while writing

@@ -70,6 +70,22 @@ def resolve(path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies, so a run killed outright (a cancelled CI job)
+    leaves no rank waiting forever for its next task. Elsewhere a no-op."""
+    import ctypes
+    import ctypes.util
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _rank_main(
     rank: int,
     world_size: int,
@@ -80,6 +96,7 @@ def _rank_main(
     stack_file: str,
     preload: tuple[str, ...],
 ) -> None:
+    die_with_parent()
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),

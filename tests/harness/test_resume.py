@@ -1,0 +1,86 @@
+"""No result is lost: a run killed outright keeps every finished record whole, its summary says it is
+partial, its ranks do not outlive it, and `run --resume DIR` runs only what is missing."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zero3_conformance.cli import main
+
+pytestmark = pytest.mark.xdist_group("harness-resume")
+SELECTION = ["--subject", "reference", "--models", "llama", "--clauses", "A1,P1,G1", "--world-sizes", "1,2"]
+
+
+def _children(pid):
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_run_keeps_its_results_and_resume_finishes_only_the_rest(tmp_path, capsys):
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "zero3_conformance.cli", "run", "--out", str(out), "--quiet",
+                            *SELECTION], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and run.poll() is None:
+        if results.is_file() and len(results.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert run.poll() is None, "the run ended before it could be killed"
+    ranks = _children(run.pid)
+    assert ranks, "a world's ranks should be running"
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in ranks):
+        time.sleep(0.2)
+    assert not [pid for pid in ranks if _alive(pid)], "ranks outlived the run that started them"
+
+    kept = results.read_text().splitlines()
+    assert len(kept) >= 3
+    for line in kept:
+        json.loads(line)  # every line whole
+    partial = (out / "summary.md").read_text()
+    assert "PARTIAL" in partial and f"{len(kept)} of " in partial
+    with results.open("a") as torn:  # as if killed in the middle of a write
+        torn.write('{"case_id": "P1-half')
+
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    lines = results.read_text().splitlines()
+    assert lines[:len(kept)] == kept, "finished results were rewritten"
+    ids = [json.loads(line)["case_id"] for line in lines]
+    assert len(ids) == len(set(ids)), "a finished check ran again"
+    planned = int(partial.split(" of ")[1].split()[0])
+    assert len(ids) == planned
+    final = (out / "summary.md").read_text()
+    assert "PARTIAL" not in final and f"{planned} of {planned} planned results" in final
+
+
+def test_resume_refuses_a_directory_without_a_plan_and_options_it_would_ignore(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "no run.json" in capsys.readouterr().err
+    (tmp_path / "run.json").write_text("{}")
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "run.json is not a run plan" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path), "--clauses", "P1"]) == 2
+    assert "leave out --clauses" in capsys.readouterr().err
