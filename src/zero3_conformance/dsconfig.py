@@ -36,6 +36,8 @@ def read_config_source(source: Union[str, Path, dict]) -> dict[str, Any]:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read DeepSpeed config {where}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"DeepSpeed config {where} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         try:
             config = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -172,23 +172,65 @@ def _write_checkpoint(family: Family, layout: str, out: Path) -> None:
 
 
 def detect_layout(path: Path) -> str:
-    """The layout of a user's checkpoint directory; UsageError if it holds no loadable weights."""
+    """The layout of a user's checkpoint directory; UsageError if it holds no loadable weights or its weight
+    files are damaged (a truncated or malformed file, an index naming shards that are not there)."""
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"checkpoint directory {path} does not exist")
     if not (path / "config.json").is_file():
         raise UsageError(f"checkpoint directory {path} has no config.json")
-    if (path / "model.safetensors.index.json").is_file():
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
         try:
-            json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise UsageError(f"checkpoint index {path / 'model.safetensors.index.json'} is invalid: {exc}") from None
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"checkpoint index {index} is invalid: {type(exc).__name__}: {exc}") from None
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise UsageError(f"checkpoint index {index} is invalid: weight_map must map tensor names to shard files")
+        for shard in sorted(set(weight_map.values())):
+            if "/" in shard or not (path / shard).is_file():
+                raise UsageError(f"checkpoint index {index} names a shard that is not there: {shard}")
+            _check_safetensors(path / shard)
         return "sharded"
     if (path / "model.safetensors").is_file():
+        _check_safetensors(path / "model.safetensors")
         return "safetensors"
     if (path / "pytorch_model.bin").is_file():
+        _check_torch_archive(path / "pytorch_model.bin")
         return "bin"
     raise UsageError(f"checkpoint directory {path} has no model.safetensors, shard index or pytorch_model.bin")
+
+
+def _check_safetensors(path: Path) -> None:
+    """The file's header is whole and every tensor's bytes lie inside the file (reads the header only)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(8)
+        header_size = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if header_size is None or header_size > size - 8:
+            raise UsageError(f"{path} is not a safetensors file or is truncated: no complete header")
+        try:
+            header = json.loads(file.read(header_size))
+            ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise UsageError(f"{path} has a malformed safetensors header") from None
+    data = size - 8 - header_size
+    if ends and max(ends) > data:
+        raise UsageError(f"{path} is truncated: its tensors need {max(ends)} bytes of data, the file holds {data}")
+
+
+def _check_torch_archive(path: Path) -> None:
+    """A torch.save file: a zip archive whose directory (at the end of the file) reads whole."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UsageError(f"{path} is not a readable torch.save archive (truncated?): {exc}") from None
 
 
 def user_family(path: Path) -> Family:

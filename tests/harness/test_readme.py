@@ -31,3 +31,14 @@ def test_documented_run_options_exist():
     known = {opt for action in run_parser._actions for opt in action.option_strings}
     documented = set(re.findall(r"^\| `(--[a-z-]+)", README, flags=re.M))
     assert documented and documented <= known, documented - known
+
+
+def test_every_bad_input_row_names_a_test_that_exists():
+    section = README.split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(test_[a-z_]+\.py)::([A-Za-z0-9_:]+)`", section)
+    assert len(named) >= 10
+    for module, name in named:
+        source = (ROOT / "tests" / "harness" / module).read_text()
+        assert f"def {name.split('::')[-1]}(" in source, f"{module}::{name} named in the README does not exist"
+        if "::" in name:
+            assert f"class {name.split('::')[0]}" in source, f"{module}::{name}"
