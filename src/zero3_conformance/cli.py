@@ -1,4 +1,4 @@
-"""zero3-conformance run | matrix | report | env | list."""
+"""zero3-conformance run | matrix | report | mutate | env | list."""
 
 from __future__ import annotations
 
@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", type=Path, default=None, help="an older report.json to diff against")
     report.add_argument("--compatibility", type=Path, default=None, metavar="FILE",
                         help="also write the markdown report to FILE (e.g. COMPATIBILITY.md)")
+    mutate = commands.add_parser("mutate", help="run the mutants of the reference against every clause: the "
+                                                "kill matrix")
+    mutate.add_argument("--out", type=Path, default=Path("runs/mutate"), help="where kill-matrix.md/.json go")
+    mutate.add_argument("--mutants", default="", help="comma-separated mutant names (default: all)")
+    mutate.add_argument("--clauses", default="", help="comma-separated clause IDs (default: all)")
+    mutate.add_argument("--quiet", action="store_true")
     commands.add_parser("env", help="print the cell: versions, backend, device")
     commands.add_parser("list", help="list the checks and their clauses")
     return parser
@@ -227,6 +233,37 @@ def _copy_markdown(report_dir: Path, target: Optional[Path]) -> None:
         target.write_text((report_dir / "report.md").read_text(encoding="utf-8"), encoding="utf-8")
 
 
+def cmd_mutate(args: argparse.Namespace) -> int:
+    from . import mutate
+    from .mutants import MUTANTS
+    from .registry import load_checks
+    from .runner import Runner
+
+    names = _csv(args.mutants) or sorted(MUTANTS)
+    unknown = [n for n in names if n not in MUTANTS]
+    if unknown:
+        raise UsageError(f"unknown mutant {unknown[0]!r}; known: {', '.join(sorted(MUTANTS))}")
+    known_clauses = {c.clause for c in load_checks().values()}
+    clauses = _csv(args.clauses) or sorted(known_clauses)
+    if set(clauses) - known_clauses:
+        raise UsageError(f"unknown clause {sorted(set(clauses) - known_clauses)[0]!r}; known: "
+                         f"{', '.join(sorted(known_clauses, key=summary.clause_key))}")
+
+    def progress(name: str, target: str, outcome: dict) -> None:
+        if not args.quiet:
+            print(f"{name:28s} {target:28s} {outcome['verdict']}", flush=True)
+
+    runner = Runner(DEFAULT_ZERO3_CONFIG)
+    try:
+        matrix = mutate.kill_matrix(runner, names, clauses, progress)
+    finally:
+        runner.close()
+    mutate.write(args.out, matrix)
+    print(mutate.render(matrix).split("\n## The mutants")[0].rstrip())
+    print(f"kill matrix in {args.out}/kill-matrix.md and kill-matrix.json")
+    return 0 if mutate.all_killed(matrix) else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -250,6 +287,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_matrix(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "mutate":
+            return cmd_mutate(args)
         return cmd_run(args)
     except UsageError as exc:
         print(f"zero3-conformance: error: {exc}", file=sys.stderr)

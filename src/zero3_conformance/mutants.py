@@ -5,7 +5,7 @@ against the clause that must catch it (subject name "mutant:NAME")."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from .subjects import ReferenceSubject
 
@@ -160,6 +160,65 @@ class ResizeLeavesAliases(Mutant):
             return super().resize_token_embeddings(model, new_num_tokens)
 
 
+class UnregisteredConfig(Mutant):
+    """The config object is built and validated but never registered: ZeRO-3 is never reported on."""
+
+    kills = ("A1",)
+
+    def make_config(self, source: Any) -> Any:
+        from .reference import config as reference_config
+
+        unregistered = object.__new__(reference_config.ZeroConfig)
+        unregistered.config = reference_config.read_config_source(source)
+        return unregistered
+
+
+class NoModifierRank(Mutant):
+    """Rank 0 copies the checkpoint into gathered parameters without `modifier_rank`: on release the
+    gathered copy is dropped, so the partitions keep whatever construction left in them."""
+
+    kills = ("G1",)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        import deepspeed
+
+        original = deepspeed.zero.GatheredParameters
+
+        def without_modifier(params: Any, modifier_rank: Any = None, **kwargs: Any) -> Any:
+            return original(params, modifier_rank=None, **kwargs)
+
+        with _patched(deepspeed.zero, "GatheredParameters", without_modifier):
+            return super().from_pretrained(model_class, path, dtype)
+
+
+class DtypeIgnored(Mutant):
+    """The config's bf16/fp16 section is ignored at construction: partitions are built in fp32."""
+
+    kills = ("P5",)
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        with _fp32_construction():
+            return super().from_config(model_class, config, dtype)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        with _fp32_construction():
+            return super().from_pretrained(model_class, path, dtype)
+
+
+def _fp32_construction() -> contextlib.AbstractContextManager:
+    from .dsconfig import with_dtype
+    from .reference import build
+
+    original = build.partitioned_construction
+
+    def fp32(zero: Any, dtype: Any) -> Any:
+        stripped = object.__new__(type(zero))
+        stripped.config = with_dtype(zero.config, "fp32")
+        return original(stripped, None)
+
+    return _patched(build, "partitioned_construction", fp32)
+
+
 MUTANTS: dict[str, type[Mutant]] = {
     "strong_registration": StrongRegistration,
     "no_validation": NoValidation,
@@ -171,4 +230,25 @@ MUTANTS: dict[str, type[Mutant]] = {
     "unsynced_generate": UnsyncedGenerate,
     "untied_after_load": UntiedAfterLoad,
     "resize_leaves_aliases": ResizeLeavesAliases,
+    "unregistered_config": UnregisteredConfig,
+    "no_modifier_rank": NoModifierRank,
+    "dtype_ignored": DtypeIgnored,
 }
+
+
+def killing_cases(name: str, target: str, subject: Optional[str] = None) -> list[Any]:
+    """The cases of `target` (a clause, or one check id of it) that must catch mutant `name`, for its
+    family: the largest world size up to 2, one dtype (fp32 where the check has it), and the whole-file and
+    sharded layouts. `subject` defaults to the mutant itself; pass "reference" for the control run."""
+    from .catalog import build_cases
+
+    mutant = MUTANTS[name]
+    clause = target.split("-")[0]
+    cases = build_cases(subjects=[subject or f"mutant:{name}"], clauses=[clause], world_sizes=[1, 2],
+                        models=[mutant.family])
+    cases = [c for c in cases if target in (clause, c.check_id) and c.layout in (None, "sharded", "safetensors")]
+    if not cases:
+        return []
+    size = max(c.world_size for c in cases)
+    dtype = "fp32" if any(c.dtype == "fp32" for c in cases) else min(c.dtype for c in cases)
+    return [c for c in cases if c.world_size == size and c.dtype == dtype]

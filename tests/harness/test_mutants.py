@@ -3,9 +3,8 @@ the same cases: the checks are shown able to fail."""
 
 import pytest
 
-from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.mutants import MUTANTS
+from zero3_conformance.mutants import MUTANTS, killing_cases
 from zero3_conformance.results import FAIL, PASS, TIMEOUT
 from zero3_conformance.runner import Runner, prepare_checkpoints
 
@@ -20,26 +19,48 @@ def runner():
     runner.close()
 
 
-def killing_cases(subject, mutant, target):
-    """Every case of the target (a clause, or one check of it) at the largest world size up to 2."""
-    clause = target.split("-")[0]
-    cases = build_cases(subjects=[subject], clauses=[clause], world_sizes=[1, 2], models=[mutant.family])
-    cases = [c for c in cases if target in (clause, c.check_id)]
-    cases = [c for c in cases if c.world_size == max(x.world_size for x in cases) and c.dtype == "fp32"]
-    cases = [c for c in cases if c.layout in (None, "sharded", "safetensors")]
-    prepare_checkpoints(cases)
-    return cases
-
-
 @pytest.mark.parametrize("name, target", [(name, target) for name in sorted(MUTANTS) for target in MUTANTS[name].kills])
 def test_mutant_is_killed_and_reference_passes(runner, name, target):
-    mutant = MUTANTS[name]
-    mutant_cases = killing_cases(f"mutant:{name}", mutant, target)
+    mutant_cases = killing_cases(name, target)
+    prepare_checkpoints(mutant_cases)
     assert mutant_cases
     for case in mutant_cases:
         record = runner.run_case(case)
         assert record.status in KILLED, f"{case.id} survived: {record.status} {record.message}"
         assert record.message  # the finding says what was wrong
-    for case in killing_cases("reference", mutant, target):
+    for case in killing_cases(name, target, subject="reference"):
         record = runner.run_case(case)
         assert record.status == PASS, f"{case.id}: {record.status} {record.message}"
+
+
+def test_there_are_at_least_ten_mutants_each_naming_its_killer():
+    assert len(MUTANTS) >= 10
+    for name, mutant in MUTANTS.items():
+        assert mutant.kills and mutant.__doc__, name
+
+
+def test_kill_matrix_verdicts_and_rendering():
+    from zero3_conformance import mutate
+
+    matrix = {"clauses": ["G1", "P5"], "mutants": {
+        "a": {"doc": "A bug.", "declared": ["G1"], "clauses": {"G1": {"verdict": "killed"},
+                                                                 "P5": {"verdict": "survived"}}},
+        "b": {"doc": "B bug.", "declared": ["P5"], "clauses": {"G1": {"verdict": "not applicable"},
+                                                                 "P5": {"verdict": "killed"}}},
+    }}
+    assert mutate.all_killed(matrix)
+    text = mutate.render(matrix)
+    assert "2 of 2 mutants killed; every declared kill holds: yes" in text
+    assert "| `a` | ✗ | · | G1 |" in text and "| `b` | — | ✗ | P5 |" in text
+    matrix["mutants"]["b"]["clauses"]["P5"]["verdict"] = "reference fails"
+    assert not mutate.all_killed(matrix)
+    assert "1 of 2 mutants killed; every declared kill holds: NO" in mutate.render(matrix)
+
+
+def test_mutate_rejects_unknown_names_with_exit_2(capsys):
+    from zero3_conformance.cli import main
+
+    assert main(["mutate", "--mutants", "nonesuch"]) == 2
+    assert "unknown mutant 'nonesuch'" in capsys.readouterr().err
+    assert main(["mutate", "--clauses", "Z9"]) == 2
+    assert "unknown clause 'Z9'" in capsys.readouterr().err

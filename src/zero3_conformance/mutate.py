@@ -1,0 +1,104 @@
+"""`zero3-conformance mutate`: every mutant of the reference against every clause — the kill matrix.
+
+A mutant is killed by a clause when one of the clause's cases FAILs, times out or crashes for the mutant
+while the reference PASSes the same case (checked for every killing case, so a clause the reference
+itself cannot pass here kills nothing). P3 builds a 263 MB model in fresh processes per case, so it runs
+only for the mutants that name it as their killer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .mutants import MUTANTS, killing_cases
+from .registry import load_checks
+from .results import CRASH, FAIL, PASS, TIMEOUT
+from .runner import Runner, prepare_checkpoints
+from .summary import clause_key
+
+KILLING = (FAIL, TIMEOUT, CRASH)
+COSTLY = ("P3",)
+
+
+def _targets(name: str, clauses: Sequence[str]) -> list[str]:
+    declared = MUTANTS[name].kills
+    wanted = [c for c in clauses if c not in COSTLY]
+    return wanted + [t for t in declared if t.split("-")[0] in COSTLY and t.split("-")[0] in clauses]
+
+
+def kill_matrix(runner: Runner, names: Sequence[str], clauses: Optional[Sequence[str]] = None,
+                progress: Callable[[str, str, dict], None] = lambda *a: None) -> dict[str, Any]:
+    """{"mutants": {name: {"declared": [...], "clauses": {target: outcome}}}}; an outcome has `verdict`
+    (killed / survived / not applicable / reference fails), the statuses seen and the killing cases."""
+    clauses = sorted(clauses or {c.clause for c in load_checks().values()}, key=clause_key)
+    matrix: dict[str, Any] = {"clauses": clauses, "mutants": {}}
+    for name in names:
+        row: dict[str, Any] = {}
+        for target in _targets(name, clauses):
+            cases = killing_cases(name, target)
+            if not cases:
+                row[target] = {"verdict": "not applicable", "statuses": {}, "by": []}
+                progress(name, target, row[target])
+                continue
+            prepare_checkpoints(cases)
+            records = [runner.run_case(case) for case in cases]
+            killers = [r for r in records if r.status in KILLING]
+            outcome: dict[str, Any] = {"statuses": _count(r.status for r in records),
+                                       "by": [r.case_id for r in killers], "verdict": "survived"}
+            if killers:
+                killer_ids = {r.case_id.replace(f"mutant:{name}", "reference") for r in killers}
+                reference = [runner.run_case(c) for c in killing_cases(name, target, subject="reference")
+                             if c.id in killer_ids]
+                failing = [r.case_id for r in reference if r.status != PASS]
+                outcome["verdict"] = "reference fails" if failing else "killed"
+                if failing:
+                    outcome["reference_failing"] = failing
+                outcome["message"] = killers[0].message[:600]
+            row[target] = outcome
+            progress(name, target, outcome)
+        matrix["mutants"][name] = {"doc": (MUTANTS[name].__doc__ or "").split("\n")[0].strip(),
+                                   "declared": list(MUTANTS[name].kills), "clauses": row}
+    return matrix
+
+
+def _count(statuses: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def all_killed(matrix: dict[str, Any]) -> bool:
+    """Every mutant is killed, and by each clause (or check) it declares among those run."""
+    return all(any(o["verdict"] == "killed" for o in row["clauses"].values()) and
+               all(row["clauses"][t]["verdict"] == "killed" for t in row["declared"] if t in row["clauses"])
+               for row in matrix["mutants"].values())
+
+
+MARKS = {"killed": "✗", "survived": "·", "not applicable": "—", "reference fails": "?"}
+
+
+def render(matrix: dict[str, Any]) -> str:
+    rows = matrix["mutants"]
+    columns = list(dict.fromkeys(t for row in rows.values() for t in row["clauses"]))
+    killed = sum(any(o["verdict"] == "killed" for o in row["clauses"].values()) for row in rows.values())
+    lines = ["# Mutation testing: the kill matrix", "",
+             f"{killed} of {len(rows)} mutants killed; every declared kill holds: "
+             f"{'yes' if all_killed(matrix) else 'NO'}.", "",
+             "✗ killed (a case fails for the mutant and passes for the reference) · survived "
+             "— no case for the mutant's family ? the reference fails the same case here.", "",
+             "| mutant | " + " | ".join(columns) + " | declared |",
+             "|---|" + "---|" * len(columns) + "---|"]
+    for name, row in rows.items():
+        marks = [MARKS[row["clauses"][c]["verdict"]] if c in row["clauses"] else " " for c in columns]
+        lines.append(f"| `{name}` | " + " | ".join(marks) + f" | {', '.join(row['declared'])} |")
+    lines += ["", "## The mutants", ""] + [f"- `{name}` — {row['doc']}" for name, row in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, matrix: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kill-matrix.json").write_text(json.dumps(matrix, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "kill-matrix.md").write_text(render(matrix), encoding="utf-8")
