@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", type=Path)
     report.add_argument("--out", type=Path, required=True)
     report.add_argument("--baseline", type=Path, default=None, help="an older report.json to diff against")
+    report.add_argument("--kill-matrix", type=Path, default=None, metavar="JSON",
+                        help="a kill-matrix.json from `mutate`, shown in the report")
     report.add_argument("--compatibility", type=Path, default=None, metavar="FILE",
                         help="also write the markdown report to FILE (e.g. COMPATIBILITY.md)")
     mutate = commands.add_parser("mutate", help="run the mutants of the reference against every clause: the "
@@ -269,7 +271,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     command = "zero3-conformance report " + " ".join(map(str, args.run_dirs)) + f" --out {args.out}" + (
         f" --compatibility {args.compatibility}" if args.compatibility else "")
-    report = write_report(args.run_dirs, args.out, args.baseline, command)
+    report = write_report(args.run_dirs, args.out, args.baseline, command, args.kill_matrix)
     _copy_markdown(args.out, args.compatibility)
     print(f"report in {args.out}/report.md and report.json: {len(report['cells'])} cells, "
           f"{len(report['failures'])} failures")

@@ -58,7 +58,7 @@ def kill_matrix(runner: Runner, names: Sequence[str], clauses: Optional[Sequence
                 outcome["message"] = killers[0].message[:600]
             row[target] = outcome
             progress(name, target, outcome)
-        matrix["mutants"][name] = {"doc": (MUTANTS[name].__doc__ or "").split("\n")[0].strip(),
+        matrix["mutants"][name] = {"doc": " ".join((MUTANTS[name].__doc__ or "").split()),
                                    "declared": list(MUTANTS[name].kills), "clauses": row}
     return matrix
 
@@ -82,7 +82,8 @@ MARKS = {"killed": "✗", "survived": "·", "not applicable": "—", "reference 
 
 def render(matrix: dict[str, Any]) -> str:
     rows = matrix["mutants"]
-    columns = list(dict.fromkeys(t for row in rows.values() for t in row["clauses"]))
+    targets = {t for row in rows.values() for t in row["clauses"]}
+    columns = sorted(targets, key=lambda t: (clause_key(t.split("-")[0]), t))
     killed = sum(any(o["verdict"] == "killed" for o in row["clauses"].values()) for row in rows.values())
     lines = ["# Mutation testing: the kill matrix", "",
              f"{killed} of {len(rows)} mutants killed; every declared kill holds: "

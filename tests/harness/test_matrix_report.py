@@ -152,3 +152,23 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
                    timeout=60)
     header = shot.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24]) == (1200, 800)
+
+
+def test_report_shows_a_kill_matrix_and_rejects_a_file_that_is_not_one(tmp_path, capsys):
+    import json
+
+    from zero3_conformance.cli import main
+
+    run_dir = tmp_path / "run"
+    with RecordWriter(run_dir / "results.jsonl") as writer:
+        writer.write(_record("G1", "reference", PASS))
+    kill_matrix = {"clauses": ["G1"], "mutants": {"no_modifier_rank": {
+        "doc": "Rank 0 copies without modifier_rank.", "declared": ["G1"], "clauses": {"G1": {"verdict": "killed"}}}}}
+    (tmp_path / "km.json").write_text(json.dumps(kill_matrix))
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r"), "--kill-matrix", str(tmp_path / "km.json")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "## Mutation testing: the kill matrix" in text and "| `no_modifier_rank` | ✗ | G1 |" in text
+    (tmp_path / "bad.json").write_text("[]")
+    bad = ["--kill-matrix", str(tmp_path / "bad.json")]
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r2"), *bad]) == 2
+    assert "is not a kill matrix" in capsys.readouterr().err

@@ -51,7 +51,8 @@ def test_kill_matrix_verdicts_and_rendering():
     assert mutate.all_killed(matrix)
     text = mutate.render(matrix)
     assert "2 of 2 mutants killed; every declared kill holds: yes" in text
-    assert "| `a` | ✗ | · | G1 |" in text and "| `b` | — | ✗ | P5 |" in text
+    assert "| mutant | P5 | G1 | declared |" in text  # clauses in the contract's order
+    assert "| `a` | · | ✗ | G1 |" in text and "| `b` | ✗ | — | P5 |" in text
     matrix["mutants"]["b"]["clauses"]["P5"]["verdict"] = "reference fails"
     assert not mutate.all_killed(matrix)
     assert "1 of 2 mutants killed; every declared kill holds: NO" in mutate.render(matrix)

@@ -57,6 +57,11 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         for failure in report["failures"]:
             lines += [f"### {failure['status']} {failure['case']} — likely fault: {failure['likely_fault']}",
                       f"cell `{failure['cell']}`", "", "```", failure["message"][:MESSAGE_CHARS], "```", ""]
+    if report.get("kill_matrix"):
+        from ..mutate import render as render_kill_matrix
+
+        lines += ["", render_kill_matrix(report["kill_matrix"]).replace("\n# ", "\n## ").replace("# ", "## ", 1)
+                  .replace("\n## The mutants", "\n### The mutants").rstrip()]
     devices = sorted({str(c["versions"].get("device", "?")) for c in report["cells"]})
     lines += ["", "## Provenance", "",
               f"- generated {report['generated']} by zero3-conformance {report['harness']} "
@@ -67,14 +72,21 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dirs: list[Path], out: Path, baseline: Optional[Path] = None, command: str = "") -> dict:
-    old = None
-    if baseline is not None:
-        try:
-            old = json.loads(Path(baseline).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read baseline report {baseline}: {exc}") from None
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from None
+
+
+def write_report(run_dirs: list[Path], out: Path, baseline: Optional[Path] = None, command: str = "",
+                 kill_matrix: Optional[Path] = None) -> dict:
+    old = _read_json(baseline, "baseline report") if baseline is not None else None
     report = aggregate(run_dirs, old)
+    if kill_matrix is not None:
+        report["kill_matrix"] = _read_json(kill_matrix, "kill matrix")
+        if not isinstance(report["kill_matrix"], dict) or "mutants" not in report["kill_matrix"]:
+            raise UsageError(f"{kill_matrix} is not a kill matrix (zero3-conformance mutate writes one)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         # Each file is written whole, then renamed: a reader never sees half a report.
