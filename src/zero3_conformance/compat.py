@@ -43,6 +43,13 @@ def hf_is_deepspeed_zero3_enabled() -> Callable[[], bool]:
     ])
 
 
+def hf_unset_deepspeed_config() -> Callable[[], None]:
+    return _first_attr([
+        ("transformers.integrations.deepspeed", "unset_hf_deepspeed_config"),
+        ("transformers.deepspeed", "unset_hf_deepspeed_config"),
+    ])
+
+
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """from_config / from_pretrained take `dtype` from 4.56 on and `torch_dtype` before."""
     if dtype is None:

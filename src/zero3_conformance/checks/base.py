@@ -215,6 +215,7 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     # DeepSpeed's warnings (e.g. about the client optimizers N3 uses on purpose) would bury the run's output.
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     entry = REGISTRY[payload["check"]]
+    inherited = clear_leftover_zero3()  # whatever an earlier case left, this one starts clean
     case = Case(ctx, payload)
     try:
         entry.fn(case)
@@ -228,7 +229,29 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     finally:
         case.close()
         gc.collect()  # drop this case's config objects and models before the next case
+    left = clear_leftover_zero3()
+    if left:  # the culprit is named in its own record; the next case starts clean regardless
+        case.metrics["left_zero3_on"] = left
+    if inherited:
+        case.metrics["started_with_zero3_on"] = inherited
     return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed}
+
+
+def clear_leftover_zero3() -> list[str]:
+    """Turns off ZeRO-3 registrations still alive in this process once a case's own objects are gone (a
+    config object held somewhere it should not be), so one case's leak cannot decide the next one's
+    result. Returns what it turned off."""
+    from .. import compat
+    from ..reference import config as reference_config
+
+    found = []
+    if compat.hf_is_deepspeed_zero3_enabled()():
+        compat.hf_unset_deepspeed_config()()
+        found.append("transformers HfDeepSpeedConfig")
+    if reference_config.is_zero3_enabled():
+        reference_config.unregister()
+        found.append("reference ZeroConfig")
+    return found
 
 
 def gave_up(value: Any) -> bool:

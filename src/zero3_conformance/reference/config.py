@@ -47,6 +47,12 @@ def active_config() -> Optional[ZeroConfig]:
     return _active() if _active is not None else None
 
 
+def unregister() -> None:
+    """Forgets the active config (the harness's clean-up between checks; a user drops the object instead)."""
+    global _active
+    _active = None
+
+
 def is_zero3_enabled() -> bool:
     config = active_config()
     return config is not None and config.is_zero3()
