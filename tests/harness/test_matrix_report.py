@@ -172,3 +172,17 @@ def test_report_shows_a_kill_matrix_and_rejects_a_file_that_is_not_one(tmp_path,
     bad = ["--kill-matrix", str(tmp_path / "bad.json")]
     assert main(["report", str(run_dir), "--out", str(tmp_path / "r2"), *bad]) == 2
     assert "is not a kill matrix" in capsys.readouterr().err
+
+
+def test_a_known_issue_that_passed_is_flagged_in_the_report(tmp_path):
+    from zero3_conformance.results import XPASS
+
+    note = "known issue (https://github.com/x/y/issues/1): init garbage -- but it passed: the entry may be stale"
+    records = [_record("G3", "transformers", XPASS, note), _record("G3", "reference", PASS)]
+    run_dir = _run_dir(tmp_path / "cell", records)
+    report = write_report([run_dir], tmp_path / "r")
+    assert report["xpasses"] == [{"cell": report["cells"][0]["name"], "case": "G3-c[transformers-llama-ws2-fp32]",
+                                  "message": note}]
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "## Known issues that passed (XPASS): check their entries" in markdown and note in markdown
+    assert "(XPASS 1)" in markdown

@@ -28,7 +28,8 @@ def _group_cell(clauses: dict[str, dict[str, int]], group: str) -> str:
     good = counts.get(PASS, 0) + counts.get(XPASS, 0)
     bad = sum(counts.get(s, 0) for s in BAD_STATUSES)
     text = f"✓ {good}" + (f" ✗ {bad}" if bad else "")
-    return text + (f" (xfail {counts[XFAIL]})" if counts.get(XFAIL) else "")
+    text += f" (xfail {counts[XFAIL]})" if counts.get(XFAIL) else ""
+    return text + (f" (XPASS {counts[XPASS]})" if counts.get(XPASS) else "")
 
 
 def render_markdown(report: dict[str, Any], command: str) -> str:
@@ -57,6 +58,11 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         for failure in report["failures"]:
             lines += [f"### {failure['status']} {failure['case']} — likely fault: {failure['likely_fault']}",
                       f"cell `{failure['cell']}`", "", "```", failure["message"][:MESSAGE_CHARS], "```", ""]
+    if report.get("xpasses"):
+        lines += ["", "## Known issues that passed (XPASS): check their entries", ""]
+        for xpass in report["xpasses"]:
+            first_line = (xpass["message"] or "").split("\n")[0]
+            lines += [f"- `{xpass['case']}` in `{xpass['cell']}`: {first_line}"]
     if report.get("kill_matrix"):
         from ..mutate import render as render_kill_matrix
 
