@@ -161,6 +161,45 @@ def run_probe(spec: dict[str, Any], env: Optional[dict[str, str]] = None, timeou
     return json.loads(lines[-1])
 
 
+PROBE_TIMEOUT_S = 300.0
+_baseline_peaks: dict[tuple[str, str], dict[str, Any]] = {}  # per rank process: the baseline is measured once
+
+
+def probe_everywhere(rank: int, world_size: int, backend: str, subject: str, build: str, ds_config: dict[str, Any],
+                     family: Any, warmup_family: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Called in every rank of a world: each rank starts a fresh process; those form a group of their own
+    and build `family` once with `subject`. Then rank 0 measures the baseline's build (no ZeRO) in one more
+    fresh process. Returns (every rank's figures, the baseline's; {} on ranks other than 0)."""
+    import torch.distributed as dist
+
+    from .world import free_loopback_port
+    from .zoo import ensure_checkpoint
+
+    shared: list[Any] = [None, None, None]
+    if rank == 0:
+        shared = [str(ensure_checkpoint(family, "safetensors")), str(ensure_checkpoint(warmup_family, "safetensors")),
+                  free_loopback_port()]
+    dist.broadcast_object_list(shared, src=0)
+    checkpoint, warmup_checkpoint, port = shared
+    spec = {"subject": subject, "build": build, "checkpoint": checkpoint, "ds_config": ds_config, "backend": backend,
+            "auto_class": family.auto_class, "warmup_checkpoint": warmup_checkpoint}
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
+           "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size)}
+    try:
+        figures: dict[str, Any] = run_probe(spec, env, PROBE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - reported once every rank is back, so none waits forever
+        figures = {"error": str(exc)}
+    everyone: list[Any] = [None] * world_size
+    dist.all_gather_object(everyone, figures)
+    baseline: dict[str, Any] = {}
+    if rank == 0:
+        key = (build, checkpoint)
+        if key not in _baseline_peaks:
+            _baseline_peaks[key] = run_probe({**spec, "subject": "baseline"}, {}, PROBE_TIMEOUT_S)
+        baseline = _baseline_peaks[key]
+    return everyone, baseline
+
+
 if __name__ == "__main__":
     from .world import die_with_parent
 

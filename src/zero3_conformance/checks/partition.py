@@ -151,8 +151,6 @@ def dtype_follows_config(case: Case) -> None:
 # config, the allocator's rounding). With MEMORY_FAMILY the bound is well below model_bytes from world size
 # 2 on, so a build that materializes the whole model on a rank cannot pass.
 MEMORY_SLACK_MB = 48.0
-MEMORY_PROBE_TIMEOUT_S = 300.0
-_baseline_peaks: dict[tuple[str, str], dict[str, Any]] = {}  # per rank process: the baseline is measured once
 
 
 def _model_sizes(family: Any) -> tuple[float, float]:
@@ -168,46 +166,12 @@ def _model_sizes(family: Any) -> tuple[float, float]:
     return total / MB, largest / MB
 
 
-def _probe_everywhere(case: Case, build: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every rank starts a fresh process; those form a group of their own and build the model once. Then
-    rank 0 measures the baseline's build (no ZeRO) in one more fresh process. Returns (every rank's
-    figures, the baseline's)."""
-    import torch.distributed as dist
-
-    from ..memory import run_probe
-    from ..world import free_loopback_port
-    from ..zoo import MEMORY_FAMILY, MEMORY_WARMUP_FAMILY, ensure_checkpoint
-
-    shared: list[Any] = [None, None, None]
-    if case.rank == 0:
-        shared = [str(ensure_checkpoint(MEMORY_FAMILY, "safetensors")),
-                  str(ensure_checkpoint(MEMORY_WARMUP_FAMILY, "safetensors")), free_loopback_port()]
-    dist.broadcast_object_list(shared, src=0)
-    checkpoint, warmup_checkpoint, port = shared
-    spec = {"subject": case.subject_name, "build": build, "checkpoint": checkpoint, "ds_config": case.ds_config,
-            "backend": case.ctx.backend, "auto_class": MEMORY_FAMILY.auto_class,
-            "warmup_checkpoint": warmup_checkpoint}
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(case.rank),
-           "LOCAL_RANK": str(case.rank), "WORLD_SIZE": str(case.world_size), "LOCAL_WORLD_SIZE": str(case.world_size)}
-    try:
-        figures: dict[str, Any] = run_probe(spec, env, MEMORY_PROBE_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - reported once every rank is back, so none waits forever
-        figures = {"error": str(exc)}
-    everyone: list[Any] = [None] * case.world_size
-    dist.all_gather_object(everyone, figures)
-    baseline: dict[str, Any] = {}
-    if case.rank == 0:
-        key = (build, checkpoint)
-        if key not in _baseline_peaks:
-            _baseline_peaks[key] = run_probe({**spec, "subject": "baseline"}, {}, MEMORY_PROBE_TIMEOUT_S)
-        baseline = _baseline_peaks[key]
-    return everyone, baseline
-
-
 def _peak_memory_within_bound(case: Case, build: str) -> None:
-    from ..zoo import MEMORY_FAMILY
+    from ..memory import probe_everywhere
+    from ..zoo import MEMORY_FAMILY, MEMORY_WARMUP_FAMILY
 
-    everyone, baseline = _probe_everywhere(case, build)
+    everyone, baseline = probe_everywhere(case.rank, case.world_size, case.ctx.backend, case.subject_name, build,
+                                          case.ds_config, MEMORY_FAMILY, MEMORY_WARMUP_FAMILY)
     mine = everyone[case.rank]
     if "error" in mine:
         raise RuntimeError(mine["error"])
