@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--out", type=Path, default=Path("runs/matrix"), help="one run directory per cell, and report/")
     matrix.add_argument("--resume", action="store_true", help="keep cells that already finished in --out")
     matrix.add_argument("--cells", default="", help="comma-separated cell names: only these of the profile")
+    matrix.add_argument("--jobs", type=int, default=1, help="cells run at once (default 1; each cell's worlds "
+                                                            "use as many processes as their world size)")
     matrix.add_argument("--list", action="store_true", help="print the profile's cells and stop")
     matrix.add_argument("--github-matrix", action="store_true",
                         help="print the cells as a GitHub Actions job matrix (JSON) and stop")
@@ -194,6 +196,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from .matrix_runner import COMPLETE, run_profile
     from .report import write_report
 
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     path = args.file or matrix_file.DEFAULT_FILE
     matrix = matrix_file.load(path)
     cells = matrix.cells(args.profile, _csv(args.cells))
@@ -217,7 +221,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(f"[{index}/{total}] {info['status']:15s} {cell.name} ({info.get('seconds', 0):.0f}s)", flush=True)
 
     run_args = [*matrix.run_args[args.profile], *args.run_args]
-    run_dirs = run_profile(cells, args.out, tox, path.parent.parent, run_args, args.resume, progress)
+    run_dirs = run_profile(cells, args.out, tox, path.parent.parent, run_args, args.resume, progress, args.jobs)
     passed_on = ["--", *args.run_args] if args.run_args else []
     options = [f"--cells {args.cells}" if args.cells else "", f"--out {args.out}", "--resume" if args.resume else "",
                f"--compatibility {args.compatibility}" if args.compatibility else ""]

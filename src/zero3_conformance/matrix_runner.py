@@ -71,16 +71,20 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
 
 
 def run_profile(cells: list[Cell], out_root: Path, tox: list[str], project: Path, run_args: list[str],
-                resume: bool = False, progress: Callable[[int, int, Cell, dict], None] = lambda *a: None) -> list[Path]:
-    """Runs every cell in turn; with `resume`, cells that already finished are kept as they are."""
-    run_dirs = []
-    for index, cell in enumerate(cells, 1):
-        run_dir = out_root / cell.name
-        previous = read_cell_file(run_dir) if resume else None
+                resume: bool = False, progress: Callable[[int, int, Cell, dict], None] = lambda *a: None,
+                jobs: int = 1) -> list[Path]:
+    """Runs every cell, `jobs` at a time (each cell's worlds use as many processes as their world size, so
+    one at a time suits a 2-core machine); with `resume`, cells that already finished are kept as they are."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    def one(cell: Cell) -> dict:
+        previous = read_cell_file(out_root / cell.name) if resume else None
         if previous is not None and previous.get("status") != RUN_FAILED:
-            info = previous
-        else:
-            info = run_cell(cell, out_root, tox, project, run_args)
-        progress(index, len(cells), cell, info)
-        run_dirs.append(run_dir)
-    return run_dirs
+            return previous
+        return run_cell(cell, out_root, tox, project, run_args)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(one, cell): cell for cell in cells}
+        for index, future in enumerate(as_completed(futures), 1):
+            progress(index, len(cells), futures[future], future.result())
+    return [out_root / cell.name for cell in cells]

@@ -68,6 +68,17 @@ def test_broken_cells_are_recorded_not_dropped_and_resume_keeps_finished_ones(tm
     assert "NOT_INSTALLABLE" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_cells_can_run_several_at_once_and_come_back_in_matrix_order(tmp_path, fake_tox, capsys):
+    seen = []
+    run_dirs = run_profile(CELLS, tmp_path / "runs", fake_tox, tmp_path, [], jobs=3,
+                           progress=lambda index, total, cell, info: seen.append((index, cell.name, info["status"])))
+    assert [d.name for d in run_dirs] == [c.name for c in CELLS]
+    assert sorted(name for _, name, _ in seen) == sorted(c.name for c in CELLS)
+    assert [index for index, _, _ in seen] == [1, 2, 3]
+    assert cli.main(["matrix", "--jobs", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
 CELL = {"python": "3.11.7", "torch": "2.13.0", "deepspeed": "0.19.8", "transformers": "5.24.0",
         "accelerate": "1.15.0", "backend": "gloo", "device": "cpu", "harness": "0.1.0"}
 
