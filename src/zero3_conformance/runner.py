@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -45,6 +46,9 @@ class Runner:
         self.known_issues = list(known_issues)
         self.pool = WorldPool(self.backend, RANK_PRELOAD)
         self.gpus = visible_gpus() if self.backend == "nccl" else None  # NCCL: one rank per GPU
+        self.unstartable: dict[int, str] = {}  # world size -> why its world would not start
+        for lock in clear_stale_build_locks():
+            print(f"zero3-conformance: removed a stale JIT build lock a killed build left: {lock}", file=sys.stderr)
 
     def run_case(self, case: CaseSpec) -> Record:
         started = time.monotonic()
@@ -56,9 +60,12 @@ class Runner:
         except FamilyUnavailable as exc:
             return self._record(case, SKIP, str(exc), {}, started)
         payload = case.payload(with_dtype(self.ds_config, case.dtype), checkpoint)
+        if case.world_size in self.unstartable:  # one wait per run for a world that cannot start, not one per case
+            return self._record(case, ERROR, f"not run: {self.unstartable[case.world_size]}", {}, started)
         try:
             world = self.pool.get(case.world_size)
         except WorldStartError as exc:
+            self.unstartable[case.world_size] = str(exc)
             return self._record(case, ERROR, str(exc), {}, started)
         timeout_s = min(self.timeout_s, case.timeout_s or self.timeout_s)
         outcome = world.run("zero3_conformance.checks.base:execute", payload, timeout_s, gave_up)
@@ -100,6 +107,27 @@ def _by_world_size(cases: Iterable[CaseSpec]) -> list[CaseSpec]:
     for case in cases:
         groups[case.world_size].append(case)
     return [case for size in sorted(groups) for case in groups[size]]
+
+
+STALE_LOCK_S = 15 * 60  # the DeepSpeed op builds in about a minute; a lock this old has no builder left
+
+
+def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
+    """torch builds a JIT op (DeepSpeed's shm comm op, on every world's first start) under a lock file in
+    the op's build directory. A build killed midway leaves the lock, and every later build of that op then
+    waits for it forever: every world start would time out. Removes locks older than any build takes."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    removed = []
+    for lock in root.glob("*/*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
 
 
 def prepare_checkpoints(cases: Iterable[CaseSpec]) -> None:

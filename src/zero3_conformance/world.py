@@ -179,7 +179,9 @@ class World:
         if outcome.timed_out or outcome.exit_codes or failed:
             self.close()
             detail = failed[0].error if failed else (
-                f"ranks died with exit codes {outcome.exit_codes}" if outcome.exit_codes else "start timed out")
+                f"ranks died with exit codes {outcome.exit_codes}" if outcome.exit_codes else
+                f"start timed out after {self.start_timeout_s:.0f} s" + "".join(
+                    f"\n--- rank {r} stack ---\n{stack[-1500:]}" for r, stack in sorted(outcome.stacks.items())))
             raise WorldStartError(f"world of {self.world_size} ranks ({self.backend}) did not start: {detail}")
         return self
 

@@ -53,3 +53,44 @@ def test_world_recovers_after_faults(pool):
     outcome = pool.get(2).run("zero3_conformance.faults:all_reduce_rank_sum", None, 60)
     assert not outcome.timed_out and not outcome.exit_codes
     assert [reply.value for reply in outcome.replies.values()] == [3.0, 3.0]
+
+
+def test_a_stale_jit_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from zero3_conformance.runner import STALE_LOCK_S, clear_stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    fresh = tmp_path / "py311_cu130" / "deepspeed_shm_comm" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    assert clear_stale_build_locks() == [stale]
+    assert not stale.exists() and fresh.exists()  # a build may be running right now: its lock stays
+
+
+def test_a_world_that_will_not_start_is_tried_once_per_run(monkeypatch):
+    from zero3_conformance.catalog import build_cases
+    from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+    from zero3_conformance.results import ERROR
+    from zero3_conformance.runner import Runner
+    from zero3_conformance.world import WorldStartError
+
+    runner = Runner(DEFAULT_ZERO3_CONFIG)
+    attempts = []
+
+    def failing_start(world_size):
+        attempts.append(world_size)
+        raise WorldStartError(f"world of {world_size} ranks (gloo) did not start: start timed out after 600 s")
+
+    monkeypatch.setattr(runner.pool, "get", failing_start)
+    cases = build_cases(subjects=["reference"], clauses=["P1"], world_sizes=[2], models=["llama", "gpt2"])
+    records = [runner.run_case(case) for case in cases]
+    assert attempts == [2]
+    assert [r.status for r in records] == [ERROR] * len(cases)
+    assert "did not start: start timed out" in records[0].message
+    assert "world size 2] not run: world of 2 ranks (gloo) did not start" in records[1].message
