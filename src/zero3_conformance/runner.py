@@ -113,20 +113,27 @@ STALE_LOCK_S = 15 * 60  # the DeepSpeed op builds in about a minute; a lock this
 
 
 def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
-    """torch builds a JIT op (DeepSpeed's shm comm op, on every world's first start) under a lock file in
-    the op's build directory. A build killed midway leaves the lock, and every later build of that op then
-    waits for it forever: every world start would time out. Removes locks older than any build takes."""
+    """torch builds a JIT op (DeepSpeed's shm comm op, on every world's first start) under a file `lock` in
+    the op's build directory. Up to torch 2.13 the file's mere existence means "held": a build killed
+    midway leaves it, and so does torch 2.14, which holds an OS lock on the same file and leaves the file
+    behind. Either way every later build by torch <= 2.13 then waits forever, and every world start times
+    out. Removes lock files older than any build takes that no process holds an OS lock on."""
+    import fcntl
+
     from torch.utils.cpp_extension import get_default_build_root
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     removed = []
     for lock in root.glob("*/*/lock"):
         try:
-            if time.time() - lock.stat().st_mtime > max_age_s:
+            if time.time() - lock.stat().st_mtime <= max_age_s:
+                continue
+            with open(lock, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a build holds it
                 lock.unlink()
-                removed.append(lock)
+            removed.append(lock)
         except OSError:
-            continue  # gone already, or not ours to remove
+            continue  # held by a build right now, gone already, or not ours to remove
     return removed
 
 
