@@ -19,8 +19,8 @@ from zero3_conformance.memory import probe_everywhere
 from zero3_conformance.world import WorldPool
 from zero3_conformance.zoo import _MEMORY_LLAMA, MEMORY_WARMUP_FAMILY, Family, _kw, ensure_checkpoint
 
-# llama-shaped, 645 MB in fp32: 10 layers of 12.8 M parameters and two 16.4 M embeddings.
-BENCH_FAMILY = Family("llama-bench-645mb", "LlamaConfig", _kw(
+# llama-shaped, 615 MiB in fp32: 10 layers of 12.8 M parameters and two 16.4 M embeddings.
+BENCH_FAMILY = Family("llama-bench-615mb", "LlamaConfig", _kw(
     hidden_size=1024, intermediate_size=2816, num_hidden_layers=10, num_attention_heads=16, num_key_value_heads=16,
     vocab_size=16000, **_MEMORY_LLAMA), "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False)
 SUBJECTS = ("reference", "transformers")
