@@ -247,7 +247,9 @@ class World:
         for q, proc in zip(self._tasks if hasattr(self, "_tasks") else [], self._procs):
             if proc.exitcode is None and not self.broken:
                 q.put(None)
-        deadline = time.monotonic() + 10
+        # A healthy world's ranks get 10 s to leave their process group; a broken one's are stuck in a
+        # collective or a hang and will never leave on their own: they are killed at once.
+        deadline = time.monotonic() + (0 if self.broken else 10)
         for proc in self._procs:
             proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.exitcode is None:
