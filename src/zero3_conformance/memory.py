@@ -1,9 +1,14 @@
-"""Peak memory of building one model, measured in a fresh process (clause P3).
+"""Peak memory of building one model, measured in a probe process of its own (clause P3).
 
 A rank process of a persistent world has already built and freed many models, and the C allocator keeps
 freed memory for reuse: a construction there could peak without its resident set growing at all. So
-each measurement runs in a new Python process (`python -m zero3_conformance.memory SPEC`), which joins a
-process group of its own when the build is a ZeRO-3 one, and reports on its last stdout line:
+measurements run in a separate Python process per rank (`python -m zero3_conformance.memory`), started
+with a fixed mmap threshold, whose probes form a process group of their own for ZeRO-3 builds. A probe
+imports once and measures builds one after another, each taking one line of JSON on stdin and answering
+with one line of figures on stdout. What one build frees cannot hide the next one's peak: every block of
+128 KiB or more is its own mapping, returned to the OS when freed, and the rest of the free heap is handed
+back (malloc_trim) before each measurement. The same build measured first in a fresh probe and later in a
+used one agrees to within 2 MB. The figures:
 
 - `peak_mb`: the resident-set high-water mark (VmHWM) during construction, less the resident set just
   before it. The mark is reset right before construction (writing 5 to /proc/self/clear_refs); freed
@@ -106,19 +111,37 @@ def _build(spec: dict[str, Any]) -> Any:
     return config_object, subject.from_pretrained(model_class, spec["checkpoint"])[0]
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs in the fresh process: imports, joins the group, then measures only the construction."""
+def _join_group(backend: str) -> None:
+    """Joins this probe's own process group (its ranks are the probes of one world), once."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def measure(spec: dict[str, Any], warmed: set[tuple[str, str]]) -> dict[str, Any]:
+    """Runs in the probe process: measures only the construction `spec` names. A build path's one-time costs
+    (lazy imports, first use) are paid by a small warm-up build the first time the path is taken."""
     import torch
 
-    if spec["subject"] != "baseline":
-        import deepspeed
+    from .checks.base import clear_leftover_zero3
 
-        deepspeed.init_distributed(dist_backend=spec["backend"])
+    if spec["subject"] != "baseline":
+        _join_group(spec["backend"])
+    path = (spec["subject"], spec["build"])
+    if path not in warmed:
+        _build({**spec, "checkpoint": spec["warmup_checkpoint"]})
+        clear_leftover_zero3()
+        warmed.add(path)
     cuda = spec["backend"] == "nccl"
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.reset_peak_memory_stats()
-    _build({**spec, "checkpoint": spec["warmup_checkpoint"]})  # one-time costs of the path, not counted
     _release_free_heap()
     before = _status_bytes("VmRSS")["VmRSS"]
     anon_before = _status_bytes("RssAnon").get("RssAnon", 0)
@@ -135,6 +158,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         return {"raised": f"{type(exc).__name__}: {exc}"[:2000]}
     seconds = time.monotonic() - started
     anon_peak = sampler.stop()
+    sys.setswitchinterval(0.005)
     high_water = _status_bytes("VmHWM")["VmHWM"]
     figures: dict[str, Any] = {
         "peak_mb": round((high_water - before) / MB, 1),
@@ -144,58 +168,149 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         figures["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / MB, 1)
     del built
+    left = clear_leftover_zero3()  # a build whose registration outlives its objects must not shape the next
+    if left:
+        figures["left_zero3_on"] = left
     return figures
 
 
-def run_probe(spec: dict[str, Any], env: Optional[dict[str, str]] = None, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Starts the fresh process and returns its figures; RuntimeError with its stderr tail if it fails."""
-    import subprocess
+def serve() -> None:
+    """The probe process's loop: one spec per line on stdin, one line of figures per spec on stdout."""
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the libraries print goes to stderr: stdout carries only the figures
+    warmed: set[tuple[str, str]] = set()
+    for line in sys.stdin:
+        print(json.dumps(measure(json.loads(line), warmed)), file=results, flush=True)
 
-    child_env = {**os.environ, **(env or {}), **ALLOCATOR_ENV}
-    done = subprocess.run([sys.executable, "-m", "zero3_conformance.memory", json.dumps(spec)], env=child_env,
-                          capture_output=True, text=True, timeout=timeout_s)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"memory probe ({spec['subject']}, {spec['build']}) exited with {done.returncode}: "
-                           f"{done.stderr.strip()[-1500:]}")
-    return json.loads(lines[-1])
+
+class ProbeProcess:
+    """A fresh Python process (`python -m zero3_conformance.memory`) that imports torch, deepspeed and
+    transformers once and then measures builds one after another, so only the first measurement pays for
+    the imports."""
+
+    def __init__(self, env: Optional[dict[str, str]] = None):
+        import subprocess
+        import tempfile
+
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([sys.executable, "-m", "zero3_conformance.memory"],
+                                      env={**os.environ, **(env or {}), **ALLOCATOR_ENV}, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0)
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def measure(self, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """The figures for `spec`; RuntimeError with the probe's stderr tail if it dies or does not answer."""
+        import select
+        import subprocess
+
+        what = f"memory probe ({spec['subject']}, {spec['build']})"
+        try:
+            self._proc.stdin.write(json.dumps(spec).encode() + b"\n")
+        except OSError:  # it died before this measurement: its exit is reported below
+            pass
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
+        if not ready:
+            self.close()
+            raise RuntimeError(f"{what} gave no answer within {timeout_s:.0f} s: {self._stderr_tail()}")
+        line = self._proc.stdout.readline()
+        if not line:  # end of file: it is exiting
+            try:
+                code = self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.close()
+                code = self._proc.returncode
+            raise RuntimeError(f"{what} exited with {code}: {self._stderr_tail()}")
+        return json.loads(line)
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, self._stderr.tell() - 1500))
+        return self._stderr.read().decode(errors="replace").strip()
+
+    def close(self) -> None:
+        if self.alive():
+            self._proc.kill()
+        self._proc.wait()
+
+
+def run_probe(spec: dict[str, Any], env: Optional[dict[str, str]] = None, timeout_s: float = 600.0) -> dict[str, Any]:
+    """One measurement in a probe process of its own."""
+    probe = ProbeProcess(env)
+    try:
+        return probe.measure(spec, timeout_s)
+    finally:
+        probe.close()
 
 
 PROBE_TIMEOUT_S = 300.0
-_baseline_peaks: dict[tuple[str, str], dict[str, Any]] = {}  # per rank process: the baseline is measured once
+# Per rank process of a world: its probe, whose peers (the other ranks' probes) form a process group of their
+# own, kept for the next measurement; and the baseline's figures, measured once per build and checkpoint.
+_probe: Optional[ProbeProcess] = None
+_baseline_peaks: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _probe_everywhere_alive(rank: int, world_size: int) -> ProbeProcess:
+    """Every rank's probe, started where any rank lacks a live one (all start afresh, to form a new group)."""
+    import torch.distributed as dist
+
+    from .world import free_loopback_port
+
+    global _probe
+    alive: list[Any] = [None] * world_size
+    dist.all_gather_object(alive, _probe is not None and _probe.alive())
+    if _probe is not None and all(alive):
+        return _probe
+    _retire_probe()
+    port = [free_loopback_port() if rank == 0 else None]
+    dist.broadcast_object_list(port, src=0)
+    _probe = ProbeProcess({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port[0]), "RANK": str(rank),
+                           "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                           "LOCAL_WORLD_SIZE": str(world_size)})
+    return _probe
+
+
+def _retire_probe() -> None:
+    global _probe
+    if _probe is not None:
+        _probe.close()
+        _probe = None
 
 
 def probe_everywhere(rank: int, world_size: int, backend: str, subject: str, build: str, ds_config: dict[str, Any],
                      family: Any, warmup_family: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Called in every rank of a world: each rank starts a fresh process; those form a group of their own
-    and build `family` once with `subject`. Then rank 0 measures the baseline's build (no ZeRO) in one more
-    fresh process. Returns (every rank's figures, the baseline's; {} on ranks other than 0)."""
+    """Called in every rank of a world: each rank's probe process builds `family` once with `subject`, the
+    probes forming a process group of their own. Then rank 0's probe measures the baseline's build (no
+    ZeRO). Returns (every rank's figures, the baseline's; {} on ranks other than 0). After any failure every
+    rank's probe is retired, so the next measurement starts from fresh processes in a fresh group."""
     import torch.distributed as dist
 
-    from .world import free_loopback_port
     from .zoo import ensure_checkpoint
 
-    shared: list[Any] = [None, None, None]
+    paths: list[Any] = [None, None]
     if rank == 0:
-        shared = [str(ensure_checkpoint(family, "safetensors")), str(ensure_checkpoint(warmup_family, "safetensors")),
-                  free_loopback_port()]
-    dist.broadcast_object_list(shared, src=0)
-    checkpoint, warmup_checkpoint, port = shared
+        paths = [str(ensure_checkpoint(family, "safetensors")), str(ensure_checkpoint(warmup_family, "safetensors"))]
+    dist.broadcast_object_list(paths, src=0)
+    checkpoint, warmup_checkpoint = paths
     spec = {"subject": subject, "build": build, "checkpoint": checkpoint, "ds_config": ds_config, "backend": backend,
             "auto_class": family.auto_class, "warmup_checkpoint": warmup_checkpoint}
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-           "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size)}
     try:
-        figures: dict[str, Any] = run_probe(spec, env, PROBE_TIMEOUT_S)
+        figures: dict[str, Any] = _probe_everywhere_alive(rank, world_size).measure(spec, PROBE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - reported once every rank is back, so none waits forever
         figures = {"error": str(exc)}
     everyone: list[Any] = [None] * world_size
     dist.all_gather_object(everyone, figures)
+    if any("error" in f or "raised" in f for f in everyone):
+        _retire_probe()  # a group some probe left midway cannot be trusted with the next build
     baseline: dict[str, Any] = {}
     if rank == 0:
         key = (build, checkpoint)
         if key not in _baseline_peaks:
-            _baseline_peaks[key] = run_probe({**spec, "subject": "baseline"}, {}, PROBE_TIMEOUT_S)
+            baseline_spec = {**spec, "subject": "baseline"}
+            live = _probe is not None and _probe.alive()
+            _baseline_peaks[key] = _probe.measure(baseline_spec, PROBE_TIMEOUT_S) if live else \
+                run_probe(baseline_spec, timeout_s=PROBE_TIMEOUT_S)
         baseline = _baseline_peaks[key]
     return everyone, baseline
 
@@ -204,4 +319,4 @@ if __name__ == "__main__":
     from .world import die_with_parent
 
     die_with_parent()  # a probe outlives nothing it was started for
-    print(json.dumps(measure(json.loads(sys.argv[1]))), flush=True)
+    serve()

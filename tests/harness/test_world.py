@@ -102,3 +102,31 @@ def test_a_world_that_will_not_start_is_tried_once_per_run(monkeypatch):
     assert [r.status for r in records] == [ERROR] * len(cases)
     assert "did not start: start timed out" in records[0].message
     assert "world size 2] not run: world of 2 ranks (gloo) did not start" in records[1].message
+
+
+_cycle_refs: list = []
+
+
+class _Node:
+    pass
+
+
+def make_garbage_cycle(ctx, payload):
+    """Run in every rank: leaves a reference cycle (no other reference to it) behind, and a weak reference."""
+    import weakref
+
+    node = _Node()
+    node.self = node
+    _cycle_refs.append(weakref.ref(node))
+    return True
+
+
+def garbage_cycle_is_gone(ctx, payload):
+    return _cycle_refs[-1]() is None
+
+
+def test_a_task_cyclic_garbage_is_still_collected_between_tasks(pool):
+    # Survivors of each task are set aside from the cyclic collector (gc.freeze): garbage must be collected first.
+    world = pool.get(2)
+    assert all(r.value for r in world.run(f"{__name__}:make_garbage_cycle", None, 60).replies.values())
+    assert all(r.value for r in world.run(f"{__name__}:garbage_cycle_is_gone", None, 60).replies.values())
