@@ -3,8 +3,9 @@ non-ZeRO baseline, time and peak memory per rank, with from_config and from_pret
 
     python benchmarks/construction.py [--world-sizes 1,2]
 
-Each figure comes from a fresh process per rank (zero3_conformance.memory, the probe P3 uses): the
-anonymous memory the rank allocated while building, and the build's seconds. The bound P3 applies is
+Each figure comes from the probe P3 uses (zero3_conformance.memory: a process per rank, apart from the
+world's ranks, that imports once and measures builds one after another): the anonymous memory the
+rank allocated while building, and the build's seconds. The bound P3 applies is
 printed beside them: model / world + largest module + slack.
 """
 

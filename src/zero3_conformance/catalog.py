@@ -89,7 +89,7 @@ def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Seque
             for subject in chosen_subjects:
                 for layout in layouts:
                     for world_size in entry.world_sizes:
-                        if world_size not in sizes and not (entry.families == () and not world_sizes):
+                        if world_size not in sizes:
                             continue
                         for dtype in entry.dtypes:
                             cases.append(CaseSpec(entry.id, entry.clause, entry.name, subject, family, layout,

@@ -2,7 +2,7 @@
 
 A mutant is killed by a clause when one of the clause's cases FAILs, times out or crashes for the mutant
 while the reference PASSes the same case (checked for every killing case, so a clause the reference
-itself cannot pass here kills nothing). P3 builds a 263 MB model in fresh processes per case, so it runs
+itself cannot pass here kills nothing). P3 builds a 263 MB model per case, so it runs
 only for the mutants that name it as their killer.
 """
 

@@ -63,7 +63,7 @@ def _memory_table(records: list[Record]) -> list[str]:
         return []
     lines = ["", "## Memory at construction (P3)", "",
              f"A {rows[0].metrics['model_mb']:.0f} MB model (largest module {rows[0].metrics['largest_module_mb']:.0f} "
-             "MB), built in fresh processes. MB allocated per rank (anonymous memory), resident-set peak per rank "
+             "MB), built in probe processes. MB allocated per rank (anonymous memory), resident-set peak per rank "
              "(adds checkpoint file pages the loader mapped), the bound, and the same build without ZeRO.", "",
              "| check | subject | world | allocated per rank | resident peak per rank | bound | baseline allocated |",
              "|---|---|---|---|---|---|---|"]

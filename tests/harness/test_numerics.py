@@ -2,9 +2,15 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
+from zero3_conformance.catalog import build_cases
 from zero3_conformance.checks.numerics import _compare
+from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG, with_dtype
+from zero3_conformance.runner import RANK_PRELOAD, prepare_checkpoints
+from zero3_conformance.world import WorldPool
+from zero3_conformance.zoo import ensure_checkpoint
 
 
 def _case(dtype):
@@ -47,3 +53,50 @@ def test_bf16_averaging_allowance_is_added_and_a_missing_tensor_fails():
     got = {"w": torch.tensor([1.0, 2.5])}
     _compare(case, "gradients", exact, got, reference=exact, extra={"w": torch.tensor([0.0, 0.5]), "b": torch.zeros(1)})
     assert len(findings) == 1 and "1/2 tensors" in findings[0] and "b: missing" in findings[0]
+
+
+def split_baseline_gradients_against_one_process(ctx, payload):
+    """Run in every rank: the baseline gradients the N checks use (each rank backpropagates its own batch, the
+    ranks exchange them) against one process backpropagating every rank's batch in turn. Returns the names
+    of parameters whose average or magnitude differs in any bit, or that one side lacks."""
+    from zero3_conformance.checks.base import Case
+    from zero3_conformance.checks.numerics import _baseline, _baseline_gradients, batch_for
+
+    case = Case(ctx, payload)
+    baseline = _baseline(case)
+    average, magnitude = _baseline_gradients(case, baseline, step=1)
+    total, size = {}, {}
+    for rank in range(ctx.world_size):
+        baseline.zero_grad(set_to_none=True)
+        baseline(**batch_for(case, 1, rank)).loss.backward()
+        for name, param in baseline.named_parameters():
+            if param.grad is not None:
+                grad = param.grad.float()
+                total[name] = total[name] + grad if name in total else grad
+                size[name] = size[name] + grad.abs() if name in size else grad.abs()
+    differing = sorted(set(total) ^ set(average))
+    for name in set(total) & set(average):
+        if not (torch.equal(total[name] / ctx.world_size, average[name])
+                and torch.equal(size[name] / ctx.world_size, magnitude[name])):
+            differing.append(name)
+    return differing
+
+
+@pytest.mark.xdist_group("harness-numerics-world")
+@pytest.mark.parametrize("model,dtype", [("llama", "fp32"), ("mixtral", "bf16")])
+def test_split_baseline_gradients_are_bit_for_bit_one_process(model, dtype):
+    # mixtral: experts a rank's batch does not route to get no gradient on that rank only.
+    case = next(c for c in build_cases(subjects=["reference"], models=[model], clauses=["N2"], world_sizes=[3])
+                if c.dtype == dtype)
+    prepare_checkpoints([case])
+    pool = WorldPool("gloo", RANK_PRELOAD)
+    try:
+        outcome = pool.get(3).run(f"{__name__}:split_baseline_gradients_against_one_process",
+                                  case.payload(with_dtype(DEFAULT_ZERO3_CONFIG, dtype),
+                                               str(ensure_checkpoint(case.family, case.layout))), 120)
+    finally:
+        pool.close()
+    assert sorted(outcome.replies) == [0, 1, 2], outcome
+    for rank, reply in outcome.replies.items():
+        assert reply.ok, reply.traceback
+        assert reply.value == [], f"rank {rank}: {reply.value}"

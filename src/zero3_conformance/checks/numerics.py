@@ -106,20 +106,46 @@ def _pair(case: Case, optimizer: Optional[str] = None) -> tuple[Any, Any]:
 
 def _baseline_gradients(case: Case, baseline: Any, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The global batch's gradients as data parallelism defines them: each rank's batch backpropagated on
-    its own, the results averaged in fp32. Returns (average, mean of the ranks' magnitudes) per parameter."""
+    its own, the results averaged in fp32. Returns (average, mean of the ranks' magnitudes) per parameter.
+
+    Every rank holds the same baseline, so each backpropagates only its own batch and the ranks exchange
+    the results; all_gather copies them exactly, and every rank sums them in rank order. That is bit for bit
+    what one process backpropagating every rank's batch in turn gets, at 1/world of the cost."""
+    torch = _torch()
+    baseline.zero_grad(set_to_none=True)
+    baseline(**batch_for(case, step, case.rank)).loss.backward()
+    params = list(baseline.named_parameters())
+    # One flat fp32 vector per rank, and which parameters got a gradient (MoE experts a batch skips do not).
+    flat = torch.cat([(p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)).reshape(-1)
+                      for _, p in params])
+    has_grad = torch.tensor([p.grad is not None for _, p in params], dtype=torch.float32)
+    baseline.zero_grad(set_to_none=True)
+    flats, masks = _gathered(case, flat), _gathered(case, has_grad)
     total: dict[str, Any] = {}
     magnitude: dict[str, Any] = {}
-    for rank in range(case.world_size):
-        baseline.zero_grad(set_to_none=True)
-        baseline(**batch_for(case, step, rank)).loss.backward()
-        for name, param in baseline.named_parameters():
-            if param.grad is not None:
-                grad = param.grad.float()
-                total[name] = total[name] + grad if name in total else grad
-                magnitude[name] = magnitude[name] + grad.abs() if name in magnitude else grad.abs()
-    baseline.zero_grad(set_to_none=True)
+    for rank_flat, rank_mask in zip(flats, masks):
+        offset = 0
+        for index, (name, param) in enumerate(params):
+            grad = rank_flat[offset:offset + param.numel()].view(param.shape)
+            offset += param.numel()
+            if not rank_mask[index]:
+                continue
+            total[name] = total[name] + grad if name in total else grad
+            magnitude[name] = magnitude[name] + grad.abs() if name in magnitude else grad.abs()
     return ({name: t / case.world_size for name, t in total.items()},
             {name: m / case.world_size for name, m in magnitude.items()})
+
+
+def _gathered(case: Case, tensor: Any) -> list[Any]:
+    """Every rank's `tensor`, in rank order, on the CPU."""
+    import torch.distributed as dist
+
+    if case.world_size == 1:
+        return [tensor]
+    local = tensor.to(case.ctx.device)
+    everyone = [_torch().empty_like(local) for _ in range(case.world_size)]
+    dist.all_gather(everyone, local)
+    return [t.cpu() for t in everyone]
 
 
 def _averaging_error_bound(case: Case, magnitude: dict[str, Any]) -> dict[str, Any]:
