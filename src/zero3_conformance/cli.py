@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ds-config", type=Path, default=None, help="your DeepSpeed config (must be stage 3)")
     run.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE)
     run.add_argument("--timeout", type=float, default=180.0, help="seconds per check before TIMEOUT")
+    run.add_argument("--parallel-worlds", type=int, default=None, metavar="N",
+                     help="worlds (one per world size) that run at once (default: 2 on CPU with 2 cores or more, "
+                          "1 on GPUs)")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--resume", type=Path, default=None, metavar="DIR",
                      help="finish an interrupted run in DIR: its finished results are kept, the rest run")
@@ -129,9 +132,11 @@ def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .results import write_records
-    from .runner import Runner, prepare_checkpoints
+    from .runner import Runner, default_parallel_worlds, prepare_checkpoints
     from .zoo import detect_layout, user_family
 
+    if args.parallel_worlds is not None and args.parallel_worlds < 1:
+        raise UsageError(f"--parallel-worlds must be 1 or more, not {args.parallel_worlds}")
     if args.resume is not None:
         given = [f"--{key.replace('_', '-')}" for key in (*SELECTION, "out")
                  if getattr(args, key) != build_parser().parse_args(["run"]).__dict__[key]]
@@ -178,8 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if finished and not args.quiet:
         print(f"resuming {out}: {len(finished)} of {len(cases)} results kept, {len(remaining)} to run", flush=True)
+    parallel_worlds = args.parallel_worlds or default_parallel_worlds(runner.backend)
     with RecordWriter(out / "results.jsonl") as writer:
-        runner.run(remaining, writer, progress)
+        runner.run(remaining, writer, progress, parallel_worlds)
     notes = [f"known issue matched nothing in this run: {i.clause} {i.subject} ({i.link})"
              for i in known_issues.stale(issues, records)]
     summary.write(out / "summary.md", records, len(cases), notes)

@@ -292,8 +292,13 @@ class WorldPool:
             self._worlds[world_size] = world
         return world
 
-    def close(self) -> None:
-        for world in self._worlds.values():
+    def release(self, world_size: int) -> None:
+        """Closes the world of this size, if one is alive."""
+        world = self._worlds.pop(world_size, None)
+        if world is not None:
             world.close()
-        self._worlds.clear()
+
+    def close(self) -> None:
+        for world_size in list(self._worlds):
+            self.release(world_size)
 

@@ -19,6 +19,7 @@ def run_cli(capsys, *argv):
     (["run", "--subject", "mine"], "unknown subject 'mine'"),
     (["run", "--world-sizes", "two"], "invalid --world-sizes"),
     (["run", "--world-sizes", "0"], "invalid world size 0"),
+    (["run", "--parallel-worlds", "0"], "--parallel-worlds must be 1 or more"),
     (["run", "--model", "/nonexistent/checkpoint"], "does not exist"),
     (["run", "--ds-config", "/nonexistent/ds.json"], "cannot read DeepSpeed config"),
     (["frobnicate"], "invalid choice"),
