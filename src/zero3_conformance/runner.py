@@ -6,8 +6,7 @@ import os
 import sys
 import threading
 import time
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -86,30 +85,55 @@ class Runner:
     def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,
             progress: Callable[[int, int, Record], None] = lambda i, n, r: None,
             parallel_worlds: int = 1) -> list[Record]:
-        """Runs every case, one world size after another in each of `parallel_worlds` threads (each drives
-        one world; the largest world sizes go first, as they take longest). Records are written as they come."""
+        """Runs every case and writes each record as it comes. A world size's cases run in one world, one
+        after another; `parallel_worlds` lanes each take the next world size left, largest first (they take
+        longest), and run its cases in a world of their own."""
         groups = _by_world_size(cases)
-        total = sum(len(group) for group in groups.values())
+        sizes = deque(sorted(groups, reverse=True))
+        total = sum(map(len, groups.values()))
         records: list[Record] = []
         lock = threading.Lock()
+        stop = threading.Event()  # set when a lane fails or the run is interrupted: no lane starts another case
+        failures: list[BaseException] = []
 
-        def run_group(world_size: int) -> None:
-            try:
-                for case in groups[world_size]:
-                    record = self.run_case(case)
-                    with lock:
-                        writer.write(record)
-                        records.append(record)
-                        progress(len(records), total, record)
-            finally:
-                self.pool.release(world_size)  # done with this world size
+        def next_size() -> Optional[int]:
+            with lock:
+                return sizes.popleft() if sizes and not stop.is_set() else None
 
+        def lane() -> None:
+            while (size := next_size()) is not None:
+                try:
+                    for case in groups[size]:
+                        if stop.is_set():
+                            return
+                        record = self.run_case(case)
+                        with lock:
+                            if stop.is_set():  # interrupted: its world was torn down under it
+                                return
+                            writer.write(record)
+                            records.append(record)
+                            progress(len(records), total, record)
+                except BaseException as exc:  # noqa: BLE001 - raised to the caller once every lane is back
+                    failures.append(exc)
+                    stop.set()
+                finally:
+                    self.pool.release(size)  # done with this world size
+
+        lanes = [threading.Thread(target=lane, name=f"world-lane-{i}", daemon=True)
+                 for i in range(max(1, min(parallel_worlds, len(sizes))))]
         try:
-            with ThreadPoolExecutor(max(1, parallel_worlds), thread_name_prefix="world") as executor:
-                for future in [executor.submit(run_group, size) for size in sorted(groups, reverse=True)]:
-                    future.result()
+            for thread in lanes:
+                thread.start()
+            for thread in lanes:
+                while thread.is_alive():
+                    thread.join(0.5)  # in short waits, so that an interrupt reaches this thread
+        except BaseException:
+            stop.set()
+            raise
         finally:
             self.pool.close()
+        if failures:
+            raise failures[0]
         return records
 
     def close(self) -> None:
