@@ -21,7 +21,7 @@ from .world import WorldPool, WorldStartError
 from .zoo import FamilyUnavailable, ensure_checkpoint
 
 CHECK_TIMEOUT_S = 180.0
-RANK_PRELOAD = ("transformers", "zero3_conformance.registry")
+RANK_PRELOAD = ("transformers", "zero3_conformance.registry", "zero3_conformance.warm")
 # Inherited by rank processes: no hub, no progress bars, no per-load chatter in the run's output.
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore"}

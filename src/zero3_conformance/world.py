@@ -23,7 +23,7 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 # A rank that raised while the others are still inside the task gets this long to be joined by them
 # before the world is declared stuck (the others are usually waiting in a collective).
@@ -87,6 +87,44 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def gloo_environment() -> None:
+    """What DeepSpeed and gloo read, some of it at import: the CPU accelerator, gloo's sockets on loopback."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    if any(name == "lo" for _, name in socket.if_nameindex()):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+
+def rank_context(backend: str, preload: tuple[str, ...], start_method: Optional[str] = None) -> Any:
+    """How ranks are started. gloo: forked from a server process (multiprocessing's forkserver) that imported
+    `preload` once, so that starting a world costs no imports: the server is started with the first world,
+    and its imports are shared by every rank of every later world. nccl: spawned, as CUDA cannot be used in
+    a process forked from one that loaded it. `start_method` "spawn" asks for spawned ranks anyway."""
+    if start_method == "spawn" or backend != "gloo" or "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    # Only the first world's list counts (there is one server per process); a rank still imports its own
+    # preload, which costs nothing where the server has it already.
+    context.set_forkserver_preload(["zero3_conformance.gloo_env", *preload])
+    return context
+
+
+def _leave_forkserver() -> None:
+    """A process forked by multiprocessing's forkserver holds the server's "alive" pipe, so that the server
+    outlives it; and the server is the parent whose death die_with_parent() watches. A rank lets go of the
+    pipe: once the process that started the world dies, nothing keeps the server, and it takes its ranks
+    with it."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive_fd, int):
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
+
+
 def _rank_main(
     rank: int,
     world_size: int,
@@ -96,16 +134,20 @@ def _rank_main(
     replies: "mp.Queue[Any]",
     stack_file: str,
     preload: tuple[str, ...],
+    environment: dict[str, str],
 ) -> None:
     die_with_parent()
+    _leave_forkserver()
+    # The parent's environment as of this world's start (a forked rank would have the server's, as of the
+    # first world's start), then this rank's own.
+    os.environ.clear()
+    os.environ.update(environment)
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
     )
     if backend == "gloo":
-        os.environ["DS_ACCELERATOR"] = "cpu"
-        if any(name == "lo" for _, name in socket.if_nameindex()):
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep gloo's own sockets on loopback
+        gloo_environment()
     with open(stack_file, "w") as stacks:
         faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
         try:
@@ -162,14 +204,14 @@ class World:
     """N ranks on this machine, rendezvous on 127.0.0.1 with a free port."""
 
     def __init__(self, world_size: int, backend: str = "gloo", preload: tuple[str, ...] = (),
-                 start_timeout_s: float = 600.0):
+                 start_timeout_s: float = 600.0, start_method: Optional[str] = None):
         self.world_size = world_size
         self.backend = backend
         self.preload = preload
         self.start_timeout_s = start_timeout_s
         self.broken = False
         self._ids = itertools.count()
-        self._ctx = mp.get_context("spawn")
+        self._ctx = rank_context(backend, preload, start_method)
         self._procs: list[Any] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="zero3-world-")
 
@@ -181,7 +223,7 @@ class World:
             proc = self._ctx.Process(
                 target=_rank_main,
                 args=(rank, self.world_size, port, self.backend, self._tasks[rank], self._replies,
-                      self._stack_file(rank), self.preload),
+                      self._stack_file(rank), self.preload, dict(os.environ)),
                 daemon=True,
             )
             proc.start()
@@ -280,15 +322,16 @@ class World:
 class WorldPool:
     """One live world per world size, started on first use and replaced when broken."""
 
-    def __init__(self, backend: str = "gloo", preload: tuple[str, ...] = ()):
+    def __init__(self, backend: str = "gloo", preload: tuple[str, ...] = (), start_method: Optional[str] = None):
         self.backend = backend
         self.preload = preload
+        self.start_method = start_method
         self._worlds: dict[int, World] = {}
 
     def get(self, world_size: int) -> World:
         world = self._worlds.get(world_size)
         if world is None or world.broken:
-            world = World(world_size, self.backend, self.preload).start()
+            world = World(world_size, self.backend, self.preload, start_method=self.start_method).start()
             self._worlds[world_size] = world
         return world
 
