@@ -8,30 +8,33 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Optional
 
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
 from zero3_conformance.results import BAD_STATUSES
 from zero3_conformance.runner import Runner, prepare_checkpoints
 
 
-def run_timed(cases: list, fresh_world_per_check: bool = False, cold_zoo: bool = False) -> dict[str, Any]:
-    """{"wall", "zoo", "world_start", "worlds_started", "groups": {clause group: s}, "cases", "bad"}."""
+def run_timed(cases: list, fresh_world_per_check: bool = False, cold_zoo: bool = False,
+              start_method: Optional[str] = None) -> dict[str, Any]:
+    """{"wall", "zoo", "world_start", "worlds_started", "groups": {clause group: s}, "cases", "bad"}.
+    `start_method` "spawn": ranks spawned afresh, not forked from the preloaded server."""
     with tempfile.TemporaryDirectory(prefix="zero3-zoo-") as cache:
         if cold_zoo:  # an empty zoo cache: checkpoints are built, and timed
             os.environ["ZERO3_CONFORMANCE_CACHE"] = cache
         try:
-            return _run(cases, fresh_world_per_check)
+            return _run(cases, fresh_world_per_check, start_method)
         finally:
             if cold_zoo:
                 del os.environ["ZERO3_CONFORMANCE_CACHE"]
 
 
-def _run(cases: list, fresh_world_per_check: bool) -> dict[str, Any]:
+def _run(cases: list, fresh_world_per_check: bool, start_method: Optional[str]) -> dict[str, Any]:
     started = time.monotonic()
     prepare_checkpoints(cases)
     zoo = time.monotonic() - started
     runner = Runner(DEFAULT_ZERO3_CONFIG)
+    runner.pool.start_method = start_method
     starting: list[float] = []
     get = runner.pool.get
 
