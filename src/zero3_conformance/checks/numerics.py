@@ -1,8 +1,8 @@
 """N — a ZeRO-3 model computes and trains like the baseline: forward, backward, optimizer steps.
 
 Both sides load the same checkpoint. Each rank feeds the engine its own batch (data parallelism);
-the baseline, in the same process, runs every rank's batch and averages the gradients, which is the
-global batch as data parallelism defines it, so gradients and steps are comparable. Dropout is off on
+the baseline averages the gradients of every rank's batch, which is the global batch as data parallelism
+defines it, so gradients and steps are comparable. Dropout is off on
 both sides (eval mode): the checks are about ZeRO-3, not about random masks.
 """
 
