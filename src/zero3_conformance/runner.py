@@ -150,8 +150,8 @@ def _by_world_size(cases: Iterable[CaseSpec]) -> dict[int, list[CaseSpec]]:
 
 def default_parallel_worlds(backend: str) -> int:
     """On CPU, two worlds at once where there are two cores or more: ranks spend much of a check waiting on
-    each other in collectives, and a second world's ranks use that time (measured on 2 cores: 19% less
-    wall time). On GPUs one, so that every rank has a GPU of its own."""
+    each other in collectives, and a second world's ranks use that time (the default run on 2 cores: 24%
+    less wall time; three at once was slower). On GPUs one, so that every rank has a GPU of its own."""
     return 2 if backend == "gloo" and (os.cpu_count() or 1) >= 2 else 1
 
 
