@@ -13,7 +13,7 @@ from .catalog import build_cases
 from .cell import describe_cell, local_device
 from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
 from .errors import UsageError
-from .results import Record, RecordWriter, run_succeeded
+from .results import Record, RecordWriter, run_succeeded, write_whole
 
 
 def _csv(text: str) -> list[str]:
@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         if args.resume is None:
-            (out / PLAN_FILE).write_text(json.dumps({"schema": 1, "selection": selection}, indent=2) + "\n")
+            write_whole(out / PLAN_FILE, json.dumps({"schema": 1, "selection": selection}, indent=2) + "\n")
         write_records(out / "results.jsonl", finished)  # drops a line a killed run left torn
         (out / "summary.md").unlink(missing_ok=True)
     except OSError as exc:
@@ -242,7 +242,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 def _copy_markdown(report_dir: Path, target: Optional[Path]) -> None:
     if target is not None:
-        target.write_text((report_dir / "report.md").read_text(encoding="utf-8"), encoding="utf-8")
+        write_whole(target, (report_dir / "report.md").read_text(encoding="utf-8"))
 
 
 def cmd_mutate(args: argparse.Namespace) -> int:

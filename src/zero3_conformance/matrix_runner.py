@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .matrix import Cell
+from .results import write_whole
 
 CELL_FILE = "cell.json"
 NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_IMPORTABLE", "COMPLETE", "RUN_FAILED"
@@ -40,9 +41,7 @@ def _write_cell_file(run_dir: Path, cell: Cell, status: str, message: str, secon
     info = {"cell": cell.name, "pins": dataclasses.asdict(cell), "status": status, "message": message,
             "exit_status": exit_status, "seconds": round(seconds, 1)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    staging = run_dir / f".{CELL_FILE}.tmp"
-    staging.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    staging.replace(run_dir / CELL_FILE)  # whole or not at all
+    write_whole(run_dir / CELL_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 
 

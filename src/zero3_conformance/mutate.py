@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .mutants import MUTANTS, killing_cases
 from .registry import load_checks
-from .results import CRASH, FAIL, PASS, TIMEOUT
+from .results import CRASH, FAIL, PASS, TIMEOUT, write_whole
 from .runner import Runner, prepare_checkpoints
 from .summary import clause_key
 
@@ -101,5 +101,5 @@ def render(matrix: dict[str, Any]) -> str:
 
 def write(out: Path, matrix: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kill-matrix.json").write_text(json.dumps(matrix, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (out / "kill-matrix.md").write_text(render(matrix), encoding="utf-8")
+    write_whole(out / "kill-matrix.json", json.dumps(matrix, indent=2, sort_keys=True) + "\n")
+    write_whole(out / "kill-matrix.md", render(matrix))

@@ -77,12 +77,18 @@ def read_records(path: Path) -> list[Record]:
     return records
 
 
-def write_records(path: Path, records: Iterable[Record]) -> None:
-    """Replaces results.jsonl with exactly these records, all at once (a crash leaves the old file or the new)."""
+def write_whole(path: Path, text: str) -> None:
+    """Writes `text` to a staging file beside `path`, then renames it over `path`: a reader, or a run killed
+    while writing, sees the old file or the new one, never half of one."""
     path = Path(path)
     staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
+    staging.write_text(text, encoding="utf-8")
     staging.replace(path)
+
+
+def write_records(path: Path, records: Iterable[Record]) -> None:
+    """Replaces results.jsonl with exactly these records, all at once."""
+    write_whole(path, "".join(r.to_json() + "\n" for r in records))
 
 
 def run_succeeded(records: Iterable[Record]) -> bool:

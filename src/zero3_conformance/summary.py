@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .cell import cell_label
-from .results import PASS, SKIP, STATUSES, Record, run_succeeded
+from .results import PASS, SKIP, STATUSES, Record, run_succeeded, write_whole
 
 CLAUSE_ORDER = "APGNSE"
 
@@ -93,7 +93,4 @@ def _resize_table(records: list[Record]) -> list[str]:
 
 
 def write(path: Path, records: list[Record], planned: int, notes: list[str] = ()) -> None:
-    path = Path(path)
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(render(records, planned, notes), encoding="utf-8")
-    staging.replace(path)  # whole or not at all, even if the run is killed while writing
+    write_whole(path, render(records, planned, notes))

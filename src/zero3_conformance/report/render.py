@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UsageError
-from ..results import BAD_STATUSES, PASS, XFAIL, XPASS
+from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, write_whole
 from ..summary import CLAUSE_ORDER
 from .aggregate import aggregate
 from .html import render_html
@@ -95,13 +95,10 @@ def write_report(run_dirs: list[Path], out: Path, baseline: Optional[Path] = Non
             raise UsageError(f"{kill_matrix} is not a kill matrix (zero3-conformance mutate writes one)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # Each file is written whole, then renamed: a reader never sees half a report.
         for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=True) + "\n"),
                            ("report.md", render_markdown(report, command)),
                            ("report.html", render_html(report, command))):
-            staging = out / f".{name}.tmp"
-            staging.write_text(text, encoding="utf-8")
-            staging.replace(out / name)
+            write_whole(out / name, text)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     return report
