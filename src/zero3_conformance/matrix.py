@@ -184,6 +184,8 @@ def render_tox(matrix: Matrix) -> str:
         "    tox>=4",
         "    tox-uv>=1",
         f"env_list = {', '.join(c.name for c in next(iter(matrix.profiles.values())))}",
+        "# tox >= 4.6x would write a `.venv` file pointing at a cell, where the README's `python3 -m venv .venv` goes.",
+        "venv_redirect = false",
         "labels =",
         *(f"    {name} = {', '.join(c.name for c in cells)}" for name, cells in matrix.profiles.items()),
         "",

@@ -18,6 +18,12 @@ def test_tox_ini_is_generated_from_the_matrix():
         "tox.ini drifted from matrix/matrix.toml: run `zero3-conformance matrix --write-tox tox.ini`"
 
 
+def test_tox_leaves_the_readmes_venv_path_alone():
+    # tox >= 4.6x writes a `.venv` file pointing at a tox env unless told not to; the README creates its
+    # virtual environment at .venv, which would then fail ("Unable to create directory").
+    assert "\nvenv_redirect = false\n" in render_tox(load(MATRIX))
+
+
 def test_default_profile_spans_the_versions_it_must():
     cells = load(MATRIX).profile("default")
     versions = {lib: {Version(getattr(c, lib)) for c in cells} for lib in LIBRARIES}
