@@ -147,6 +147,7 @@ def measure(spec: dict[str, Any], warmed: set[tuple[str, str]]) -> dict[str, Any
     anon_before = _status_bytes("RssAnon").get("RssAnon", 0)
     if not _reset_high_water_mark():
         raise RuntimeError("cannot reset the resident-set high-water mark (/proc/self/clear_refs)")
+    switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SAMPLE_INTERVAL_S / 2)  # the sampler gets the GIL back between samples
     sampler = _AnonSampler()
     sampler.start()
@@ -154,11 +155,11 @@ def measure(spec: dict[str, Any], warmed: set[tuple[str, str]]) -> dict[str, Any
     try:
         built = _build(spec)
     except Exception as exc:  # noqa: BLE001 - the subject's failure is the finding; the parent classifies it
-        sampler.stop()
         return {"raised": f"{type(exc).__name__}: {exc}"[:2000]}
-    seconds = time.monotonic() - started
-    anon_peak = sampler.stop()
-    sys.setswitchinterval(0.005)
+    finally:
+        seconds = time.monotonic() - started
+        anon_peak = sampler.stop()
+        sys.setswitchinterval(switch_interval)
     high_water = _status_bytes("VmHWM")["VmHWM"]
     figures: dict[str, Any] = {
         "peak_mb": round((high_water - before) / MB, 1),
@@ -212,27 +213,29 @@ class ProbeProcess:
             pass
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
         if not ready:
+            tail = self._stderr_tail()
             self.close()
-            raise RuntimeError(f"{what} gave no answer within {timeout_s:.0f} s: {self._stderr_tail()}")
+            raise RuntimeError(f"{what} gave no answer within {timeout_s:.0f} s: {tail}")
         line = self._proc.stdout.readline()
         if not line:  # end of file: it is exiting
             try:
-                code = self._proc.wait(timeout=30)
+                code: Optional[int] = self._proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.close()
-                code = self._proc.returncode
+                code = None
             raise RuntimeError(f"{what} exited with {code}: {self._stderr_tail()}")
         return json.loads(line)
 
     def _stderr_tail(self) -> str:
-        self._stderr.seek(0, os.SEEK_END)
-        self._stderr.seek(max(0, self._stderr.tell() - 1500))
-        return self._stderr.read().decode(errors="replace").strip()
+        # pread leaves the file's offset alone: the probe shares it, and may still be writing.
+        fd = self._stderr.fileno()
+        size = os.fstat(fd).st_size
+        return os.pread(fd, 1500, max(0, size - 1500)).decode(errors="replace").strip()
 
     def close(self) -> None:
         if self.alive():
             self._proc.kill()
         self._proc.wait()
+        self._stderr.close()
 
 
 def run_probe(spec: dict[str, Any], env: Optional[dict[str, str]] = None, timeout_s: float = 600.0) -> dict[str, Any]:
