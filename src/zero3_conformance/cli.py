@@ -13,7 +13,7 @@ from .catalog import build_cases
 from .cell import describe_cell, local_device
 from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
 from .errors import UsageError
-from .results import Record, RecordWriter, run_succeeded, write_whole
+from .results import DEFAULT_REPEAT, Record, RecordWriter, run_succeeded, write_whole
 
 
 def _csv(text: str) -> list[str]:
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ds-config", type=Path, default=None, help="your DeepSpeed config (must be stage 3)")
     run.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE)
     run.add_argument("--timeout", type=float, default=180.0, help="seconds per check before TIMEOUT")
+    run.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
+                     help=f"further tries of a case that neither passes nor skips, the last in a fresh world "
+                          f"(default {DEFAULT_REPEAT}; 0: none)")
     run.add_argument("--parallel-worlds", type=int, default=None, metavar="N",
                      help="worlds (one per world size) that run at once (default: 2 on CPU with 2 cores or more, "
                           "1 on GPUs)")
@@ -101,14 +104,16 @@ def cmd_list() -> int:
 
 
 PLAN_FILE = "run.json"  # what a run was asked to check, so `run --resume DIR` can finish it
-SELECTION = ("subject", "models", "clauses", "world_sizes", "model", "ds_config", "known_issues", "timeout")
+SELECTION = ("subject", "models", "clauses", "world_sizes", "model", "ds_config", "known_issues", "timeout", "repeat")
+# What a plan written before a key existed meant by leaving it out.
+SELECTION_BEFORE = {"repeat": 0}
 
 
 def _selection(args: argparse.Namespace) -> dict:
     return {"subject": args.subject, "models": args.models, "clauses": args.clauses, "world_sizes": args.world_sizes,
             "model": str(args.model) if args.model else None,
             "ds_config": load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG,
-            "known_issues": str(args.known_issues), "timeout": args.timeout}
+            "known_issues": str(args.known_issues), "timeout": args.timeout, "repeat": args.repeat}
 
 
 def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
@@ -118,7 +123,8 @@ def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
 
     try:
         plan = json.loads((run_dir / PLAN_FILE).read_text(encoding="utf-8"))
-        selection = {key: plan["selection"][key] for key in SELECTION}
+        selection = {key: plan["selection"][key] if key in plan["selection"] else SELECTION_BEFORE[key]
+                     for key in SELECTION}
     except OSError:
         raise UsageError(f"cannot resume {run_dir}: no {PLAN_FILE} (not a run directory, or one from before "
                          "runs could be resumed)") from None
@@ -135,6 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import Runner, default_parallel_worlds, prepare_checkpoints
     from .zoo import detect_layout, user_family
 
+    if args.repeat < 0:
+        raise UsageError(f"--repeat must be 0 or more, not {args.repeat}")
     if args.parallel_worlds is not None and args.parallel_worlds < 1:
         raise UsageError(f"--parallel-worlds must be 1 or more, not {args.parallel_worlds}")
     if args.resume is not None:
@@ -165,7 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     done = {r.case_id for r in finished}
     remaining = [case for case in cases if case.id not in done]
     prepare_checkpoints(remaining)
-    runner = Runner(selection["ds_config"], timeout_s=selection["timeout"], known_issues=issues)
+    runner = Runner(selection["ds_config"], timeout_s=selection["timeout"], known_issues=issues,
+                    repeat=selection["repeat"])
     other_cells = {json.dumps(r.cell, sort_keys=True) for r in finished} - {json.dumps(runner.cell, sort_keys=True)}
     if other_cells:
         raise UsageError(f"cannot resume {out}: it was run on another cell ({sorted(other_cells)[0]}), this "

@@ -1,4 +1,10 @@
-"""Result records (schema 1): one JSON object per check outcome, appended and flushed as it happens."""
+"""Result records: one JSON object per case, appended and flushed as it finishes.
+
+Schema 2 adds, to schema 1's fields, every outcome of a case in the order tried (`outcomes`), whether they
+differed (`intermittent`), the status before expectations were applied (`raw_status`) and the known-issues
+entry that outcome met (`expected`). Readers of schema 1 keep working; schema 1 records read here get the
+new fields derived from their status.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,23 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-SCHEMA = 1
+SCHEMA = 2
 
 PASS, FAIL, ERROR, SKIP = "PASS", "FAIL", "ERROR", "SKIP"
 XFAIL, XPASS, TIMEOUT, CRASH = "XFAIL", "XPASS", "TIMEOUT", "CRASH"
 STATUSES = (PASS, FAIL, ERROR, SKIP, XFAIL, XPASS, TIMEOUT, CRASH)
 # Statuses that make a run (and its exit status) unsuccessful.
 BAD_STATUSES = (FAIL, ERROR, TIMEOUT, CRASH)
+# What a check's run can end as, least severe first: a case's status is the most severe of its outcomes.
+SEVERITY = (PASS, SKIP, FAIL, ERROR, TIMEOUT, CRASH)
+# A case is tried again after any outcome but these, DEFAULT_REPEAT more times unless a run says otherwise:
+# enough to tell a race (outcomes that differ) from a steady fault.
+SETTLED = (PASS, SKIP)
+DEFAULT_REPEAT = 2
+
+
+def most_severe(outcomes: Iterable[str]) -> str:
+    return max(outcomes, key=SEVERITY.index)
 
 
 @dataclasses.dataclass
@@ -32,7 +48,17 @@ class Record:
     cell: dict[str, Any]
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     case_id: str = ""
+    outcomes: list[str] = dataclasses.field(default_factory=list)  # every try's status, in order
+    intermittent: bool = False  # the outcomes differ: the verdict is not reproducible
+    raw_status: str = ""  # the status before expectations were applied
+    expected: Optional[dict[str, Any]] = None  # the known-issues entry the raw outcome met
     schema: int = SCHEMA
+
+    def __post_init__(self) -> None:
+        if not self.raw_status:  # a record of schema 1, or one made before expectations were applied
+            self.raw_status = {XFAIL: FAIL, XPASS: PASS}.get(self.status, self.status)
+        if not self.outcomes:
+            self.outcomes = [self.raw_status]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -16,7 +17,7 @@ from .checks.base import gave_up, verdict
 from .dsconfig import with_dtype
 from .known_issues import KnownIssue
 from .known_issues import apply as apply_known_issues
-from .results import ERROR, PASS, SKIP, Record, RecordWriter
+from .results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
 from .world import WorldPool, WorldStartError
 from .zoo import FamilyUnavailable, ensure_checkpoint
 
@@ -33,11 +34,23 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One try of a case: its verdict, and whether it ran in a world started for it."""
+    status: str
+    message: str
+    metrics: dict[str, Any]
+    seconds: float
+    fresh: bool
+
+
 class Runner:
-    """Runs cases and turns each outcome into a record, with the known-issues file applied."""
+    """Runs cases, tries again those that neither pass nor skip, and turns every case's tries into one
+    record, with the known-issues file applied."""
 
     def __init__(self, ds_config: dict[str, Any], backend: Optional[str] = None,
-                 timeout_s: float = CHECK_TIMEOUT_S, known_issues: Sequence[KnownIssue] = ()):
+                 timeout_s: float = CHECK_TIMEOUT_S, known_issues: Sequence[KnownIssue] = (),
+                 repeat: int = DEFAULT_REPEAT):
         quiet_environment()
         detected_backend, device = local_device()
         self.backend = backend or detected_backend
@@ -45,6 +58,7 @@ class Runner:
         self.ds_config = ds_config
         self.timeout_s = timeout_s
         self.known_issues = list(known_issues)
+        self.repeat = repeat  # further tries of a case that neither passed nor skipped
         self.pool = WorldPool(self.backend, RANK_PRELOAD)
         self.gpus = visible_gpus() if self.backend == "nccl" else None  # NCCL: one rank per GPU
         self.unstartable: dict[int, str] = {}  # world size -> why its world would not start
@@ -52,34 +66,82 @@ class Runner:
             print(f"zero3-conformance: removed a stale JIT build lock a killed build left: {lock}", file=sys.stderr)
 
     def run_case(self, case: CaseSpec) -> Record:
+        """Runs one case; one that neither passes nor skips is tried again (see `_attempts`)."""
+        return self._record(case, self._attempts(case))
+
+    def run_together(self, cases: Sequence[CaseSpec]) -> list[Record]:
+        """The cases of one check on one model, layout, world size and dtype, one per subject. Where one
+        subject did not pass, a subject that passed at once is tried again as often, so that a report
+        blames one subject only for a difference that held on every try of both."""
+        tries = [self._attempts(case) for case in cases]
+        if self.repeat and any(most_severe(a.status for a in t) not in SETTLED for t in tries):
+            for case, attempts in zip(cases, tries):
+                if [a.status for a in attempts] == [PASS]:
+                    attempts += self._again(case, attempts, self.repeat)
+        return [self._record(case, attempts) for case, attempts in zip(cases, tries)]
+
+    def _attempts(self, case: CaseSpec) -> list[Attempt]:
+        """A first try, and `repeat` more when it neither passed nor skipped: a timing race shows as outcomes
+        that differ, and the last try runs in a freshly started world, so that state one world carried from
+        case to case cannot decide every try."""
+        first = [self._try(case, fresh=False)]
+        return first if first[0].status in SETTLED else first + self._again(case, first, self.repeat)
+
+    def _again(self, case: CaseSpec, tries: list[Attempt], more: int) -> list[Attempt]:
+        """Up to `more` further tries, the last in a fresh world. A TIMEOUT is tried again once at most: a hang
+        costs the whole limit, and a second one says what a third would."""
+        added: list[Attempt] = []
+        for number in range(more):
+            so_far = [a.status for a in tries + added]
+            if TIMEOUT in so_far and so_far.index(TIMEOUT) < len(so_far) - 1:
+                break
+            last = number == more - 1 or so_far[-1] == TIMEOUT
+            added.append(self._try(case, fresh=last))
+            if last:
+                break
+        return added
+
+    def _try(self, case: CaseSpec, fresh: bool) -> Attempt:
         started = time.monotonic()
+
+        def attempt(status: str, message: str, metrics: Optional[dict[str, Any]] = None) -> Attempt:
+            return Attempt(status, message, metrics or {}, time.monotonic() - started, fresh)
+
         if self.gpus is not None and case.world_size > self.gpus:
-            return self._record(case, SKIP, f"world size {case.world_size} needs {case.world_size} GPUs (one rank "
-                                            f"per GPU); {self.gpus} visible", {}, started)
+            return attempt(SKIP, f"world size {case.world_size} needs {case.world_size} GPUs (one rank per GPU); "
+                                 f"{self.gpus} visible")
         try:
             checkpoint = str(ensure_checkpoint(case.family, case.layout)) if case.family and case.layout else None
         except FamilyUnavailable as exc:
-            return self._record(case, SKIP, str(exc), {}, started)
+            return attempt(SKIP, str(exc))
         payload = case.payload(with_dtype(self.ds_config, case.dtype), checkpoint)
         if case.world_size in self.unstartable:  # one wait per run for a world that cannot start, not one per case
-            return self._record(case, ERROR, f"not run: {self.unstartable[case.world_size]}", {}, started)
+            return attempt(ERROR, f"not run: {self.unstartable[case.world_size]}")
         try:
-            world = self.pool.get(case.world_size)
+            world = self.pool.get(case.world_size, fresh=fresh)
         except WorldStartError as exc:
             self.unstartable[case.world_size] = str(exc)
-            return self._record(case, ERROR, str(exc), {}, started)
+            return attempt(ERROR, str(exc))
         timeout_s = min(self.timeout_s, case.timeout_s or self.timeout_s)
         outcome = world.run("zero3_conformance.checks.base:execute", payload, timeout_s, gave_up)
-        status, message, metrics = verdict(outcome, case.world_size)
-        return self._record(case, status, message, metrics, started)
+        return attempt(*verdict(outcome, case.world_size))
 
-    def _record(self, case: CaseSpec, status: str, message: str, metrics: dict[str, Any], started: float) -> Record:
+    def _record(self, case: CaseSpec, tries: Sequence[Attempt]) -> Record:
+        """One record of every try: the most severe outcome's status, message and metrics, all outcomes in order."""
+        outcomes = [a.status for a in tries]
+        status = most_severe(outcomes)
+        worst = next(a for a in tries if a.status == status)
+        message = worst.message
         if message and status not in (PASS, SKIP):  # a skip's reason reads the same for every case
             message = f"[{case.id} on {self.cell['backend']}, world size {case.world_size}] {message}"
+        if len(tries) > 1:
+            fresh = " (the last in a freshly started world)" if tries[-1].fresh else ""
+            message = "\n".join(filter(None, [message, f"outcomes of {len(tries)} tries: {', '.join(outcomes)}{fresh}"]))
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
                         layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
-                        message=message, duration_s=round(time.monotonic() - started, 3), cell=self.cell,
-                        metrics=metrics, case_id=case.id)
+                        message=message, duration_s=round(sum(a.seconds for a in tries), 3), cell=self.cell,
+                        metrics=worst.metrics, case_id=case.id, outcomes=outcomes,
+                        intermittent=len(set(outcomes)) > 1)
         return apply_known_issues(record, self.known_issues)
 
     def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,
@@ -103,16 +165,17 @@ class Runner:
         def lane() -> None:
             while (size := next_size()) is not None:
                 try:
-                    for case in groups[size]:
+                    for together in _by_case(groups[size]):
                         if stop.is_set():
                             return
-                        record = self.run_case(case)
+                        finished = self.run_together(together)
                         with lock:
                             if stop.is_set():  # interrupted: its world was torn down under it
                                 return
-                            writer.write(record)
-                            records.append(record)
-                            progress(len(records), total, record)
+                            for record in finished:
+                                writer.write(record)
+                                records.append(record)
+                                progress(len(records), total, record)
                 except BaseException as exc:  # noqa: BLE001 - raised to the caller once every lane is back
                     failures.append(exc)
                     stop.set()
@@ -146,6 +209,14 @@ def _by_world_size(cases: Iterable[CaseSpec]) -> dict[int, list[CaseSpec]]:
     for case in cases:
         groups[case.world_size].append(case)
     return dict(groups)
+
+
+def _by_case(cases: Iterable[CaseSpec]) -> list[list[CaseSpec]]:
+    """Cases that differ only in their subject, together, in the order their first one comes."""
+    together: dict[tuple, list[CaseSpec]] = defaultdict(list)
+    for case in cases:
+        together[(case.check_id, case.model, case.layout, case.world_size, case.dtype)].append(case)
+    return list(together.values())
 
 
 def default_parallel_worlds(backend: str) -> int:

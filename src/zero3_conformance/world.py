@@ -328,7 +328,10 @@ class WorldPool:
         self.start_method = start_method
         self._worlds: dict[int, World] = {}
 
-    def get(self, world_size: int) -> World:
+    def get(self, world_size: int, fresh: bool = False) -> World:
+        """The live world of this size; `fresh`: a newly started one in place of any that is alive."""
+        if fresh:
+            self.release(world_size)
         world = self._worlds.get(world_size)
         if world is None or world.broken:
             world = World(world_size, self.backend, self.preload, start_method=self.start_method).start()

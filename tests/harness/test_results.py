@@ -26,9 +26,9 @@ def test_records_have_every_schema_field(tmp_path):
         writer.write(make())
     data = json.loads((tmp_path / "results.jsonl").read_text())
     for field in ("schema", "clause", "check", "subject", "model", "layout", "world_size", "dtype", "status",
-                  "message", "duration_s", "cell"):
+                  "message", "duration_s", "cell", "case_id", "outcomes", "intermittent", "raw_status", "expected"):
         assert field in data, field
-    assert data["schema"] == 1
+    assert data["schema"] == 2
     assert set(data["cell"]) == {"python", "torch", "deepspeed", "transformers", "accelerate", "backend", "device",
                                  "harness"}
 
@@ -49,3 +49,10 @@ def test_torn_last_line_is_ignored(tmp_path):
 def test_run_success_rules():
     assert run_succeeded([make(PASS), make(SKIP), make(XFAIL)])
     assert not run_succeeded([make(PASS), make(FAIL)])
+
+
+def test_a_schema_1_record_reads_with_its_outcomes_derived_from_its_status():
+    old = {k: v for k, v in json.loads(make(XFAIL).to_json()).items()
+           if k not in ("outcomes", "intermittent", "raw_status", "expected")}
+    record = Record.from_dict({**old, "schema": 1})
+    assert (record.raw_status, record.outcomes, record.intermittent) == (FAIL, [FAIL], False)

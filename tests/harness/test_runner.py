@@ -8,7 +8,7 @@ import pytest
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
 from zero3_conformance.results import PASS, RecordWriter, read_records
-from zero3_conformance.runner import Runner
+from zero3_conformance.runner import Attempt, Runner
 
 
 def _cases():
@@ -22,15 +22,15 @@ def _runner_recording(monkeypatch, fail_on=None):
     runner = Runner(DEFAULT_ZERO3_CONFIG)
     ran = []
 
-    def fake_run_case(case):
+    def fake_try(case, fresh):
         started = time.monotonic()
         time.sleep(0.05)
         if case.world_size == fail_on:
             raise RuntimeError(f"broke in world size {case.world_size}")
         ran.append((case.world_size, threading.current_thread().name, started, time.monotonic()))
-        return runner._record(case, PASS, "", {}, started)
+        return Attempt(PASS, "", {}, 0.05, fresh)
 
-    monkeypatch.setattr(runner, "run_case", fake_run_case)
+    monkeypatch.setattr(runner, "_try", fake_try)
     return runner, ran
 
 
