@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a kill-matrix.json from `mutate`, shown in the report")
     report.add_argument("--compatibility", type=Path, default=None, metavar="FILE",
                         help="also write the markdown report to FILE (e.g. COMPATIBILITY.md)")
+    report.add_argument("--known-issues", type=Path, default=None, metavar="FILE",
+                        help="triage every record afresh against FILE, from its raw outcomes (default: as recorded)")
+    issues_command = commands.add_parser("known-issues", help="expectations: draft entries from runs' results")
+    issues_actions = issues_command.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    draft = issues_actions.add_parser("draft", help="draft known-issues entries from runs' unexpected results")
+    draft.add_argument("run_dirs", nargs="+", type=Path)
+    draft.add_argument("--out", type=Path, required=True, help="the draft TOML file to write")
+    draft.add_argument("--known-issues", type=Path, default=None, metavar="FILE",
+                       help="draft only what FILE does not already expect (default: as recorded)")
     mutate = commands.add_parser("mutate", help="run the mutants of the reference against every clause: the "
                                                 "kill matrix")
     mutate.add_argument("--out", type=Path, default=Path("runs/mutate"), help="where kill-matrix.md/.json go")
@@ -195,8 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     parallel_worlds = args.parallel_worlds or default_parallel_worlds(runner.backend)
     with RecordWriter(out / "results.jsonl") as writer:
         runner.run(remaining, writer, progress, parallel_worlds)
-    notes = [f"known issue matched nothing in this run: {i.clause} {i.subject} ({i.link})"
-             for i in known_issues.stale(issues, records)]
+    notes = [f"possibly stale known issue {i.name}: it applies to cases that ran here and none met it "
+             f"(expected {' or '.join(i.expected)}; {i.link})" for i in known_issues.stale(issues, records)]
     summary.write(out / "summary.md", records, len(cases), notes)
     ok = run_succeeded(records)
     print(f"{'PASSED' if ok else 'FAILED'}: {len(records)} results in {out}/results.jsonl, summary in {out}/summary.md")
@@ -241,7 +250,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     options = [f"--cells {args.cells}" if args.cells else "", f"--out {args.out}", "--resume" if args.resume else "",
                f"--compatibility {args.compatibility}" if args.compatibility else ""]
     command = " ".join(filter(None, ["zero3-conformance matrix --profile", args.profile, *options, *passed_on]))
-    report = write_report(run_dirs, args.out / "report", command=command)
+    report = write_report(run_dirs, args.out / "report", command=command, issues=known_issues.load())
     _copy_markdown(args.out / "report", args.compatibility)
     passed = all(c["passed"] for c in report["cells"] if c["status"] == COMPLETE)
     print(f"report in {args.out / 'report'}/report.md: {sum(c['passed'] for c in report['cells'])} of "
@@ -274,7 +283,7 @@ def cmd_mutate(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{name:28s} {target:28s} {outcome['verdict']}", flush=True)
 
-    runner = Runner(DEFAULT_ZERO3_CONFIG)
+    runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)  # a mutant that hangs would cost its limit on every try
     try:
         matrix = mutate.kill_matrix(runner, names, clauses, progress)
     finally:
@@ -289,11 +298,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     command = "zero3-conformance report " + " ".join(map(str, args.run_dirs)) + f" --out {args.out}" + (
+        f" --known-issues {args.known_issues}" if args.known_issues else "") + (
         f" --compatibility {args.compatibility}" if args.compatibility else "")
-    report = write_report(args.run_dirs, args.out, args.baseline, command, args.kill_matrix)
+    issues = known_issues.load(args.known_issues) if args.known_issues else None
+    report = write_report(args.run_dirs, args.out, args.baseline, command, args.kill_matrix, issues)
     _copy_markdown(args.out, args.compatibility)
     print(f"report in {args.out}/report.md and report.json: {len(report['cells'])} cells, "
           f"{len(report['failures'])} failures")
+    return 0
+
+
+def cmd_known_issues(args: argparse.Namespace) -> int:
+    from .known_issues_draft import draft
+
+    issues = known_issues.load(args.known_issues) if args.known_issues else None
+    text = draft(args.run_dirs, issues)
+    try:
+        write_whole(args.out, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"{text.count('[[issue]]')} draft entries in {args.out}: fill each link (or triage it as a new finding) "
+          "before use")
     return 0
 
 
@@ -310,6 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_report(args)
         if args.command == "mutate":
             return cmd_mutate(args)
+        if args.command == "known-issues":
+            return cmd_known_issues(args)
         return cmd_run(args)
     except UsageError as exc:
         print(f"zero3-conformance: error: {exc}", file=sys.stderr)

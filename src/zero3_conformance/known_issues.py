@@ -1,30 +1,53 @@
-"""Known findings: recorded outside the checks, they turn a matching FAIL into XFAIL (and a PASS into XPASS).
+"""Expectations: known findings, recorded outside the checks and applied after the run to its raw outcomes.
 
-Each entry in the TOML file names a clause, a subject, version conditions, what happens, and a link:
+In the manner of web-platform-tests' expectation files, an entry names the cases it is about (clause and
+subject, narrowed by check, model, layout, world size, dtype, backend and version conditions on the cell)
+and the status, or set of statuses for an intermittent case, they are expected to end with:
 
     [[issue]]
-    clause = "A4"
+    clause = "G1"
     subject = "transformers"
-    check = "malformed_config_rejected"        # optional
-    model = "bert"                              # optional
-    versions = { transformers = ">=5.0" }       # PEP 440 specifiers on the cell's versions
+    model = ["bert", "gpt2"]                   # optional narrowing: one value or a list
+    world_size = 2                             # also: check, layout, dtype, backend
+    versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
+    expected = ["PASS", "FAIL"]                # default "FAIL"; any of PASS, FAIL, ERROR, TIMEOUT, CRASH
     reason = "..."
-    link = "https://..."
+    link = "https://github.com/OWNER/REPO/issues/N"
+
+An entry is *met* by a case when every outcome of the case (every try) is among its expected statuses. A
+met entry makes a case that did not pass XFAIL; an entry that applies and is not met leaves the raw status
+(a case that passed becomes XPASS: the versions may have moved past the finding). The record keeps its raw
+status and names the entry, so applying another file later (`report --known-issues`) re-triages a run
+without running it again.
+
+Two kinds of entry. A *known upstream* entry links an issue or pull request upstream (`/issues/N` or
+`/pull/N`). A *new finding* (`upstream = false`) is not reported upstream yet: it describes the finding in
+full (`tensor`, `expected_value`, `observed_value`, `seen_in`, `not_seen_in`) and links to the tracker
+where it should be reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from .errors import UsageError, read_toml_file
-from .results import FAIL, PASS, XFAIL, XPASS, Record
+from .results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, XFAIL, XPASS, Record
 
 DEFAULT_FILE = Path(__file__).with_name("known_issues.toml")
+
+EXPECTABLE = (PASS, FAIL, ERROR, TIMEOUT, CRASH)
+NARROWING = ("check", "model", "layout", "world_size", "dtype", "backend")  # record fields an entry may narrow by
+VERSIONED = ("python", "torch", "deepspeed", "transformers", "accelerate")  # the cell's versions
+FINDING = ("tensor", "expected_value", "observed_value", "seen_in", "not_seen_in")  # a new finding, in full
+FIELDS = ("clause", "subject", "reason", "link", "expected", "upstream", "versions", *NARROWING, *FINDING)
+UPSTREAM_LINK = re.compile(r"^https://\S+/(issues|pull)/\d+(#\S*)?$")
+KNOWN_UPSTREAM, NEW_FINDING = "known upstream", "new finding"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,61 +56,154 @@ class KnownIssue:
     subject: str
     reason: str
     link: str
-    check: Optional[str] = None
-    model: Optional[str] = None
+    expected: tuple[str, ...] = (FAIL,)
+    upstream: bool = True
+    narrowing: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (record field, the values it may take)
     versions: tuple[tuple[str, str], ...] = ()
+    finding: tuple[tuple[str, str], ...] = ()  # a new finding's description, field by field
+    name: str = ""  # how messages and reports name the entry: file and position
 
-    def matches(self, record: Record) -> bool:
-        if (record.clause, record.subject) != (self.clause, self.subject):
-            return False
-        if self.check and record.check != self.check:
-            return False
-        if self.model and record.model != self.model:
+    @property
+    def kind(self) -> str:
+        return KNOWN_UPSTREAM if self.upstream else NEW_FINDING
+
+    def holds_for_cell(self, cell: dict[str, Any]) -> bool:
+        """The entry's version and backend conditions hold for this cell."""
+        backends = dict(self.narrowing).get("backend")
+        if backends is not None and cell.get("backend") not in backends:
             return False
         for library, spec in self.versions:
             try:
-                if Version(str(record.cell.get(library, ""))) not in SpecifierSet(spec):
+                if Version(str(cell.get(library, ""))) not in SpecifierSet(spec):
                     return False
             except InvalidVersion:
                 return False
         return True
 
+    def applies_to(self, record: Record) -> bool:
+        if (record.clause, record.subject) != (self.clause, self.subject):
+            return False
+        fields = {**dataclasses.asdict(record), "backend": record.cell.get("backend")}
+        if any(fields[field] not in values for field, values in self.narrowing):
+            return False
+        return self.holds_for_cell(record.cell)
+
+    def met_by(self, outcomes: Iterable[str]) -> bool:
+        return set(outcomes) <= set(self.expected)
+
+    def describe(self, met: bool) -> dict[str, Any]:
+        """What a record keeps of the entry."""
+        return {"entry": self.name, "expected": list(self.expected), "kind": self.kind, "reason": self.reason,
+                "link": self.link, "met": met}
+
 
 def load(path: Path = DEFAULT_FILE) -> list[KnownIssue]:
     data = read_toml_file(path, "known-issues file")
-    issues = []
-    for number, entry in enumerate(data.get("issue", []), 1):
-        where = f"{path}: issue #{number}"
-        for field in ("clause", "subject", "reason", "link"):
-            if not isinstance(entry.get(field), str) or not entry[field]:
-                raise UsageError(f"{where}: field '{field}' is required and must be a string")
-        versions = entry.get("versions", {})
-        for library, spec in versions.items():
-            try:
-                SpecifierSet(spec)
-            except InvalidSpecifier:
-                raise UsageError(f"{where}: versions.{library} = {spec!r} is not a version specifier") from None
-        issues.append(KnownIssue(entry["clause"], entry["subject"], entry["reason"], entry["link"],
-                                 entry.get("check"), entry.get("model"), tuple(sorted(versions.items()))))
-    return issues
+    entries = data.get("issue", [])
+    if set(data) - {"issue"} or not isinstance(entries, list):
+        raise UsageError(f"known-issues file {path}: expected only [[issue]] tables, found "
+                         f"{', '.join(sorted(set(data) - {'issue'})) or 'issue = ' + type(entries).__name__}")
+    return [_entry(entry, f"{path}: issue #{number}") for number, entry in enumerate(entries, 1)]
 
 
-def apply(record: Record, issues: list[KnownIssue]) -> Record:
-    """FAIL -> XFAIL and PASS -> XPASS when a known issue matches; the reason and link go into the message."""
-    issue = next((i for i in issues if i.matches(record)), None)
-    if issue is None or record.status not in (FAIL, PASS):
-        return record
-    note = f"known issue: {issue.reason} ({issue.link})"
-    if record.status == FAIL:
-        return dataclasses.replace(record, status=XFAIL, message=f"{note}\n{record.message}")
-    return dataclasses.replace(record, status=XPASS, message=f"{note} -- but it passed: the entry may be stale")
+def _entry(entry: Any, where: str) -> KnownIssue:
+    if not isinstance(entry, dict):
+        raise UsageError(f"{where} is not a table")
+    where = f"{where} ({entry.get('clause', '?')} {entry.get('subject', '?')})"
+    unknown = sorted(set(entry) - set(FIELDS))
+    if unknown:
+        raise UsageError(f"{where}: unknown field '{unknown[0]}'; known: {', '.join(FIELDS)}")
+    for field in ("clause", "subject", "reason", "link"):
+        if not isinstance(entry.get(field), str) or not entry[field].strip():
+            raise UsageError(f"{where}: field '{field}' is required and must be a non-empty string")
+    expected = entry.get("expected", FAIL)
+    expected = (expected,) if isinstance(expected, str) else expected
+    if not isinstance(expected, list) and not isinstance(expected, tuple) or not expected:
+        raise UsageError(f"{where}: expected must be a status or a list of statuses")
+    for status in expected:
+        if status not in EXPECTABLE:
+            raise UsageError(f"{where}: unknown expected status {status!r}; known: {', '.join(EXPECTABLE)}")
+    if set(expected) == {PASS}:
+        raise UsageError(f"{where}: expected = PASS alone expects nothing; list the statuses the finding shows")
+    upstream = entry.get("upstream", True)
+    if not isinstance(upstream, bool):
+        raise UsageError(f"{where}: upstream must be true or false")
+    if upstream and not UPSTREAM_LINK.match(entry["link"]):
+        raise UsageError(f"{where}: link {entry['link']!r} must be an upstream issue or pull request "
+                         "(.../issues/N or .../pull/N); a finding not reported yet takes upstream = false")
+    finding = []
+    if not upstream:
+        for field in FINDING:
+            if not isinstance(entry.get(field), str) or not entry[field].strip():
+                raise UsageError(f"{where}: a new finding (upstream = false) describes itself in full: field "
+                                 f"'{field}' is required ({', '.join(FINDING)})")
+            finding.append((field, entry[field]))
+    narrowing = []
+    for field in NARROWING:
+        if field in entry:
+            values = entry[field] if isinstance(entry[field], list) else [entry[field]]
+            kind = int if field == "world_size" else str
+            if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+                raise UsageError(f"{where}: {field} must be a {kind.__name__} or a list of them")
+            narrowing.append((field, tuple(values)))
+    versions = entry.get("versions", {})
+    if not isinstance(versions, dict):
+        raise UsageError(f"{where}: versions must be a table, e.g. {{ transformers = \">=5.0\" }}")
+    for library, spec in versions.items():
+        if library not in VERSIONED:
+            raise UsageError(f"{where}: versions.{library}: unknown library; known: {', '.join(VERSIONED)}")
+        try:
+            SpecifierSet(spec)
+        except (InvalidSpecifier, TypeError):
+            raise UsageError(f"{where}: versions.{library} = {spec!r} is not a version specifier") from None
+    return KnownIssue(entry["clause"], entry["subject"], entry["reason"], entry["link"], tuple(expected), upstream,
+                      tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), where)
 
 
-def stale(issues: list[KnownIssue], records: list[Record]) -> list[KnownIssue]:
-    """Entries that matched no record of the run's clauses and subjects (warned about in the summary)."""
-    ran = {(r.clause, r.subject) for r in records}
-    return [i for i in issues if (i.clause, i.subject) in ran and not any(i.matches(r) for r in records)]
+def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[Optional[KnownIssue], bool]:
+    """The first entry the record's outcomes meet, else the first that applies (unmet), else none."""
+    applying = [issue for issue in issues if issue.applies_to(record)]
+    met = [issue for issue in applying if issue.met_by(record.outcomes)]
+    if met:
+        return met[0], True
+    return (applying[0], False) if applying else (None, False)
 
 
-def as_dict(issue: KnownIssue) -> dict[str, Any]:
-    return dataclasses.asdict(issue)
+def apply(record: Record, issues: Iterable[KnownIssue]) -> Record:
+    """The record triaged afresh from its raw outcomes: a met entry makes a case that did not pass XFAIL; an
+    entry that applies but is not met turns a pass into XPASS and leaves any other status as it was."""
+    raw = dataclasses.replace(record, status=record.raw_status, expected=None)
+    if raw.raw_status == SKIP:
+        return raw
+    issue, met = _applying(raw, issues)
+    if issue is None:
+        return raw
+    if met:
+        status = raw.raw_status if raw.raw_status == PASS else XFAIL
+    else:
+        status = XPASS if raw.raw_status == PASS else raw.raw_status
+    return dataclasses.replace(raw, status=status, expected=issue.describe(met))
+
+
+def stale(issues: Iterable[KnownIssue], records: list[Record]) -> list[KnownIssue]:
+    """Entries possibly stale for these records: the entry's conditions hold for a cell the records come
+    from, a case it applies to was run (not skipped), and no case met it."""
+    stale_entries = []
+    for issue in issues:
+        applying = [r for r in records if r.raw_status != SKIP and issue.applies_to(r)]
+        if applying and not any(issue.met_by(r.outcomes) for r in applying):
+            stale_entries.append(issue)
+    return stale_entries
+
+
+def note(record: Record) -> str:
+    """One line naming the entry a record was triaged by, for messages and reports; empty when none."""
+    entry = record.expected
+    if not entry:
+        return ""
+    expected = " or ".join(entry["expected"])
+    if entry["met"]:
+        reason = entry["reason"].splitlines()[0]
+        return f"known issue ({entry['kind']}): {reason} ({entry['link']}; expected {expected})"
+    return (f"known issue ({entry['kind']}) expected {expected}, outcomes {', '.join(record.outcomes)}: not met, "
+            f"check the entry ({entry['link']})")

@@ -1,5 +1,6 @@
 """pytest front end: the conformance suite runs the catalog's cases in persistent worlds shared by a
-session, applies the known-issues file, and can write the same records as the CLI (--z3-results DIR)."""
+session, tries again a case that did not pass (--z3-repeat N), applies the known-issues file, and can write
+the same records as the CLI (--z3-results DIR)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from . import known_issues
-from .results import FAIL, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter
+from .results import DEFAULT_REPEAT, FAIL, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -19,6 +20,14 @@ def pytest_addoption(parser: Any) -> None:
                     help="also write every conformance record to DIR/results.jsonl")
     group.addoption("--z3-known-issues", type=Path, default=known_issues.DEFAULT_FILE,
                     help="known-issues file that turns matching FAILs into XFAILs")
+    group.addoption("--z3-repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
+                    help=f"further tries of a case that neither passes nor skips, the last in a fresh world "
+                         f"(default {DEFAULT_REPEAT}; 0: none)")
+
+
+def pytest_configure(config: Any) -> None:
+    if config.getoption("--z3-repeat") < 0:
+        raise pytest.UsageError(f"--z3-repeat must be 0 or more, not {config.getoption('--z3-repeat')}")
 
 
 class ConformanceSession:
@@ -27,7 +36,7 @@ class ConformanceSession:
         from .runner import Runner
 
         issues = known_issues.load(config.getoption("--z3-known-issues"))
-        self.runner = Runner(DEFAULT_ZERO3_CONFIG, known_issues=issues)
+        self.runner = Runner(DEFAULT_ZERO3_CONFIG, known_issues=issues, repeat=config.getoption("--z3-repeat"))
         out: Optional[Path] = config.getoption("--z3-results")
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.writer = RecordWriter(out / f"results-{worker}.jsonl") if out else None
@@ -58,11 +67,13 @@ def report(record: Record) -> None:
     if record.status == SKIP:
         pytest.skip(record.message)
     if record.status == XFAIL:
-        pytest.xfail(record.message)
+        pytest.xfail(f"{known_issues.note(record)}\n{record.message}")
     if record.status == XPASS:
-        warnings.warn(f"XPASS {record.case_id}: {record.message}", stacklevel=2)
+        warnings.warn(f"XPASS {record.case_id}: {known_issues.note(record)}", stacklevel=2)
         return
-    pytest.fail(f"{record.status} {record.case_id}\n{record.message}", pytrace=False)
+    intermittent = f"INTERMITTENT ({', '.join(record.outcomes)}) " if record.intermittent else ""
+    unmet = f"\n{known_issues.note(record)}" if record.expected else ""
+    pytest.fail(f"{intermittent}{record.status} {record.case_id}\n{record.message}{unmet}", pytrace=False)
 
 
 __all__ = ["conformance_session", "report", "FAIL"]

@@ -136,12 +136,12 @@ class Runner:
             message = f"[{case.id} on {self.cell['backend']}, world size {case.world_size}] {message}"
         if len(tries) > 1:
             fresh = " (the last in a freshly started world)" if tries[-1].fresh else ""
-            message = "\n".join(filter(None, [message, f"outcomes of {len(tries)} tries: {', '.join(outcomes)}{fresh}"]))
+            tried = f"outcomes of {len(tries)} tries: {', '.join(outcomes)}{fresh}"
+            message = f"{message}\n{tried}" if message else tried
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
                         layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
                         message=message, duration_s=round(sum(a.seconds for a in tries), 3), cell=self.cell,
-                        metrics=worst.metrics, case_id=case.id, outcomes=outcomes,
-                        intermittent=len(set(outcomes)) > 1)
+                        metrics=worst.metrics, case_id=case.id, outcomes=outcomes)
         return apply_known_issues(record, self.known_issues)
 
     def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,

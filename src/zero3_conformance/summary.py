@@ -6,7 +6,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .cell import cell_label
-from .results import PASS, SKIP, STATUSES, Record, run_succeeded, write_whole
+from .known_issues import note
+from .results import BAD_STATUSES, SKIP, STATUSES, XFAIL, XPASS, Record, run_succeeded, write_whole
 
 CLAUSE_ORDER = "APGNSE"
 
@@ -25,7 +26,9 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
     verdict = "PASSED" if run_succeeded(records) else "FAILED"
     lines += [f"**{verdict}** — {len(records)} of {planned} planned results"
               + ("" if complete else " (PARTIAL: the run did not finish)") + ": "
-              + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]), ""]
+              + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+              + (f"; {sum(r.intermittent for r in records)} intermittent" if any(r.intermittent for r in records)
+                 else ""), ""]
     subjects = sorted({r.subject for r in records})
     table: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for r in records:
@@ -39,17 +42,34 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
                          or "—")
         lines.append(f"| {clause} | " + " | ".join(cells) + " |")
     lines += _memory_table(records) + _resize_table(records)
-    problems = [r for r in records if r.status not in (PASS, SKIP)]
-    if problems:
-        lines += ["", "## Results that did not pass", ""]
-        for r in problems:
-            lines += [f"### {r.status} {r.case_id}", "", "```", r.message.strip()[:4000], "```", ""]
+    lines += _problems(records)
     skips = Counter(r.message for r in records if r.status == SKIP)
     if skips:
         lines += ["", "## Skipped", ""] + [f"- {n} × {reason}" for reason, n in skips.most_common()]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _problems(records: list[Record]) -> list[str]:
+    """Failures that held on every try, apart from intermittent ones; then known issues and XPASSes."""
+    lines = []
+    steady = [r for r in records if r.status in BAD_STATUSES and not r.intermittent]
+    if steady:
+        lines += ["", "## Failures (the same on every try)", ""]
+        for r in steady:
+            lines += [f"### {r.status} {r.case_id}", "", "```", r.message.strip()[:4000], "```", ""]
+    flaky = [r for r in records if r.intermittent]
+    if flaky:
+        lines += ["", "## Intermittent (the outcomes differ between tries: not reproducible)", ""]
+        for r in flaky:
+            lines += [f"### INTERMITTENT {r.status} {r.case_id}: {', '.join(r.outcomes)}", ""]
+            lines += [note(r), ""] if r.expected else []
+            lines += ["```", r.message.strip()[:4000], "```", ""]
+    known = [r for r in records if r.status in (XFAIL, XPASS) and not r.intermittent]
+    if known:
+        lines += ["", "## Known issues", ""] + [f"- {r.status} `{r.case_id}`: {note(r)}" for r in known]
+    return lines
 
 
 def _mb(values: list) -> str:

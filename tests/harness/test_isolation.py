@@ -24,7 +24,7 @@ def test_a_leaked_config_does_not_poison_the_next_check():
     cases = build_cases(subjects=["transformers"], clauses=["P4"], world_sizes=[2], models=["llama"])
     leaky = build_cases(subjects=["mutant:strong_registration"], clauses=["A2"], world_sizes=[1])
     prepare_checkpoints(cases)
-    runner = Runner(DEFAULT_ZERO3_CONFIG)
+    runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)  # every case in the one world, one after another
     try:
         world = runner.pool.get(2)
         outcome = world.run(f"{__name__}:leak_zero3_config", DEFAULT_ZERO3_CONFIG, 60.0)

@@ -1,51 +1,154 @@
+"""Expectations: entries expect any status or a set of them, narrow by case and cell, are applied to raw
+outcomes (so a run can be triaged again), and bad entries are one-line usage errors naming the entry."""
+
 import pytest
 
-from zero3_conformance import known_issues
+from zero3_conformance import cli, known_issues
 from zero3_conformance.errors import UsageError
-from zero3_conformance.results import FAIL, PASS, XFAIL, XPASS
+from zero3_conformance.results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, XFAIL, XPASS
 
 from .test_results import make
 
-ENTRY = """
+LINK = "https://github.com/example/project/issues/1"
+ENTRY = f"""
 [[issue]]
 clause = "G1"
 subject = "reference"
-versions = { transformers = ">=5.0,<6" }
+versions = {{ transformers = ">=5.0,<6" }}
 reason = "demo"
-link = "https://example.invalid/1"
+link = "{LINK}"
 """
 
 
-def test_fail_becomes_xfail_and_pass_becomes_xpass(tmp_path):
+def load(tmp_path, text):
     path = tmp_path / "k.toml"
-    path.write_text(ENTRY)
-    issues = known_issues.load(path)
-    assert known_issues.apply(make(FAIL, message="x"), issues).status == XFAIL
-    assert "https://example.invalid/1" in known_issues.apply(make(FAIL), issues).message
-    assert known_issues.apply(make(PASS), issues).status == XPASS
+    path.write_text(text)
+    return known_issues.load(path)
+
+
+def with_fields(**fields):
+    """ENTRY with fields added (TOML values given as text)."""
+    return ENTRY + "".join(f"{k} = {v}\n" for k, v in fields.items())
+
+
+def test_fail_becomes_xfail_pass_becomes_xpass_and_the_raw_status_is_kept(tmp_path):
+    issues = load(tmp_path, ENTRY)
+    xfail = known_issues.apply(make(FAIL, message="x"), issues)
+    assert (xfail.status, xfail.raw_status, xfail.message) == (XFAIL, FAIL, "x")  # nothing the subject did is lost
+    assert xfail.expected["link"] == LINK and xfail.expected["met"] and xfail.expected["kind"] == "known upstream"
+    assert "k.toml: issue #1 (G1 reference)" in xfail.expected["entry"]
+    xpass = known_issues.apply(make(PASS), issues)
+    assert (xpass.status, xpass.raw_status, xpass.expected["met"]) == (XPASS, PASS, False)
     outside = make(FAIL, cell={**make().cell, "transformers": "4.57.6"})
     assert known_issues.apply(outside, issues).status == FAIL
 
 
-def test_stale_entries_are_reported(tmp_path):
-    path = tmp_path / "k.toml"
-    path.write_text(ENTRY)
-    issues = known_issues.load(path)
-    assert known_issues.stale(issues, [make(PASS, clause="G1", cell={**make().cell, "transformers": "4.0"})])
+@pytest.mark.parametrize("status", [ERROR, TIMEOUT, CRASH])
+def test_an_entry_may_expect_any_status(tmp_path, status):
+    issues = load(tmp_path, with_fields(expected=f'"{status}"'))
+    assert known_issues.apply(make(status), issues).status == XFAIL
+    unmet = known_issues.apply(make(FAIL), issues)  # expected another status: left as it was, entry named
+    assert unmet.status == FAIL and unmet.expected["met"] is False
+    assert "not met" in known_issues.note(unmet)
+
+
+def test_an_intermittent_case_meets_an_entry_only_when_every_outcome_is_expected(tmp_path):
+    flaky = make(FAIL, outcomes=[FAIL, PASS, FAIL], intermittent=True)
+    assert known_issues.apply(flaky, load(tmp_path, with_fields(expected='["PASS", "FAIL"]'))).status == XFAIL
+    assert known_issues.apply(flaky, load(tmp_path, ENTRY)).status == FAIL  # FAIL alone: the PASS is unexpected
+    crashed = make(CRASH, outcomes=[FAIL, CRASH], intermittent=True)
+    assert known_issues.apply(crashed, load(tmp_path, with_fields(expected='["PASS", "FAIL"]'))).status == CRASH
+    # A case that passed meets an entry that lists PASS: it stays PASS, and the entry is not stale.
+    issues = load(tmp_path, with_fields(expected='["PASS", "FAIL"]'))
+    passed = known_issues.apply(make(PASS), issues)
+    assert passed.status == PASS and passed.expected["met"]
+    assert known_issues.stale(issues, [passed]) == []
+
+
+@pytest.mark.parametrize("field, matching, other", [
+    ("model", '"llama"', '"bert"'),
+    ("layout", '["sharded", "bin"]', '"safetensors"'),
+    ("world_size", "3", "[1, 2]"),
+    ("dtype", '"fp32"', '"bf16"'),
+    ("backend", '"gloo"', '"nccl"'),
+    ("check", '"gathered_equals_checkpoint"', '"other_check"'),
+])
+def test_an_entry_narrows_by_case_and_backend(tmp_path, field, matching, other):
+    record = make(FAIL)  # llama, sharded, ws3, fp32, gloo
+    assert known_issues.apply(record, load(tmp_path, with_fields(**{field: matching}))).status == XFAIL
+    assert known_issues.apply(record, load(tmp_path, with_fields(**{field: other}))).status == FAIL
+
+
+def test_expectations_apply_afresh_to_the_raw_outcomes(tmp_path):
+    first = known_issues.apply(make(FAIL, message="x"), load(tmp_path, ENTRY))
+    again = known_issues.apply(first, load(tmp_path, ENTRY))
+    assert again == first
+    assert known_issues.apply(first, []) == make(FAIL, message="x")  # no entry: the raw record, as it was run
+
+
+def test_stale_only_where_the_entry_holds_a_case_it_applies_to_ran_and_none_met_it(tmp_path):
+    issues = load(tmp_path, ENTRY)
+    other_versions = make(PASS, cell={**make().cell, "transformers": "4.57.6"})
+    assert known_issues.stale(issues, [other_versions]) == []  # its conditions do not hold for this cell
+    assert known_issues.stale(issues, [make(PASS, clause="G2")]) == []  # no case it applies to ran
+    assert known_issues.stale(issues, [make(SKIP)]) == []  # a skipped case did not run
+    assert known_issues.stale(issues, [known_issues.apply(make(FAIL), issues)]) == []  # met
+    assert known_issues.stale(issues, [make(PASS)]) == issues  # it applies, ran, and passed
+
+
+NEW_FINDING = """
+[[issue]]
+clause = "P5"
+subject = "transformers"
+upstream = false
+reason = "buffers cast"
+tensor = "model.rotary_emb.inv_freq"
+expected_value = "float32 (baseline)"
+observed_value = "bfloat16"
+seen_in = "transformers 5.17.0"
+not_seen_in = "transformers 5.24.0"
+link = "https://github.com/huggingface/transformers/issues"
+"""
+
+
+def test_a_new_finding_describes_itself_and_links_its_tracker(tmp_path):
+    (issue,) = load(tmp_path, NEW_FINDING)
+    assert issue.kind == "new finding" and dict(issue.finding)["observed_value"] == "bfloat16"
+    with pytest.raises(UsageError, match="field 'seen_in' is required"):
+        load(tmp_path, NEW_FINDING.replace('seen_in = "transformers 5.17.0"\n', ""))
 
 
 @pytest.mark.parametrize("text, message", [
     ("[[issue]]\nclause = 'G1'\n", "field 'subject' is required"),
     ("not toml = = 1", "not valid TOML"),
     (ENTRY.replace(">=5.0,<6", "five"), "not a version specifier"),
+    (with_fields(expected='"FLAKY"'), r"issue #1 \(G1 reference\): unknown expected status 'FLAKY'"),
+    (with_fields(expected='["PASS", "XFAIL"]'), "unknown expected status 'XFAIL'"),
+    (with_fields(expected='"PASS"'), "expects nothing"),
+    (with_fields(os='"linux"'), r"issue #1 \(G1 reference\): unknown field 'os'"),
+    (with_fields(world_size='"two"'), "world_size must be a int"),
+    (ENTRY.replace(LINK, ""), r"issue #1 \(G1 reference\): field 'link' is required"),
+    (ENTRY.replace(LINK, "https://github.com/example/project/issues?q=zero3"), "must be an upstream issue or pull"),
+    (ENTRY.replace("transformers =", "tensorflow ="), "versions.tensorflow: unknown library"),
 ])
 def test_bad_files_are_usage_errors(tmp_path, text, message):
-    path = tmp_path / "k.toml"
-    path.write_text(text)
     with pytest.raises(UsageError, match=message):
-        known_issues.load(path)
+        load(tmp_path, text)
+
+
+def test_a_bad_entry_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "k.toml"
+    path.write_text(with_fields(expected='"FLAKY"'))
+    assert cli.main(["run", "--known-issues", str(path), "--clauses", "A1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "issue #1 (G1 reference): unknown expected status 'FLAKY'" in err
 
 
 def test_shipped_file_is_valid():
-    for issue in known_issues.load():
-        assert issue.link.startswith("https://")
+    issues = known_issues.load()
+    assert issues
+    for issue in issues:
+        if issue.upstream:
+            assert known_issues.UPSTREAM_LINK.match(issue.link), issue.name
+        else:
+            assert issue.link.startswith("https://") and len(issue.finding) == len(known_issues.FINDING), issue.name

@@ -36,3 +36,39 @@ def test_without_known_issues_the_finding_fails(pytester):
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["FAIL A4-malformed_config_rejected[[]transformers*",
                                  "*stage 7: config object constructed without error*"])
+
+
+FLAKY_CONFTEST = """
+from zero3_conformance.results import FAIL
+from zero3_conformance.runner import Attempt, Runner
+
+real_try = Runner._try
+tries = []
+
+
+def try_with_fault(self, case, fresh):  # an injected fault: the subject fails its first and third try
+    attempt = real_try(self, case, fresh)
+    tries.append(case.id)
+    if case.subject == "transformers" and len(tries) in (1, 3):
+        return Attempt(FAIL, "is_deepspeed_zero3_enabled() was False", {}, attempt.seconds, fresh)
+    return attempt
+
+
+Runner._try = try_with_fault
+"""
+
+
+def test_an_intermittent_failure_says_so_first_and_repeats_can_be_turned_off(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makeconftest(FLAKY_CONFTEST)
+    picked = ["-p", "no:cacheprovider", "-k", "A1 and transformers"]
+    result = pytester.runpytest_subprocess(*picked)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["INTERMITTENT (FAIL, PASS, FAIL) FAIL A1-*[[]transformers*",
+                                 "*outcomes of 3 tries: FAIL, PASS, FAIL (the last in a freshly started world)"])
+    once = pytester.runpytest_subprocess(*picked, "--z3-repeat", "0")
+    once.assert_outcomes(failed=1)
+    assert "INTERMITTENT" not in once.stdout.str() and "outcomes of" not in once.stdout.str()
+    bad = pytester.runpytest_subprocess(*picked, "--z3-repeat", "-1")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--z3-repeat must be 0 or more, not -1*"])

@@ -91,7 +91,7 @@ def test_a_world_that_will_not_start_is_tried_once_per_run(monkeypatch):
     runner = Runner(DEFAULT_ZERO3_CONFIG)
     attempts = []
 
-    def failing_start(world_size):
+    def failing_start(world_size, fresh=False):
         attempts.append(world_size)
         raise WorldStartError(f"world of {world_size} ranks (gloo) did not start: start timed out after 600 s")
 

@@ -1,8 +1,10 @@
 """From run directories to one aggregate: per cell, per clause, counts, failures and where the fault likely lies.
 
-Blame compares the two subjects on the same case (same check, model, layout, world size, dtype): where
-`reference` passes and `transformers` does not, the fault is likely in the transformers integration;
-where neither passes, in deepspeed or torch; where only `reference` fails, in this harness's reference.
+Blame compares the two subjects on the same case (same check, model, layout, world size, dtype), on every
+try of each: a report names one subject only when the difference held on every try of both (`reference`
+passed every try and `transformers` failed every one: the transformers integration; the reverse: this
+harness's reference). Both failing on every try points at deepspeed/torch. Any other mix of outcomes is
+intermittent: attributed to deepspeed/torch when both subjects failed at least once, else not attributed.
 """
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ import dataclasses
 import datetime
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from .. import known_issues
 from ..cell import cell_label
 from ..errors import UsageError
-from ..results import BAD_STATUSES, PASS, SKIP, XFAIL, XPASS, Record, read_records
+from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record, read_records
 
-GOOD = (PASS, XPASS)  # the clause held
-NOT_JUDGED = (SKIP, XFAIL)  # not applicable, or a known finding shown apart
 BLAME_INTEGRATION = "transformers integration"
 BLAME_STACK = "deepspeed/torch"
 BLAME_REFERENCE = "zero3-conformance reference"
+NOT_ATTRIBUTED = "not attributed"
+INTERMITTENT = "intermittent"
+ONE_SUBJECT = "undetermined (one subject only)"
+# Blame that names one subject: it must never rest on a coin toss.
+ONE_SUBJECT_BLAMES = (BLAME_INTEGRATION, BLAME_REFERENCE)
 
 
 @dataclasses.dataclass
@@ -39,8 +45,9 @@ class CellResult:
         return counts
 
 
-def load_cell(run_dir: Path) -> CellResult:
-    """One run directory: its records, and cell.json where a matrix run wrote one."""
+def load_cell(run_dir: Path, issues: Optional[Sequence[known_issues.KnownIssue]] = None) -> CellResult:
+    """One run directory: its records, and cell.json where a matrix run wrote one. With `issues`, the records
+    are triaged afresh against them from their raw outcomes."""
     from ..matrix_runner import COMPLETE, read_cell_file
 
     run_dir = Path(run_dir)
@@ -49,6 +56,8 @@ def load_cell(run_dir: Path) -> CellResult:
     if info is None and not results.is_file():
         raise UsageError(f"{run_dir} is not a run directory: no results.jsonl or cell.json")
     records = read_records(results) if results.is_file() else []
+    if issues is not None:
+        records = [known_issues.apply(record, issues) for record in records]
     status = info["status"] if info else COMPLETE
     if status == COMPLETE and not (run_dir / "summary.md").is_file():
         status = "PARTIAL"  # a run that was cut off before it wrote its summary
@@ -61,42 +70,76 @@ def _case_key(record: Record) -> tuple:
     return (record.clause, record.check, record.model, record.layout, record.world_size, record.dtype)
 
 
+def likely_fault(record: Record, others: Sequence[Record]) -> str:
+    """Where the fault behind `record` (a case that did not pass) likely lies, from the raw outcomes of every
+    try of it and of the same case for the other subjects."""
+    reference = next((r for r in [record, *others] if r.subject == "reference"), None)
+    subject = record if record.subject != "reference" else next(
+        (r for r in others if r.subject == "transformers"), others[0] if others else None)
+    if reference is None or subject is None:
+        return ONE_SUBJECT
+    failed = {r.subject: any(o in BAD_STATUSES for o in r.outcomes) for r in (reference, subject)}
+    if reference.intermittent or subject.intermittent:
+        return f"{BLAME_STACK} ({INTERMITTENT})" if all(failed.values()) else f"{NOT_ATTRIBUTED} ({INTERMITTENT})"
+    if all(failed.values()):
+        return BLAME_STACK
+    if len(reference.outcomes) < 2 or len(subject.outcomes) < 2:
+        return f"{NOT_ATTRIBUTED} (one try: run with --repeat 1 or more)"
+    if failed[subject.subject] and set(reference.outcomes) == {PASS}:
+        return BLAME_INTEGRATION if subject.subject == "transformers" else f"subject {subject.subject}"
+    if failed[reference.subject] and set(subject.outcomes) == {PASS}:
+        return BLAME_REFERENCE
+    return NOT_ATTRIBUTED
+
+
 def blame(cell: CellResult) -> list[dict[str, Any]]:
-    """Every case where a subject did not hold the clause, with where the fault likely lies."""
-    by_case: dict[tuple, dict[str, Record]] = defaultdict(dict)
+    """Every case where a subject did not hold the clause and no known issue expected it, with where the
+    fault likely lies."""
+    by_case: dict[tuple, list[Record]] = defaultdict(list)
     for record in cell.records:
-        by_case[_case_key(record)][record.subject] = record
+        by_case[_case_key(record)].append(record)
     found = []
-    for _, subjects in sorted(by_case.items(), key=lambda kv: str(kv[0])):
-        ours, theirs = subjects.get("reference"), subjects.get("transformers")
-        bad = {name: r for name, r in subjects.items() if r.status in BAD_STATUSES}
-        if not bad:
-            continue
-        if theirs is not None and theirs.status in BAD_STATUSES:
-            likely = BLAME_STACK if ours is not None and ours.status in BAD_STATUSES else (
-                BLAME_INTEGRATION if ours is not None and ours.status in GOOD else "undetermined (no reference result)")
-        else:
-            likely = BLAME_REFERENCE
-        for name, record in sorted(bad.items()):
-            found.append({"cell": cell.name, "case": record.case_id, "clause": record.clause, "subject": name,
-                          "status": record.status, "likely_fault": likely, "message": record.message})
+    for _, records in sorted(by_case.items(), key=lambda kv: str(kv[0])):
+        for record in sorted(records, key=lambda r: r.subject):
+            if record.status not in BAD_STATUSES:
+                continue
+            others = [r for r in records if r is not record]
+            found.append({"cell": cell.name, "case": record.case_id, "clause": record.clause,
+                          "subject": record.subject, "status": record.status, "outcomes": record.outcomes,
+                          "intermittent": record.intermittent, "likely_fault": likely_fault(record, others),
+                          "message": record.message, "known_issue": known_issues.note(record)})
     return found
+
+
+def triage(cell: CellResult) -> dict[str, int]:
+    """How the cell's non-passing cases are accounted for."""
+    counts = Counter()
+    for record in cell.records:
+        if record.status == XFAIL:
+            counts[_entry_of(record)["kind"]] += 1
+        elif record.status in BAD_STATUSES:
+            counts["unexpected"] += 1
+        if record.intermittent:
+            counts[INTERMITTENT] += 1
+    return {key: counts[key] for key in (known_issues.KNOWN_UPSTREAM, known_issues.NEW_FINDING, INTERMITTENT,
+                                         "unexpected")}
 
 
 def _failing_clauses(cell: CellResult) -> set[str]:
     return {f"{r.clause}/{r.subject}" for r in cell.records if r.status in BAD_STATUSES}
 
 
-def aggregate(run_dirs: list[Path], baseline: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The report's content, as report.json holds it."""
+def aggregate(run_dirs: list[Path], baseline: Optional[dict[str, Any]] = None,
+              issues: Optional[Sequence[known_issues.KnownIssue]] = None) -> dict[str, Any]:
+    """The report's content, as report.json holds it; with `issues`, every record triaged afresh against them."""
     from .. import __version__
 
-    cells = [load_cell(d) for d in run_dirs]
+    cells = [load_cell(d, issues) for d in run_dirs]
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise UsageError(f"two run directories are the same cell: {sorted(n for n in names if names.count(n) > 1)[0]}")
     out: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "harness": __version__,
         "cells": [],
@@ -111,16 +154,41 @@ def aggregate(run_dirs: list[Path], baseline: Optional[dict[str, Any]] = None) -
             "passed": bool(cell.records) and cell.status == "COMPLETE"
                       and not any(r.status in BAD_STATUSES for r in cell.records),
             "failing": sorted(_failing_clauses(cell)),
+            "triage": triage(cell),
+            "intermittent": dict(Counter(r.clause for r in cell.records if r.intermittent)),
+            "stale": [{"entry": i.name, "expected": list(i.expected), "link": i.link}
+                      for i in known_issues.stale(issues or [], cell.records)],
         })
         out["failures"].extend(blame(cell))
         # A known issue that passed: fixed, or a finding that only shows some of the time. Either way the
         # known-issues entry needs a look.
-        out["xpasses"].extend({"cell": cell.name, "case": r.case_id, "message": r.message}
+        out["xpasses"].extend({"cell": cell.name, "case": r.case_id, "message": known_issues.note(r) or r.message}
                               for r in cell.records if r.status == XPASS)
+    out["expected"] = _met_entries(cells)
     out["supported"] = _supported_ranges(out["cells"])
     if baseline is not None:
         out["diff"] = _diff(baseline, out)
     return out
+
+
+def _entry_of(record: Record) -> dict[str, Any]:
+    """The known-issues entry an XFAIL met; a schema 1 record did not name it."""
+    return record.expected or {"entry": "(not named: a schema 1 record)", "kind": known_issues.KNOWN_UPSTREAM,
+                               "reason": "", "link": "", "expected": [record.raw_status], "met": True}
+
+
+def _met_entries(cells: list[CellResult]) -> list[dict[str, Any]]:
+    """Each known-issues entry that made cases XFAIL, with the cells where it did and how many cases."""
+    entries: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        for record in cell.records:
+            if record.status != XFAIL:
+                continue
+            entry = entries.setdefault(_entry_of(record)["entry"], {**_entry_of(record), "cells": Counter(),
+                                                                     "intermittent": 0})
+            entry["cells"][cell.name] += 1
+            entry["intermittent"] += record.intermittent
+    return [{**entry, "cells": dict(entry["cells"])} for entry in entries.values()]
 
 
 def _supported_ranges(cells: list[dict[str, Any]]) -> dict[str, dict[str, str]]:

@@ -30,16 +30,17 @@ function applyFilter() {
 """
 
 
-def _heat(statuses: dict[str, int]) -> tuple[str, str]:
+def _heat(statuses: dict[str, int], intermittent: int = 0) -> tuple[str, str]:
     """(css class, text) for one cell × clause square."""
     if not statuses:
         return "none", "—"
     bad = sum(statuses.get(s, 0) for s in BAD_STATUSES)
     good = statuses.get(PASS, 0) + statuses.get(XPASS, 0)
+    flaky = f" ~{intermittent}" if intermittent else ""
     if bad:
-        return "fail", f"✗ {bad} / ✓ {good}"
+        return "fail", f"✗ {bad} / ✓ {good}{flaky}"
     if statuses.get(XFAIL):
-        return "xfail", f"✓ {good} xfail {statuses[XFAIL]}"
+        return "xfail", f"✓ {good} xfail {statuses[XFAIL]}{flaky}"
     return "pass", f"✓ {good}"
 
 
@@ -50,15 +51,22 @@ def render_html(report: dict[str, Any], command: str) -> str:
         if cell["status"] != "COMPLETE":
             squares = f'<td class="broken" colspan="{max(len(clauses), 1)}">{escape(cell["status"])}</td>'
         else:
+            flaky = cell.get("intermittent", {})
             squares = "".join(f'<td class="{cls}">{escape(text)}</td>'
-                              for cls, text in (_heat(cell["clauses"].get(c, {})) for c in clauses))
+                              for cls, text in (_heat(cell["clauses"].get(c, {}), flaky.get(c, 0)) for c in clauses))
         rows.append(f'<tr data-filter="{escape(cell["name"])} {escape(" ".join(cell["failing"]))}">'
                     f'<td class="cell">{escape(cell["name"])}</td>{squares}</tr>')
     failures = []
     for f in report["failures"]:
-        label = f"{f['status']} {f['case']} — {f['cell']} — likely fault: {f['likely_fault']}"
-        failures.append(f'<details data-filter="{escape(label)}"><summary>{escape(label)}</summary>'
+        flaky = f"INTERMITTENT ({', '.join(f['outcomes'])}) " if f.get("intermittent") else ""
+        label = f"{flaky}{f['status']} {f['case']} — {f['cell']} — likely fault: {f['likely_fault']}"
+        note = f"<p>{escape(f['known_issue'])}</p>" if f.get("known_issue") else ""
+        failures.append(f'<details data-filter="{escape(label)}"><summary>{escape(label)}</summary>{note}'
                         f'<pre>{escape(f["message"])}</pre></details>')
+    known = [f'<li data-filter="{escape(e["entry"] + " " + " ".join(e["cells"]))}"><b>{escape(e["kind"])}</b> '
+             f'{escape(e["entry"])}: {escape(e["reason"].splitlines()[0] if e["reason"] else "")} — '
+             f'<a href="{escape(e["link"])}">{escape(e["link"])}</a> ({sum(e["cells"].values())} cases in '
+             f'{len(e["cells"])} cells)</li>' for e in report.get("expected", [])]
     broken = [f'<details data-filter="{escape(c["name"])}"><summary>{escape(c["status"])} {escape(c["name"])}'
               f'</summary><pre>{escape(c["message"])}</pre></details>'
               for c in report["cells"] if c["status"] != "COMPLETE"]
@@ -67,6 +75,7 @@ def render_html(report: dict[str, Any], command: str) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>ZeRO-3 compatibility report</title>
 <style>{STYLE}</style><script>{SCRIPT}</script></head><body>
 <h1>ZeRO-3 compatibility report</h1>
+<p>✗ did not hold, ✓ held, xfail a known finding, ~N intermittent cases (outcomes differed between tries).</p>
 <p>Generated {escape(report["generated"])} by zero3-conformance {escape(report["harness"])};
 {len(report["cells"])} cells. Regenerate with <code>{escape(command)}</code>.</p>
 <p><label>Filter cells, clauses and failures: <input id="filter" oninput="applyFilter()"
@@ -76,6 +85,7 @@ placeholder="e.g. tf4.57 or G1"></label></p>
 </tbody></table>
 <h2>Failures ({len(report["failures"])})</h2>
 {"".join(failures) or "<p>None.</p>"}
+{"<h2>Known findings (XFAIL), by entry</h2><ul>" + "".join(known) + "</ul>" if known else ""}
 {"<h2>Cells that did not run to the end</h2>" + "".join(broken) if broken else ""}
 </body></html>
 """

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..errors import UsageError
+from ..known_issues import KnownIssue
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, write_whole
 from ..summary import CLAUSE_ORDER
 from .aggregate import aggregate
@@ -32,13 +33,23 @@ def _group_cell(clauses: dict[str, dict[str, int]], group: str) -> str:
     return text + (f" (XPASS {counts[XPASS]})" if counts.get(XPASS) else "")
 
 
+def _triage_text(triage: dict[str, int]) -> str:
+    parts = [f"{n} {what}" for what, n in triage.items() if n]
+    return ", ".join(parts) or "—"
+
+
 def render_markdown(report: dict[str, Any], command: str) -> str:
     lines = ["# ZeRO-3 compatibility report", ""]
-    lines += ["| cell | status | " + " | ".join(GROUPS) + " |", "|---|---|" + "---|" * len(GROUPS)]
+    lines += ["| cell | status | " + " | ".join(GROUPS) + " | failures: known upstream, new finding, intermittent, "
+              "unexpected |", "|---|---|" + "---|" * len(GROUPS) + "---|"]
     for cell in report["cells"]:
         verdict = "passes" if cell["passed"] else ("fails" if cell["status"] == "COMPLETE" else cell["status"])
         lines.append(f"| `{cell['name']}` | {verdict} | "
-                     + " | ".join(_group_cell(cell["clauses"], g) for g in GROUPS) + " |")
+                     + " | ".join(_group_cell(cell["clauses"], g) for g in GROUPS)
+                     + f" | {_triage_text(cell.get('triage', {}))} |")
+    lines += ["", "✓ the clause held (PASS, XPASS) ✗ it did not (FAIL, ERROR, TIMEOUT, CRASH, not expected by a known "
+              "issue); xfail: a known finding, expected. *Intermittent*: a case whose outcomes differed between "
+              "tries (it is tried again after any outcome but PASS or SKIP, the last time in a fresh world)."]
     lines += ["", "## Supported versions (from these cells)", ""]
     for lib, versions in report["supported"].items():
         lines.append(f"- **{lib}**: " + "; ".join(f"{v}: {text}" for v, text in versions.items()))
@@ -53,11 +64,19 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
             lines.append(f"- `{name}`: newly failing {', '.join(change['newly_failing']) or 'none'}; "
                          f"newly fixed {', '.join(change['newly_fixed']) or 'none'}"
                          + (" (new cell)" if "new_cell" in change else ""))
-    if report["failures"]:
-        lines += ["", "## Failures", ""]
-        for failure in report["failures"]:
-            lines += [f"### {failure['status']} {failure['case']} — likely fault: {failure['likely_fault']}",
-                      f"cell `{failure['cell']}`", "", "```", failure["message"][:MESSAGE_CHARS], "```", ""]
+    steady = [f for f in report["failures"] if not f.get("intermittent")]
+    flaky = [f for f in report["failures"] if f.get("intermittent")]
+    for title, failures, prefix in (("Failures (the same on every try)", steady, ""),
+                                    ("Intermittent failures (outcomes differ between tries)", flaky, "INTERMITTENT ")):
+        if failures:
+            lines += ["", f"## {title}", ""]
+        for failure in failures:
+            outcomes = f" ({', '.join(failure['outcomes'])})" if len(failure.get("outcomes", [])) > 1 else ""
+            lines += [f"### {prefix}{failure['status']}{outcomes} {failure['case']} — likely fault: "
+                      f"{failure['likely_fault']}", f"cell `{failure['cell']}`"]
+            lines += ["", failure["known_issue"]] if failure.get("known_issue") else []
+            lines += ["", "```", failure["message"][:MESSAGE_CHARS], "```", ""]
+    lines += _known_findings(report)
     if report.get("xpasses"):
         lines += ["", "## Known issues that passed (XPASS): check their entries", ""]
         for xpass in report["xpasses"]:
@@ -78,6 +97,28 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _known_findings(report: dict[str, Any]) -> list[str]:
+    """The known issues the cells met (XFAIL), one line per entry with its cells; then entries possibly stale."""
+    lines = []
+    met = report.get("expected", [])
+    if met:
+        lines += ["", "## Known findings (XFAIL), by entry", ""]
+        for entry in met:
+            cells = ", ".join(f"`{name}` ({n})" for name, n in entry["cells"].items())
+            lines += [f"- **{entry['kind']}** {entry['entry']}: {entry['reason'].splitlines()[0]} — {entry['link']} "
+                      f"(expected {' or '.join(entry['expected'])}; {sum(entry['cells'].values())} cases"
+                      f"{', ' + str(entry['intermittent']) + ' intermittent' if entry['intermittent'] else ''}): "
+                      f"{cells}"]
+    stale = [(cell["name"], entry) for cell in report["cells"] for entry in cell.get("stale", [])]
+    if stale:
+        lines += ["", "## Known issues possibly stale", "",
+                  "Each applies to cases that ran in the cell, and none of them met it: the versions may have moved "
+                  "past the finding.", ""]
+        lines += [f"- `{name}`: {entry['entry']} (expected {' or '.join(entry['expected'])}; {entry['link']})"
+                  for name, entry in stale]
+    return lines
+
+
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -86,9 +127,10 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def write_report(run_dirs: list[Path], out: Path, baseline: Optional[Path] = None, command: str = "",
-                 kill_matrix: Optional[Path] = None) -> dict:
+                 kill_matrix: Optional[Path] = None, issues: Optional[Sequence[KnownIssue]] = None) -> dict:
+    """With `issues`, every record is triaged afresh against them (the runs are not run again)."""
     old = _read_json(baseline, "baseline report") if baseline is not None else None
-    report = aggregate(run_dirs, old)
+    report = aggregate(run_dirs, old, issues)
     if kill_matrix is not None:
         report["kill_matrix"] = _read_json(kill_matrix, "kill matrix")
         if not isinstance(report["kill_matrix"], dict) or "mutants" not in report["kill_matrix"]:

@@ -1,0 +1,133 @@
+"""`zero3-conformance known-issues draft`: expectations drafted from runs' unexpected results.
+
+Like wptrunner's update-expectations, the entries come from the results, not from memory: one entry per
+clause / check / subject / model that did not hold somewhere without a known issue expecting it, with
+
+- `expected`: every outcome those cases had (a set, PASS included, where they were intermittent);
+- `versions`: the smallest range of each library that covers the failing cells — a comment names any cell
+  inside it where the same cases passed on every try, which a version range cannot leave out;
+- layout, world size, dtype and backend narrowed to the failing ones where others ran and passed;
+- `link = ""`: to be filled (an upstream issue or pull request, or, with `upstream = false`, the tracker where
+  a new finding should be reported). The harness refuses an entry whose link is empty, so nothing drafted
+  is applied before someone has triaged it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from packaging.version import InvalidVersion, Version
+
+from .known_issues import VERSIONED, KnownIssue
+from .report.aggregate import CellResult, load_cell
+from .results import BAD_STATUSES, PASS, SEVERITY, SKIP, Record
+
+GROUP = ("clause", "check", "subject", "model")
+NARROWED = ("layout", "world_size", "dtype")
+CASE_PREFIX = re.compile(r"^\[[^\]]*\] ")  # "[case on backend, world size N] " the runner puts first
+
+
+def _version(text: str) -> Any:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def _range(versions: set[str]) -> Optional[str]:
+    """The smallest PEP 440 range holding every one of `versions`; None when one of them is not a version."""
+    parsed = sorted((_version(v), v) for v in versions)
+    if any(p is None for p, _ in parsed):
+        return None
+    low, high = parsed[0][1], parsed[-1][1]
+    return f"=={low}" if low == high else f">={low},<={high}"
+
+
+def _in_range(cell: dict[str, Any], versions: dict[str, str]) -> bool:
+    from packaging.specifiers import SpecifierSet
+
+    return all(_version(str(cell.get(lib, ""))) in SpecifierSet(spec) for lib, spec in versions.items()
+               if _version(str(cell.get(lib, ""))) is not None)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
+    """The drafted entries, each with the comments that go above it (`comments`)."""
+    groups: dict[tuple, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for cell in cells:
+        for record in cell.records:
+            if record.raw_status != SKIP:
+                groups[tuple(getattr(record, f) for f in GROUP)][cell.name].append(record)
+    drafted = []
+    for key, by_cell in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        failing = {name: [r for r in records if r.status in BAD_STATUSES] for name, records in by_cell.items()}
+        failing = {name: records for name, records in failing.items() if records}
+        if not failing:
+            continue
+        passing = [name for name, records in by_cell.items()
+                   if all(set(r.outcomes) == {PASS} for r in records)]
+        cell_of = {cell.name: cell.cell for cell in cells}
+        bad = [r for records in failing.values() for r in records]
+        entry: dict[str, Any] = dict(zip(GROUP, key))
+        if entry["model"] == "none":  # a check that builds no model
+            del entry["model"]
+        for field in NARROWED:
+            ran = {getattr(r, field) for name in failing for r in by_cell[name]}
+            failed = {getattr(r, field) for r in bad}
+            if failed < ran and None not in failed:
+                values = sorted(failed)
+                entry[field] = values[0] if len(values) == 1 else values
+        backends = {str(cell_of[name].get("backend")) for name in failing}
+        if backends < {str(cell_of[name].get("backend")) for name in by_cell}:
+            entry["backend"] = sorted(backends)[0] if len(backends) == 1 else sorted(backends)
+        versions = {}
+        for library in VERSIONED:
+            seen = {str(cell_of[name].get(library, "")) for name in by_cell}
+            spec = _range({str(cell_of[name].get(library, "")) for name in failing})
+            if spec is not None and (library != "python" or len(seen) > 1):
+                versions[library] = spec
+        entry["versions"] = versions
+        entry["expected"] = sorted({o for r in bad for o in r.outcomes}, key=SEVERITY.index)
+        first = CASE_PREFIX.sub("", bad[0].message.strip().split("\n")[0])
+        entry["reason"] = f"{first} (seen in {len(failing)} of {len(by_cell)} cells that ran it)"
+        entry["link"] = ""
+        inside = [name for name in passing if _in_range(cell_of[name], versions)]
+        comments = [f"failing: {name}: " + ", ".join(f"{r.case_id} {'/'.join(r.outcomes)}" for r in records)
+                    for name, records in failing.items()]
+        comments += [f"passing on every try: {', '.join(passing)}"] if passing else []
+        comments += [f"CHECK: passes on every try inside this range in {', '.join(inside)}: split the entry or "
+                     "narrow it"] if inside else []
+        drafted.append({"comments": comments, "entry": entry})
+    return drafted
+
+
+def render(drafted: list[dict[str, Any]], sources: Sequence[Path]) -> str:
+    lines = ["# Drafted by `zero3-conformance known-issues draft` from " + ", ".join(map(str, sources)) + ".",
+             "# Triage each entry before use: fill `link` with an upstream issue or pull request (.../issues/N,",
+             "# .../pull/N), or set `upstream = false` for a finding not reported yet, describe it (tensor,",
+             "# expected_value, observed_value, seen_in, not_seen_in) and link the tracker it belongs to.",
+             "# An entry with an empty link is refused, so a draft is never applied untriaged.", ""]
+    for item in drafted:
+        lines += ["[[issue]]"] + [f"# {c}" for c in item["comments"]]
+        lines += [f"{field} = {_toml(value)}" for field, value in item["entry"].items()] + [""]
+    return "\n".join(lines)
+
+
+def draft(run_dirs: Sequence[Path], issues: Optional[Sequence[KnownIssue]] = None) -> str:
+    """The draft file's text, from the runs' results (triaged afresh against `issues` when given)."""
+    return render(entries([load_cell(d, issues) for d in run_dirs]), run_dirs)
