@@ -1,12 +1,12 @@
 """Expectations: known findings, recorded outside the checks and applied after the run to its raw outcomes.
 
-In the manner of web-platform-tests' expectation files, an entry names the cases it is about (clause and
-subject, narrowed by check, model, layout, world size, dtype, backend and version conditions on the cell)
+In the manner of web-platform-tests' expectation files, an entry names the cases it is about (clauses and
+subjects, narrowed by check, model, layout, world size, dtype, backend and version conditions on the cell)
 and the status, or set of statuses for an intermittent case, they are expected to end with:
 
     [[issue]]
-    clause = "G1"
-    subject = "transformers"
+    clause = "G1"                              # a clause or a list of them
+    subject = "transformers"                   # a subject or a list of them
     model = ["bert", "gpt2"]                   # optional narrowing: one value or a list
     world_size = 2                             # also: check, layout, dtype, backend
     versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
@@ -52,8 +52,8 @@ KNOWN_UPSTREAM, NEW_FINDING = "known upstream", "new finding"
 
 @dataclasses.dataclass(frozen=True)
 class KnownIssue:
-    clause: str
-    subject: str
+    clauses: tuple[str, ...]
+    subjects: tuple[str, ...]
     reason: str
     link: str
     expected: tuple[str, ...] = (FAIL,)
@@ -81,7 +81,7 @@ class KnownIssue:
         return True
 
     def applies_to(self, record: Record) -> bool:
-        if (record.clause, record.subject) != (self.clause, self.subject):
+        if record.clause not in self.clauses or record.subject not in self.subjects:
             return False
         fields = {**dataclasses.asdict(record), "backend": record.cell.get("backend")}
         if any(fields[field] not in values for field, values in self.narrowing):
@@ -109,11 +109,18 @@ def load(path: Path = DEFAULT_FILE) -> list[KnownIssue]:
 def _entry(entry: Any, where: str) -> KnownIssue:
     if not isinstance(entry, dict):
         raise UsageError(f"{where} is not a table")
-    where = f"{where} ({entry.get('clause', '?')} {entry.get('subject', '?')})"
+    where = f"{where} ({_names(entry.get('clause', '?'))} {_names(entry.get('subject', '?'))})"
     unknown = sorted(set(entry) - set(FIELDS))
     if unknown:
         raise UsageError(f"{where}: unknown field '{unknown[0]}'; known: {', '.join(FIELDS)}")
-    for field in ("clause", "subject", "reason", "link"):
+    named = {}
+    for field in ("clause", "subject"):
+        values = entry.get(field)
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+            raise UsageError(f"{where}: field '{field}' is required: a non-empty string or list of them")
+        named[field] = tuple(values)
+    for field in ("reason", "link"):
         if not isinstance(entry.get(field), str) or not entry[field].strip():
             raise UsageError(f"{where}: field '{field}' is required and must be a non-empty string")
     expected = entry.get("expected", FAIL)
@@ -156,8 +163,12 @@ def _entry(entry: Any, where: str) -> KnownIssue:
             SpecifierSet(spec)
         except (InvalidSpecifier, TypeError):
             raise UsageError(f"{where}: versions.{library} = {spec!r} is not a version specifier") from None
-    return KnownIssue(entry["clause"], entry["subject"], entry["reason"], entry["link"], tuple(expected), upstream,
+    return KnownIssue(named["clause"], named["subject"], entry["reason"], entry["link"], tuple(expected), upstream,
                       tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), where)
+
+
+def _names(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[Optional[KnownIssue], bool]:

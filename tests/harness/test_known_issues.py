@@ -152,3 +152,13 @@ def test_shipped_file_is_valid():
             assert known_issues.UPSTREAM_LINK.match(issue.link), issue.name
         else:
             assert issue.link.startswith("https://") and len(issue.finding) == len(known_issues.FINDING), issue.name
+
+
+def test_an_entry_may_name_several_clauses_and_subjects(tmp_path):
+    issues = load(tmp_path, ENTRY.replace('clause = "G1"', 'clause = ["G1", "N1"]').replace(
+        'subject = "reference"', 'subject = ["reference", "transformers"]'))
+    for clause in ("G1", "N1"):
+        for subject in ("reference", "transformers"):
+            assert known_issues.apply(make(FAIL, clause=clause, subject=subject), issues).status == XFAIL
+    assert known_issues.apply(make(FAIL, clause="G2"), issues).status == FAIL
+    assert "(G1,N1 reference,transformers)" in issues[0].name
