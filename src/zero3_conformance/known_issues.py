@@ -103,13 +103,16 @@ def load(path: Path = DEFAULT_FILE) -> list[KnownIssue]:
     if set(data) - {"issue"} or not isinstance(entries, list):
         raise UsageError(f"known-issues file {path}: expected only [[issue]] tables, found "
                          f"{', '.join(sorted(set(data) - {'issue'})) or 'issue = ' + type(entries).__name__}")
-    return [_entry(entry, f"{path}: issue #{number}") for number, entry in enumerate(entries, 1)]
+    return [_entry(entry, f"{path}: issue #{number}", f"{Path(path).name} #{number}")
+            for number, entry in enumerate(entries, 1)]
 
 
-def _entry(entry: Any, where: str) -> KnownIssue:
+def _entry(entry: Any, where: str, name: str) -> KnownIssue:
+    """One [[issue]] table, checked; `where` names it in errors (the file's path), `name` in records."""
     if not isinstance(entry, dict):
         raise UsageError(f"{where} is not a table")
-    where = f"{where} ({_names(entry.get('clause', '?'))} {_names(entry.get('subject', '?'))})"
+    named_as = f"({_names(entry.get('clause', '?'))} {_names(entry.get('subject', '?'))})"
+    where, name = f"{where} {named_as}", f"{name} {named_as}"
     unknown = sorted(set(entry) - set(FIELDS))
     if unknown:
         raise UsageError(f"{where}: unknown field '{unknown[0]}'; known: {', '.join(FIELDS)}")
@@ -164,7 +167,7 @@ def _entry(entry: Any, where: str) -> KnownIssue:
         except (InvalidSpecifier, TypeError):
             raise UsageError(f"{where}: versions.{library} = {spec!r} is not a version specifier") from None
     return KnownIssue(named["clause"], named["subject"], entry["reason"], entry["link"], tuple(expected), upstream,
-                      tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), where)
+                      tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), name)
 
 
 def _names(value: Any) -> str:
