@@ -210,6 +210,11 @@ def stale(issues: Iterable[KnownIssue], records: list[Record]) -> list[KnownIssu
     return stale_entries
 
 
+def _first_sentence(text: str, limit: int = 200) -> str:
+    first = " ".join(text.split()).split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[:limit - 1] + "…"
+
+
 def note(record: Record) -> str:
     """One line naming the entry a record was triaged by, for messages and reports; empty when none."""
     entry = record.expected
@@ -217,7 +222,7 @@ def note(record: Record) -> str:
         return ""
     expected = " or ".join(entry["expected"])
     if entry["met"]:
-        reason = entry["reason"].splitlines()[0]
+        reason = _first_sentence(entry["reason"])
         return f"known issue ({entry['kind']}): {reason} ({entry['link']}; expected {expected})"
     return (f"known issue ({entry['kind']}) expected {expected}, outcomes {', '.join(record.outcomes)}: not met, "
             f"check the entry ({entry['link']})")
