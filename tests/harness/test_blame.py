@@ -111,3 +111,15 @@ def test_report_triages_old_runs_again_with_another_known_issues_file(tmp_path, 
     # The run's own records are untouched: the report without the file shows the failures again.
     assert cli.main(["report", str(run_dir), "--out", str(tmp_path / "r2")]) == 0
     assert len(json.loads((tmp_path / "r2" / "report.json").read_text())["failures"]) == 2
+
+
+def test_no_one_subject_is_blamed_in_a_cell_where_the_reference_itself_was_intermittent(tmp_path):
+    steady = pair([F, F, F], [P, P, P])
+    other = [_record("N1", "transformers", PASS, outcomes=[P]),
+             _record("N1", "reference", FAIL, "logits 4.2e+35", outcomes=[F, P, P])]
+    clean = write_report([_run_dir(tmp_path / "clean", [*steady])], tmp_path / "r1")
+    assert [f["likely_fault"] for f in clean["failures"]] == [BLAME_INTEGRATION]
+    racy = write_report([_run_dir(tmp_path / "racy", [*steady, *other])], tmp_path / "r2")
+    faults = {f["case"]: f["likely_fault"] for f in racy["failures"]}
+    assert faults["G1-c[transformers-llama-ws2-fp32]"].startswith(
+        f"{NOT_ATTRIBUTED} (would be {BLAME_INTEGRATION}, but the reference itself was intermittent on 1 case")

@@ -3,8 +3,11 @@
 Blame compares the two subjects on the same case (same check, model, layout, world size, dtype), on every
 try of each: a report names one subject only when the difference held on every try of both (`reference`
 passed every try and `transformers` failed every one: the transformers integration; the reverse: this
-harness's reference). Both failing on every try points at deepspeed/torch. Any other mix of outcomes is
-intermittent: attributed to deepspeed/torch when both subjects failed at least once, else not attributed.
+harness's reference), and only in a cell where the reference's own outcomes were reproducible on every
+case (a reference that is intermittent anywhere in the cell shows the stack under both subjects is not,
+and a difference that held three times may still be chance). Both failing on every try points at
+deepspeed/torch. Any other mix of outcomes is intermittent: attributed to deepspeed/torch when both
+subjects failed at least once, else not attributed.
 """
 
 from __future__ import annotations
@@ -70,9 +73,11 @@ def _case_key(record: Record) -> tuple:
     return (record.clause, record.check, record.model, record.layout, record.world_size, record.dtype)
 
 
-def likely_fault(record: Record, others: Sequence[Record]) -> str:
+def likely_fault(record: Record, others: Sequence[Record], reference_flaky: int = 0) -> str:
     """Where the fault behind `record` (a case that did not pass) likely lies, from the raw outcomes of every
-    try of it and of the same case for the other subjects."""
+    try of it and of the same case for the other subjects. `reference_flaky`: cases of the cell on which the
+    reference itself was intermittent; where there are any, the stack under both subjects is shown to be
+    nondeterministic, so a difference that held on every try may still be chance and names no one subject."""
     reference = next((r for r in [record, *others] if r.subject == "reference"), None)
     subject = record if record.subject != "reference" else next(
         (r for r in others if r.subject == "transformers"), others[0] if others else None)
@@ -86,10 +91,16 @@ def likely_fault(record: Record, others: Sequence[Record]) -> str:
     if len(reference.outcomes) < 2 or len(subject.outcomes) < 2:
         return f"{NOT_ATTRIBUTED} (one try: run with --repeat 1 or more)"
     if failed[subject.subject] and set(reference.outcomes) == {PASS}:
-        return BLAME_INTEGRATION if subject.subject == "transformers" else f"subject {subject.subject}"
-    if failed[reference.subject] and set(subject.outcomes) == {PASS}:
-        return BLAME_REFERENCE
-    return NOT_ATTRIBUTED
+        blamed = BLAME_INTEGRATION if subject.subject == "transformers" else f"subject {subject.subject}"
+    elif failed[reference.subject] and set(subject.outcomes) == {PASS}:
+        blamed = BLAME_REFERENCE
+    else:
+        return NOT_ATTRIBUTED
+    if reference_flaky:
+        return (f"{NOT_ATTRIBUTED} (would be {blamed}, but the reference itself was intermittent on "
+                f"{reference_flaky} case{'s' if reference_flaky > 1 else ''} of this cell: a difference here "
+                "may be chance)")
+    return blamed
 
 
 def blame(cell: CellResult) -> list[dict[str, Any]]:
@@ -98,6 +109,7 @@ def blame(cell: CellResult) -> list[dict[str, Any]]:
     by_case: dict[tuple, list[Record]] = defaultdict(list)
     for record in cell.records:
         by_case[_case_key(record)].append(record)
+    reference_flaky = sum(r.subject == "reference" and r.intermittent for r in cell.records)
     found = []
     for _, records in sorted(by_case.items(), key=lambda kv: str(kv[0])):
         for record in sorted(records, key=lambda r: r.subject):
@@ -106,7 +118,8 @@ def blame(cell: CellResult) -> list[dict[str, Any]]:
             others = [r for r in records if r is not record]
             found.append({"cell": cell.name, "case": record.case_id, "clause": record.clause,
                           "subject": record.subject, "status": record.status, "outcomes": record.outcomes,
-                          "intermittent": record.intermittent, "likely_fault": likely_fault(record, others),
+                          "intermittent": record.intermittent,
+                          "likely_fault": likely_fault(record, others, reference_flaky),
                           "message": record.message, "known_issue": known_issues.note(record)})
     return found
 
