@@ -253,8 +253,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     report = write_report(run_dirs, args.out / "report", command=command, issues=known_issues.load())
     _copy_markdown(args.out / "report", args.compatibility)
     passed = all(c["passed"] for c in report["cells"] if c["status"] == COMPLETE)
-    print(f"report in {args.out / 'report'}/report.md: {sum(c['passed'] for c in report['cells'])} of "
-          f"{len(report['cells'])} cells pass")
+    print(f"report in {args.out / 'report'}/report.md: of {len(report['cells'])} cells, "
+          f"{sum(c['passed'] for c in report['cells'])} without unexpected failures, "
+          f"{sum(c['clean'] for c in report['cells'])} where every clause held")
     return 0 if passed else 1
 
 

@@ -28,7 +28,8 @@ from .results import BAD_STATUSES, PASS, SEVERITY, SKIP, Record
 
 GROUP = ("clause", "check", "subject", "model")
 NARROWED = ("layout", "world_size", "dtype")
-CASE_PREFIX = re.compile(r"^\[[^\]]*\] ")  # "[case on backend, world size N] " the runner puts first
+# What the runner puts first in a message: "[case on gloo, world size 2] ".
+CASE_PREFIX = re.compile(r"^\[.*? on \S+, world size \d+\] ")
 
 
 def _version(text: str) -> Any:
@@ -39,11 +40,14 @@ def _version(text: str) -> Any:
 
 
 def _range(versions: set[str]) -> Optional[str]:
-    """The smallest PEP 440 range holding every one of `versions`; None when one of them is not a version."""
-    parsed = sorted((_version(v), v) for v in versions)
-    if any(p is None for p, _ in parsed):
+    """The smallest PEP 440 range holding every one of `versions`; None when one of them is not a version.
+    Bounds are public versions (2.13.0, not 2.13.0+cpu): a range cannot name a local label, and without one
+    it holds every local build of that version."""
+    parsed = [_version(v) for v in versions]
+    if any(p is None for p in parsed):
         return None
-    low, high = parsed[0][1], parsed[-1][1]
+    parsed.sort()
+    low, high = parsed[0].public, parsed[-1].public
     return f"=={low}" if low == high else f">={low},<={high}"
 
 

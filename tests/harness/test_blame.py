@@ -108,6 +108,9 @@ def test_report_triages_old_runs_again_with_another_known_issues_file(tmp_path, 
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert "## Known findings (XFAIL), by entry" in markdown and "deepspeedai/DeepSpeed/pull/8539" in markdown
     assert "## Known issues possibly stale" in markdown and "--known-issues" in markdown.split("regenerate with")[1]
+    # Only known findings failed: not a failing cell, and not one where every clause held either.
+    assert "| known findings only |" in markdown
+    assert report["supported"]["deepspeed"] == {"0.19.8": "0/1 cells every clause held, 1 known findings only"}
     # The run's own records are untouched: the report without the file shows the failures again.
     assert cli.main(["report", str(run_dir), "--out", str(tmp_path / "r2")]) == 0
     assert len(json.loads((tmp_path / "r2" / "report.json").read_text())["failures"]) == 2

@@ -20,7 +20,8 @@ def cell(torch, transformers):
 
 
 def record(status, cell, layout="sharded", outcomes=None):
-    r = _record("G1", "transformers", status, "[case] rank 0: model.norm.weight: 64/64 elements differ",
+    r = _record("G1", "transformers", status, "[G1-c[transformers-llama-ws2-fp32] on gloo, world size 2] rank 0: "
+                "model.norm.weight: 64/64 elements differ",
                 cell=cell, outcomes=outcomes)
     r.layout = layout
     return r
@@ -31,7 +32,7 @@ def test_the_smallest_range_over_failing_cells_narrowed_where_others_passed(tmp_
         _run_dir(tmp_path / "a", [record(FAIL, cell("2.12.1", "4.57.6")), record(PASS, cell("2.12.1", "4.57.6"),
                                                                                   layout="bin")]),
         _run_dir(tmp_path / "b", [record(FAIL, cell("2.14.1", "4.57.6"), outcomes=[FAIL, PASS, FAIL])]),
-        _run_dir(tmp_path / "c", [record(PASS, cell("2.13.0", "5.24.0"))]),
+        _run_dir(tmp_path / "c", [record(PASS, cell("2.13.0+cpu", "5.24.0"))]),
     ]
     text = draft(runs)
     (tmp_path / "d.toml").write_text(text)
@@ -46,9 +47,9 @@ def test_the_smallest_range_over_failing_cells_narrowed_where_others_passed(tmp_
 
 def test_a_passing_cell_inside_the_range_is_named(tmp_path):
     runs = [_run_dir(tmp_path / "a", [record(FAIL, cell("2.12.1", "4.57.6"))]),
-            _run_dir(tmp_path / "b", [record(PASS, cell("2.13.0", "4.57.6"))]),
+            _run_dir(tmp_path / "b", [record(PASS, cell("2.13.0+cpu", "4.57.6"))]),  # a local build: inside
             _run_dir(tmp_path / "c", [record(FAIL, cell("2.14.1", "4.57.6"))])]
-    assert "# CHECK: passes on every try inside this range in py3.11.7-torch2.13.0" in draft(runs)
+    assert "# CHECK: passes on every try inside this range in py3.11.7-torch2.13.0+cpu" in draft(runs)
 
 
 def test_draft_of_a_real_run_once_its_links_are_filled_turns_the_fails_into_xfails(tmp_path, capsys):

@@ -119,7 +119,7 @@ def test_blame_diff_and_supported_ranges(tmp_path, capsys):
     diff = next(iter(report["diff"].values()))
     assert diff["newly_failing"] == ["G1/transformers", "N1/reference", "N1/transformers"]
     assert diff["newly_fixed"] == ["A4/transformers"]
-    assert report["supported"]["transformers"] == {"5.24.0": "0/1 cells pass"}
+    assert report["supported"]["transformers"] == {"5.24.0": "0/1 cells every clause held"}
     markdown = (tmp_path / "r2" / "report.md").read_text()
     assert "likely fault: transformers integration" in markdown and "3 elements differ" in markdown
     assert "## Provenance" in markdown and "zero3-conformance report" in markdown

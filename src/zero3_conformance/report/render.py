@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..known_issues import KnownIssue
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, write_whole
 from ..summary import CLAUSE_ORDER
-from .aggregate import aggregate
+from .aggregate import aggregate, verdict
 from .html import render_html
 
 GROUPS = CLAUSE_ORDER
@@ -43,8 +43,7 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     lines += ["| cell | status | " + " | ".join(GROUPS) + " | failures: known upstream, new finding, intermittent, "
               "unexpected |", "|---|---|" + "---|" * len(GROUPS) + "---|"]
     for cell in report["cells"]:
-        verdict = "passes" if cell["passed"] else ("fails" if cell["status"] == "COMPLETE" else cell["status"])
-        lines.append(f"| `{cell['name']}` | {verdict} | "
+        lines.append(f"| `{cell['name']}` | {verdict(cell)} | "
                      + " | ".join(_group_cell(cell["clauses"], g) for g in GROUPS)
                      + f" | {_triage_text(cell.get('triage', {}))} |")
     lines += ["", "✓ the clause held (PASS, XPASS) ✗ it did not (FAIL, ERROR, TIMEOUT, CRASH, not expected by a known "
