@@ -148,8 +148,9 @@ class Runner:
             progress: Callable[[int, int, Record], None] = lambda i, n, r: None,
             parallel_worlds: int = 1) -> list[Record]:
         """Runs every case and writes each record as it comes. A world size's cases run in one world, one
-        after another, the subjects of one case together (`run_together`); `parallel_worlds` lanes each take the next world size left, largest first (they take
-        longest), and run its cases in a world of their own."""
+        after another, the subjects of one case together (`run_together`); `parallel_worlds` lanes each take
+        the next world size left, largest first (they take longest), and run its cases in a world of their
+        own."""
         groups = _by_world_size(cases)
         sizes = deque(sorted(groups, reverse=True))
         total = sum(map(len, groups.values()))
