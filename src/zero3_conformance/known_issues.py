@@ -50,6 +50,18 @@ UPSTREAM_LINK = re.compile(r"^https://\S+/(issues|pull)/\d+(#\S*)?$")
 KNOWN_UPSTREAM, NEW_FINDING = "known upstream", "new finding"
 
 
+def versions_hold(cell: dict[str, Any], versions: Iterable[tuple[str, str]]) -> bool:
+    """Every (library, PEP 440 specifier) holds for the cell's version of that library; a version that is
+    missing or not a version holds for none."""
+    for library, spec in versions:
+        try:
+            if Version(str(cell.get(library, ""))) not in SpecifierSet(spec):
+                return False
+        except InvalidVersion:
+            return False
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class KnownIssue:
     clauses: tuple[str, ...]
@@ -72,13 +84,7 @@ class KnownIssue:
         backends = dict(self.narrowing).get("backend")
         if backends is not None and cell.get("backend") not in backends:
             return False
-        for library, spec in self.versions:
-            try:
-                if Version(str(cell.get(library, ""))) not in SpecifierSet(spec):
-                    return False
-            except InvalidVersion:
-                return False
-        return True
+        return versions_hold(cell, self.versions)
 
     def applies_to(self, record: Record) -> bool:
         if record.clause not in self.clauses or record.subject not in self.subjects:

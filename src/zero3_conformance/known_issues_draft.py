@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 from packaging.version import InvalidVersion, Version
 
-from .known_issues import VERSIONED, KnownIssue
+from .known_issues import VERSIONED, KnownIssue, versions_hold
 from .report.aggregate import CellResult, load_cell
 from .results import BAD_STATUSES, PASS, SEVERITY, SKIP, Record
 
@@ -51,13 +51,6 @@ def _range(versions: set[str]) -> Optional[str]:
     return f"=={low}" if low == high else f">={low},<={high}"
 
 
-def _in_range(cell: dict[str, Any], versions: dict[str, str]) -> bool:
-    from packaging.specifiers import SpecifierSet
-
-    return all(_version(str(cell.get(lib, ""))) in SpecifierSet(spec) for lib, spec in versions.items()
-               if _version(str(cell.get(lib, ""))) is not None)
-
-
 def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
@@ -72,6 +65,7 @@ def _toml(value: Any) -> str:
 
 def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
     """The drafted entries, each with the comments that go above it (`comments`)."""
+    cell_of = {cell.name: cell.cell for cell in cells}
     groups: dict[tuple, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for cell in cells:
         for record in cell.records:
@@ -85,7 +79,6 @@ def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
             continue
         passing = [name for name, records in by_cell.items()
                    if all(set(r.outcomes) == {PASS} for r in records)]
-        cell_of = {cell.name: cell.cell for cell in cells}
         bad = [r for records in failing.values() for r in records]
         entry: dict[str, Any] = dict(zip(GROUP, key))
         if entry["model"] == "none":  # a check that builds no model
@@ -110,7 +103,8 @@ def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
         first = CASE_PREFIX.sub("", bad[0].message.strip().split("\n")[0])
         entry["reason"] = f"{first} (seen in {len(failing)} of {len(by_cell)} cells that ran it)"
         entry["link"] = ""
-        inside = [name for name in passing if _in_range(cell_of[name], versions)]
+        # The passing cells the entry would apply to, judged as the entry itself will judge them.
+        inside = [name for name in passing if versions_hold(cell_of[name], versions.items())]
         comments = [f"failing: {name}: " + ", ".join(f"{r.case_id} {'/'.join(r.outcomes)}" for r in records)
                     for name, records in failing.items()]
         comments += [f"passing on every try: {', '.join(passing)}"] if passing else []

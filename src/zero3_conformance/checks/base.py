@@ -15,7 +15,7 @@ import logging
 import traceback
 from typing import Any, Callable, Iterator, Optional
 
-from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT
+from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
 from ..world import RankContext, TaskOutcome
 
 SEED = 20260101
@@ -259,9 +259,6 @@ def gave_up(value: Any) -> bool:
     return isinstance(value, dict) and value.get("status") in (FAIL, ERROR)
 
 
-_SEVERITY = [PASS, SKIP, FAIL, ERROR, TIMEOUT, CRASH]
-
-
 def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, Any]]:
     """Combines every rank's outcome into one (status, message, metrics)."""
     if outcome.exit_codes:
@@ -277,7 +274,7 @@ def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, 
             return ERROR, f"rank {rank}: {reply.error}\n{reply.traceback[-3000:]}", {}
         results[rank] = reply.value
     missing = sorted(set(range(world_size)) - set(results))
-    status = max((r["status"] for r in results.values()), key=_SEVERITY.index)
+    status = most_severe(r["status"] for r in results.values())
     by_message: dict[str, list[int]] = {}
     for rank, result in results.items():
         if result["status"] == status and result["message"]:

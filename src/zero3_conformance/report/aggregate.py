@@ -29,8 +29,6 @@ BLAME_REFERENCE = "zero3-conformance reference"
 NOT_ATTRIBUTED = "not attributed"
 INTERMITTENT = "intermittent"
 ONE_SUBJECT = "undetermined (one subject only)"
-# Blame that names one subject: it must never rest on a coin toss.
-ONE_SUBJECT_BLAMES = (BLAME_INTEGRATION, BLAME_REFERENCE)
 
 
 @dataclasses.dataclass
