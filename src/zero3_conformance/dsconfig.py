@@ -38,6 +38,8 @@ def read_config_source(source: Union[str, Path, dict]) -> dict[str, Any]:
             raise UsageError(f"cannot read DeepSpeed config {where}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
             raise UsageError(f"DeepSpeed config {where} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        except ValueError as exc:  # a path no file can have, e.g. with a NUL byte in it
+            raise UsageError(f"cannot read DeepSpeed config {where!r}: {exc}") from None
         try:
             config = json.loads(text)
         except json.JSONDecodeError as exc:

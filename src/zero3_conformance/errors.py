@@ -25,3 +25,5 @@ def read_toml_file(path: Union[str, Path], what: str) -> dict[str, Any]:
         raise UsageError(f"{what} {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+    except ValueError as exc:  # a path no file can have, e.g. with a NUL byte in it
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc}") from None

@@ -3,7 +3,8 @@ with one UsageError line naming the problem — never another exception, never a
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from zero3_conformance import cli
@@ -34,6 +35,7 @@ ds_configs = st.one_of(json_values, st.fixed_dictionaries({}, optional={
 
 @SETTINGS
 @given(ds_configs)
+@example("\x00")  # a path with a NUL byte: open() raises ValueError, not OSError
 def test_any_ds_config_is_accepted_or_one_usage_error(config):
     try:
         read_config_source(config)
@@ -93,3 +95,12 @@ def test_the_valid_shapes_the_strategies_build_on_are_valid():
     parse({"python": "3.11", "axes": {lib: [v] for lib, v in VALID_CELL.items()},
            "profiles": {"smoke": {"cells": [VALID_CELL]}}})
     assert json.dumps(VALID_CELL)
+
+
+def test_a_toml_path_no_file_can_have_is_one_usage_error():
+    from zero3_conformance.errors import read_toml_file
+
+    with pytest.raises(UsageError, match="cannot read known-issues file '\\\\x00': embedded null byte"):
+        read_toml_file("\x00", "known-issues file")
+    with pytest.raises(UsageError, match="is not valid TOML"):  # still told apart from a path error
+        read_toml_file(__file__, "known-issues file")
