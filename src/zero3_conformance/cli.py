@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, default=None, metavar="DIR",
                      help="finish an interrupted run in DIR: its finished results are kept, the rest run")
     matrix = commands.add_parser("matrix", help="run a profile's cells of the version matrix, each in its tox env")
-    matrix.add_argument("--profile", default="smoke", help="profile of matrix/matrix.toml (default smoke)")
+    matrix.add_argument("--profile", default="smoke",
+                        help="profile of matrix/matrix.toml, or several: default,minimum (default smoke)")
     matrix.add_argument("--file", type=Path, default=None, help="matrix file (default matrix/matrix.toml)")
     matrix.add_argument("--out", type=Path, default=Path("runs/matrix"), help="one run directory per cell, and report/")
     matrix.add_argument("--resume", action="store_true", help="keep cells that already finished in --out")
@@ -233,7 +234,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         return 0
     if args.list:
         for cell in cells:
-            print(f"{cell.name}  {' '.join(cell.pins())}")
+            print(f"{cell.name}  {' '.join(matrix.requirements(cell))}")
         return 0
     # The tox installed beside this harness, else one on PATH.
     tox = [sys.executable, "-m", "tox"] if importlib.util.find_spec("tox") else ([shutil.which("tox")] if
@@ -244,8 +245,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     def progress(index: int, total: int, cell: matrix_file.Cell, info: dict) -> None:
         print(f"[{index}/{total}] {info['status']:15s} {cell.name} ({info.get('seconds', 0):.0f}s)", flush=True)
 
-    run_args = [*matrix.run_args[args.profile], *args.run_args]
-    run_dirs = run_profile(cells, args.out, tox, path.parent.parent, run_args, args.resume, progress, args.jobs)
+    run_args = {c.name: [*matrix.cell_run_args(args.profile, c), *args.run_args] for c in cells}
+    extras = {c.name: matrix.extras(c) for c in cells}
+    run_dirs = run_profile(cells, args.out, tox, path.parent.parent, run_args, args.resume, progress, args.jobs,
+                           extras)
     passed_on = ["--", *args.run_args] if args.run_args else []
     options = [f"--cells {args.cells}" if args.cells else "", f"--out {args.out}", "--resume" if args.resume else "",
                f"--compatibility {args.compatibility}" if args.compatibility else ""]

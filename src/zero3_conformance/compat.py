@@ -50,6 +50,13 @@ def hf_unset_deepspeed_config() -> Callable[[], None]:
     ])
 
 
+def text_config(config: Any) -> Any:
+    """The config that holds the vocabulary: `get_text_config()` from 4.45 on (a composite model's text
+    part); before it, the config itself, which is what resize_token_embeddings updated then."""
+    getter = getattr(config, "get_text_config", None)
+    return getter() if getter is not None else config
+
+
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """from_config / from_pretrained take `dtype` from 4.56 on and `torch_dtype` before."""
     if dtype is None:

@@ -11,10 +11,13 @@ and the status, or set of statuses for an intermittent case, they are expected t
     world_size = 2                             # also: check, layout, dtype, backend
     versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
     expected = ["PASS", "FAIL"]                # default "FAIL"; any of PASS, FAIL, ERROR, TIMEOUT, CRASH
+    message = '(?s)^(?!.*raised during)'       # optional: a regular expression the message must match
     reason = "..."
     link = "https://github.com/OWNER/REPO/issues/N"
 
-An entry is *met* by a case when every outcome of the case (every try) is among its expected statuses. A
+An entry is *met* by a case when every outcome of the case (every try) is among its expected statuses, and
+its message (the failure's evidence) matches the entry's `message` where the entry has one: an entry for a
+fault that corrupts values need not also excuse a call that raised. A
 met entry makes a case that did not pass XFAIL; an entry that applies and is not met leaves the raw status
 (a case that passed becomes XPASS: the versions may have moved past the finding). The record keeps its raw
 status and names the entry, so applying another file later (`report --known-issues`) re-triages a run
@@ -45,7 +48,8 @@ EXPECTABLE = (PASS, FAIL, ERROR, TIMEOUT, CRASH)
 NARROWING = ("check", "model", "layout", "world_size", "dtype", "backend")  # record fields an entry may narrow by
 VERSIONED = ("python", "torch", "deepspeed", "transformers", "accelerate")  # the cell's versions
 FINDING = ("tensor", "expected_value", "observed_value", "seen_in", "not_seen_in")  # a new finding, in full
-FIELDS = ("clause", "subject", "reason", "link", "expected", "upstream", "versions", *NARROWING, *FINDING)
+FIELDS = ("clause", "subject", "reason", "link", "expected", "message", "upstream", "versions", *NARROWING,
+          *FINDING)
 UPSTREAM_LINK = re.compile(r"^https://\S+/(issues|pull)/\d+(#\S*)?$")
 KNOWN_UPSTREAM, NEW_FINDING = "known upstream", "new finding"
 
@@ -74,6 +78,7 @@ class KnownIssue:
     versions: tuple[tuple[str, str], ...] = ()
     finding: tuple[tuple[str, str], ...] = ()  # a new finding's description, field by field
     name: str = ""  # how messages and reports name the entry: file and position
+    message: str = ""  # a regular expression the record's message must match; empty: any message
 
     @property
     def kind(self) -> str:
@@ -94,8 +99,9 @@ class KnownIssue:
             return False
         return self.holds_for_cell(record.cell)
 
-    def met_by(self, outcomes: Iterable[str]) -> bool:
-        return set(outcomes) <= set(self.expected)
+    def met_by(self, outcomes: Iterable[str], message: str = "") -> bool:
+        return set(outcomes) <= set(self.expected) and (not self.message or re.search(self.message, message)
+                                                        is not None)
 
     def describe(self, met: bool) -> dict[str, Any]:
         """What a record keeps of the entry."""
@@ -141,6 +147,11 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
             raise UsageError(f"{where}: unknown expected status {status!r}; known: {', '.join(EXPECTABLE)}")
     if set(expected) == {PASS}:
         raise UsageError(f"{where}: expected = PASS alone expects nothing; list the statuses the finding shows")
+    message = entry.get("message", "")
+    try:
+        re.compile(message)
+    except (re.error, TypeError):
+        raise UsageError(f"{where}: message {message!r} is not a regular expression") from None
     upstream = entry.get("upstream", True)
     if not isinstance(upstream, bool):
         raise UsageError(f"{where}: upstream must be true or false")
@@ -173,7 +184,7 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
         except (InvalidSpecifier, TypeError):
             raise UsageError(f"{where}: versions.{library} = {spec!r} is not a version specifier") from None
     return KnownIssue(named["clause"], named["subject"], entry["reason"], entry["link"], tuple(expected), upstream,
-                      tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), name)
+                      tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), name, message)
 
 
 def _names(value: Any) -> str:
@@ -183,7 +194,7 @@ def _names(value: Any) -> str:
 def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[Optional[KnownIssue], bool]:
     """The first entry the record's outcomes meet, else the first that applies (unmet), else none."""
     applying = [issue for issue in issues if issue.applies_to(record)]
-    met = [issue for issue in applying if issue.met_by(record.outcomes)]
+    met = [issue for issue in applying if issue.met_by(record.outcomes, record.message)]
     if met:
         return met[0], True
     return (applying[0], False) if applying else (None, False)
@@ -211,7 +222,7 @@ def stale(issues: Iterable[KnownIssue], records: list[Record]) -> list[KnownIssu
     stale_entries = []
     for issue in issues:
         applying = [r for r in records if r.raw_status != SKIP and issue.applies_to(r)]
-        if applying and not any(issue.met_by(r.outcomes) for r in applying):
+        if applying and not any(issue.met_by(r.outcomes, r.message) for r in applying):
             stale_entries.append(issue)
     return stale_entries
 

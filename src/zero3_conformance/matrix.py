@@ -36,7 +36,8 @@ class Cell:
 
 
 @dataclasses.dataclass(frozen=True)
-class Exclusion:
+class Rule:
+    """PEP 440 specifiers, one per library it names; a cell matches when every one of them holds."""
     specifiers: dict[str, str]  # library -> PEP 440 specifier set
     reason: str
 
@@ -46,6 +47,16 @@ class Exclusion:
         return all(getattr(cell, lib) in SpecifierSet(spec) for lib, spec in self.specifiers.items())
 
 
+class Exclusion(Rule):
+    """Cells that cannot work: no profile may name one, and `all = true` leaves them out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraPackages(Rule):
+    """Requirements a matching cell installs beside its four pins (e.g. `numpy<2` for an old torch)."""
+    packages: tuple[str, ...] = ()
+
+
 @dataclasses.dataclass(frozen=True)
 class Matrix:
     python: str
@@ -53,26 +64,39 @@ class Matrix:
     exclusions: list[Exclusion]
     profiles: dict[str, list[Cell]]
     run_args: dict[str, list[str]]  # per profile
+    extra_packages: list[ExtraPackages] = dataclasses.field(default_factory=list)
 
     def profile(self, name: str) -> list[Cell]:
         if name not in self.profiles:
             raise UsageError(f"unknown profile {name!r}; known: {', '.join(self.profiles)}")
         return self.profiles[name]
 
-    def cells(self, profile: str, names: Sequence[str] = ()) -> list[Cell]:
-        """The profile's cells, or only those named (each must be one of them)."""
-        cells = self.profile(profile)
+    def cells(self, profiles: str, names: Sequence[str] = ()) -> list[Cell]:
+        """The cells of one profile or of several (`default,minimum`: each cell once, in that order), or
+        only those named (each must be one of them)."""
+        cells = list({c.name: c for name in profiles.split(",") for c in self.profile(name)}.values())
         if not names:
             return cells
         by_name = {c.name: c for c in cells}
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise UsageError(f"cell {unknown[0]!r} is not in profile {profile!r} "
-                             f"(its cells: zero3-conformance matrix --profile {profile} --list)")
+            raise UsageError(f"cell {unknown[0]!r} is not in profile {profiles!r} "
+                             f"(its cells: zero3-conformance matrix --profile {profiles} --list)")
         return [by_name[n] for n in names]
+
+    def cell_run_args(self, profiles: str, cell: Cell) -> list[str]:
+        """The `run` options of the first of these profiles that has the cell."""
+        return next(self.run_args[name] for name in profiles.split(",") if cell in self.profile(name))
 
     def excluded(self, cell: Cell) -> Optional[Exclusion]:
         return next((e for e in self.exclusions if e.matches(cell)), None)
+
+    def extras(self, cell: Cell) -> list[str]:
+        """What the cell installs beside its pins, by the `extra_packages` entries it matches."""
+        return [package for rule in self.extra_packages if rule.matches(cell) for package in rule.packages]
+
+    def requirements(self, cell: Cell) -> list[str]:
+        return [*cell.pins(), *self.extras(cell)]
 
 
 def _fail(where: str, problem: str) -> UsageError:
@@ -94,21 +118,36 @@ def _versions(where: str, value: Any) -> list[str]:
     return list(value)
 
 
-def _exclusion(where: str, entry: Any) -> Exclusion:
+def _rule(where: str, entry: Any, kind: type, what: str, fields: tuple[str, ...] = ()) -> Any:
+    """An exclusion or extra-packages entry: specifiers per library, a reason, and the kind's own fields."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
     if not isinstance(entry, dict) or not isinstance(entry.get("reason"), str) or not entry["reason"].strip():
-        raise _fail(where, "an exclusion is a table of specifiers with a non-empty 'reason'")
-    specifiers = {k: v for k, v in entry.items() if k != "reason"}
+        raise _fail(where, f"{what} is a table of specifiers with a non-empty 'reason'")
+    specifiers = {k: v for k, v in entry.items() if k not in ("reason", *fields)}
     unknown = set(specifiers) - set(LIBRARIES)
     if unknown or not specifiers:
-        raise _fail(where, f"exclusion keys must be among {', '.join(LIBRARIES)}; got {sorted(entry)}")
+        raise _fail(where, f"{what}'s keys are specifiers among {', '.join(LIBRARIES)}, 'reason'"
+                           f"{''.join(f', {f!r}' for f in fields)}; got {sorted(entry)}")
     for lib, spec in specifiers.items():
         try:
             SpecifierSet(spec)
         except (InvalidSpecifier, TypeError):
             raise _fail(f"{where}.{lib}", f"{spec!r} is not a PEP 440 specifier") from None
-    return Exclusion(specifiers, entry["reason"])
+    return kind(specifiers, entry["reason"], **{f: _requirements(f"{where}.{f}", entry.get(f)) for f in fields})
+
+
+def _requirements(where: str, value: Any) -> tuple[str, ...]:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _fail(where, "expected a non-empty list of requirements such as \"numpy<2\"")
+    for requirement in value:
+        try:
+            Requirement(requirement)
+        except InvalidRequirement:
+            raise _fail(where, f"{requirement!r} is not a requirement") from None
+    return tuple(value)
 
 
 def _cell(where: str, entry: Any, axes: dict[str, list[str]]) -> Cell:
@@ -134,11 +173,14 @@ def parse(data: dict[str, Any], source: str = "matrix") -> Matrix:
     if not isinstance(axes_data, dict) or set(axes_data) != set(LIBRARIES):
         raise _fail(f"{source}: axes", f"expected exactly {', '.join(LIBRARIES)}")
     axes = {lib: _versions(f"{source}: axes.{lib}", axes_data[lib]) for lib in LIBRARIES}
-    exclude = data.get("exclude", [])
-    if not isinstance(exclude, list):
-        raise _fail(f"{source}: exclude", "expected a list of tables")
-    exclusions = [_exclusion(f"{source}: exclude[{i}]", e) for i, e in enumerate(exclude)]
-    matrix = Matrix(data["python"], axes, exclusions, {}, {})
+    rules = {}
+    for key, kind, what, fields in (("exclude", Exclusion, "an exclusion", ()),
+                                    ("extra_packages", ExtraPackages, "an extra_packages entry", ("packages",))):
+        entries = data.get(key, [])
+        if not isinstance(entries, list):
+            raise _fail(f"{source}: {key}", "expected a list of tables")
+        rules[key] = [_rule(f"{source}: {key}[{i}]", e, kind, what, fields) for i, e in enumerate(entries)]
+    matrix = Matrix(data["python"], axes, rules["exclude"], {}, {}, rules["extra_packages"])
     profiles = data.get("profiles")
     if not isinstance(profiles, dict) or not profiles:
         raise _fail(f"{source}: profiles", "expected at least one profile")
@@ -177,6 +219,8 @@ def render_tox(matrix: Matrix) -> str:
     """tox.ini: a cell's name is its factors (`torch2.13.0-ds0.19.8-...`), each factor pins one library, and
     each profile is a label listing its cells, so `tox -e CELL` and `tox -m PROFILE` both work."""
     factor_pins = [f"    {SHORT[lib]}{version}: {lib}=={version}" for lib in LIBRARIES for version in matrix.axes[lib]]
+    extra_pins = [f"    {factors}: {package}" for rule in matrix.extra_packages
+                  for factors in _matching_factors(matrix, rule) for package in rule.packages]
     return "\n".join([
         "# Generated from matrix/matrix.toml by `zero3-conformance matrix --write-tox`; edit that file instead.",
         "[tox]",
@@ -194,6 +238,9 @@ def render_tox(matrix: Matrix) -> str:
         "package = editable",
         "deps =",
         *factor_pins,
+        *(["# extra_packages: a line per combination of the named libraries' versions that needs them"]
+          if extra_pins else []),
+        *extra_pins,
         "# uv reads its own settings: hand it pip's find-links, where a local torch build may live.",
         "# JIT-built ops (DeepSpeed's) get a directory per cell: torch <= 2.13 waits forever on the lock file",
         "# torch 2.14 leaves in a shared one.",
@@ -210,6 +257,18 @@ def render_tox(matrix: Matrix) -> str:
         "    zero3-conformance run --out {env:ZERO3_CONFORMANCE_MATRIX_OUT:{toxinidir}/runs/matrix}/{env_name} "
         "{posargs}",
     ]) + "\n"
+
+
+def _matching_factors(matrix: Matrix, rule: Rule) -> list[str]:
+    """Tox factor conditions (`torch2.0.0`, `torch2.0.0-ds0.14.1`: every factor present) for the axis versions
+    of the rule's libraries that match it."""
+    import itertools
+
+    from packaging.specifiers import SpecifierSet
+
+    libs = [lib for lib in LIBRARIES if lib in rule.specifiers]
+    allowed = [[v for v in matrix.axes[lib] if v in SpecifierSet(rule.specifiers[lib])] for lib in libs]
+    return ["-".join(f"{SHORT[lib]}{v}" for lib, v in zip(libs, combo)) for combo in itertools.product(*allowed)]
 
 
 def github_matrix(cells: Sequence[Cell]) -> dict[str, Any]:

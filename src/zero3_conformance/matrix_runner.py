@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 from .matrix import Cell
 from .results import write_whole
@@ -36,17 +36,19 @@ def read_cell_file(run_dir: Path) -> Optional[dict]:
         return None
 
 
-def _write_cell_file(run_dir: Path, cell: Cell, status: str, message: str, seconds: float,
+def _write_cell_file(run_dir: Path, cell: Cell, extras: Sequence[str], status: str, message: str, seconds: float,
                      exit_status: Optional[int] = None) -> dict:
-    info = {"cell": cell.name, "pins": dataclasses.asdict(cell), "status": status, "message": message,
-            "exit_status": exit_status, "seconds": round(seconds, 1)}
+    info = {"cell": cell.name, "pins": dataclasses.asdict(cell), "extra_packages": list(extras), "status": status,
+            "message": message, "exit_status": exit_status, "seconds": round(seconds, 1)}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_whole(run_dir / CELL_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 
 
-def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args: list[str]) -> dict:
-    """Installs, import-checks and runs one cell through tox; returns what its cell.json says."""
+def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args: Sequence[str],
+             extras: Sequence[str] = ()) -> dict:
+    """Installs, import-checks and runs one cell through tox (tox.ini pins its versions and `extras`);
+    returns what its cell.json says."""
     import os
 
     started = time.monotonic()
@@ -58,29 +60,31 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
 
     installed = tox_call("run", "-e", cell.name, "--notest")
     if installed.returncode != 0:
-        return _write_cell_file(run_dir, cell, NOT_INSTALLABLE, _tail(installed), time.monotonic() - started)
+        return _write_cell_file(run_dir, cell, extras, NOT_INSTALLABLE, _tail(installed), time.monotonic() - started)
     imported = tox_call("exec", "-e", cell.name, "--", "python", "-c", IMPORT_CHECK)
     if imported.returncode != 0:
-        return _write_cell_file(run_dir, cell, NOT_IMPORTABLE, _tail(imported), time.monotonic() - started)
+        return _write_cell_file(run_dir, cell, extras, NOT_IMPORTABLE, _tail(imported), time.monotonic() - started)
     ran = tox_call("run", "-e", cell.name, "--", "--quiet", *run_args)
     # The run exits 0 (all passed) or 1 (findings): both are complete runs. Anything else broke the run.
     complete = ran.returncode in (0, 1) and (run_dir / "summary.md").is_file()
-    return _write_cell_file(run_dir, cell, COMPLETE if complete else RUN_FAILED, "" if complete else _tail(ran),
+    return _write_cell_file(run_dir, cell, extras, COMPLETE if complete else RUN_FAILED, "" if complete else _tail(ran),
                             time.monotonic() - started, exit_status=ran.returncode)
 
 
-def run_profile(cells: list[Cell], out_root: Path, tox: list[str], project: Path, run_args: list[str],
-                resume: bool = False, progress: Callable[[int, int, Cell, dict], None] = lambda *a: None,
-                jobs: int = 1) -> list[Path]:
-    """Runs every cell, `jobs` at a time (each cell's worlds use as many processes as their world size, so
-    one at a time suits a 2-core machine); with `resume`, cells that already finished are kept as they are."""
+def run_profile(cells: list[Cell], out_root: Path, tox: list[str], project: Path,
+                run_args: Mapping[str, Sequence[str]], resume: bool = False,
+                progress: Callable[[int, int, Cell, dict], None] = lambda *a: None, jobs: int = 1,
+                extras: Mapping[str, Sequence[str]] = {}) -> list[Path]:
+    """Runs every cell with its `run_args` and `extras` (by cell name), `jobs` at a time (each cell's worlds
+    use as many processes as their world size, so one at a time suits a 2-core machine); with `resume`,
+    cells that already finished are kept as they are."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     def one(cell: Cell) -> dict:
         previous = read_cell_file(out_root / cell.name) if resume else None
         if previous is not None and previous.get("status") != RUN_FAILED:
             return previous
-        return run_cell(cell, out_root, tox, project, run_args)
+        return run_cell(cell, out_root, tox, project, run_args.get(cell.name, ()), extras.get(cell.name, ()))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(one, cell): cell for cell in cells}

@@ -35,6 +35,7 @@ class Family:
     checkpoint_auto_class: str  # what the checkpoint is written from (a base model for task heads)
     tied: bool  # whether the built model shares its input and output embeddings
     source_dir: Optional[str] = None  # a user's checkpoint: config and weights come from there
+    since: str = ""  # the transformers release that introduced the family, where it is newer than the oldest supported
 
     def make_config(self) -> Any:
         import transformers
@@ -43,7 +44,8 @@ class Family:
             return transformers.AutoConfig.from_pretrained(self.source_dir)
         config_class = getattr(transformers, self.config_class, None)
         if config_class is None:
-            raise FamilyUnavailable(f"transformers {transformers.__version__} has no {self.config_class}")
+            arrived = f" (it arrived in transformers {self.since})" if self.since else ""
+            raise FamilyUnavailable(f"transformers {transformers.__version__} has no {self.config_class}{arrived}")
         return config_class(**dict(self.config_kwargs))
 
 
@@ -66,7 +68,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("llama", "LlamaConfig", _kw(**_DECODER, num_key_value_heads=4, tie_word_embeddings=False),
            "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False),
     Family("qwen3", "Qwen3Config", _kw(**_DECODER, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
-           "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False),
+           "AutoModelForCausalLM", "AutoModelForCausalLM", tied=False, since="4.51.0"),
     Family("bert", "BertConfig", _kw(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=128,
                                      pad_token_id=0, num_labels=3),

@@ -59,3 +59,11 @@ def test_filters():
 def test_unknown_names_are_usage_errors(kwargs, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         build_cases(**kwargs)
+
+
+def test_a_family_the_installed_transformers_lacks_is_a_skip_naming_the_release_that_introduced_it():
+    from zero3_conformance.zoo import Family, FamilyUnavailable
+
+    future = Family("future", "NoSuchConfigYet", (), "AutoModel", "AutoModel", tied=False, since="99.0.0")
+    with pytest.raises(FamilyUnavailable, match=r"has no NoSuchConfigYet \(it arrived in transformers 99.0.0\)"):
+        future.make_config()

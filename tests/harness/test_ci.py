@@ -87,6 +87,8 @@ def test_the_cpu_workflow_takes_its_cells_and_profiles_from_the_matrix():
     choices = workflow["on"]["workflow_dispatch"]["inputs"]["profile"]["options"]
     assert sorted(choices) == sorted(set(MATRIX.profiles) - {"gpu"}), "dispatch choices drifted from the matrix"
     assert "schedule" in workflow["on"] and "pull_request" in workflow["on"]
+    nightly = jobs["cells"]["steps"][-1]["env"]["PROFILE"]
+    assert nightly == "${{ inputs.profile || 'default,minimum' }}", "the nightly runs the default and minimum profiles"
     report_steps = [step.get("run", "") for step in jobs["report"]["steps"]]
     assert any(run.startswith("ci/report.sh report artifacts previous/report.json") for run in report_steps)
     assert jobs["report"]["if"].startswith("always()")

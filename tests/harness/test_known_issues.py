@@ -65,6 +65,18 @@ def test_an_intermittent_case_meets_an_entry_only_when_every_outcome_is_expected
     assert known_issues.stale(issues, [passed]) == []
 
 
+def test_an_entry_with_a_message_is_met_only_by_failures_whose_message_matches(tmp_path):
+    # The gloo race entry's own pattern: wrong values, never a call that raised.
+    issues = load(tmp_path, with_fields(expected='["PASS", "FAIL"]', message="'(?s)^(?!.*raised during)'"))
+    wrong_values = make(FAIL, message="rank 0: a.weight: 1/4 elements differ, max |diff| 3e+35")
+    assert known_issues.apply(wrong_values, issues).status == XFAIL
+    raised = make(FAIL, message="rank 0,1: reference raised during from_config: RuntimeError: no support")
+    unmet = known_issues.apply(raised, issues)
+    assert unmet.status == FAIL and unmet.expected["met"] is False
+    assert known_issues.apply(make(PASS), issues).status == PASS
+    assert known_issues.stale(issues, [raised]) == issues
+
+
 @pytest.mark.parametrize("field, matching, other", [
     ("model", '"llama"', '"bert"'),
     ("layout", '["sharded", "bin"]', '"safetensors"'),
@@ -130,6 +142,7 @@ def test_a_new_finding_describes_itself_and_links_its_tracker(tmp_path):
     (ENTRY.replace(LINK, ""), r"issue #1 \(G1 reference\): field 'link' is required"),
     (ENTRY.replace(LINK, "https://github.com/example/project/issues?q=zero3"), "must be an upstream issue or pull"),
     (ENTRY.replace("transformers =", "tensorflow ="), "versions.tensorflow: unknown library"),
+    (with_fields(message="'(unclosed'"), "message '\\(unclosed' is not a regular expression"),
 ])
 def test_bad_files_are_usage_errors(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):

@@ -95,3 +95,67 @@ def test_a_profile_may_carry_options_for_every_cell_run():
     assert parse(data).run_args["quick"] == ["--world-sizes", "1,2"]
     with pytest.raises(Exception, match="profiles.quick.run_args"):
         parse({**data, "profiles": {"quick": {**VALID["profiles"]["smoke"], "run_args": "--world-sizes 1"}}})
+
+
+def _declared_lower_bounds() -> dict[str, Version]:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    bounds = {}
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        if requirement.name in LIBRARIES:
+            (lower,) = [s.version for s in requirement.specifier if s.operator == ">="]
+            bounds[requirement.name] = Version(lower)
+    return bounds
+
+
+def test_declared_lower_bounds_are_the_oldest_versions_a_profile_runs():
+    matrix = load(MATRIX)
+    tested = {lib: {Version(getattr(c, lib)) for name, cells in matrix.profiles.items() if name != "full"
+                    for c in cells} for lib in LIBRARIES}
+    assert _declared_lower_bounds() == {lib: min(tested[lib]) for lib in LIBRARIES}
+    assert {lib: min(map(Version, matrix.axes[lib])) for lib in LIBRARIES} == _declared_lower_bounds()
+
+
+def test_minimum_profile_has_every_library_at_its_oldest_together_and_alone():
+    matrix = load(MATRIX)
+    oldest = {lib: min(matrix.axes[lib], key=Version) for lib in LIBRARIES}
+    cells = matrix.profile("minimum")
+    assert any(all(getattr(c, lib) == oldest[lib] for lib in LIBRARIES) for c in cells)
+    for lib in LIBRARIES:  # and once beside something newer than the oldest of the others
+        assert any(getattr(c, lib) == oldest[lib] and any(getattr(c, other) != oldest[other]
+                                                          for other in LIBRARIES if other != lib) for c in cells)
+
+
+def test_extra_packages_reach_matching_cells_and_tox():
+    data = {**VALID, "axes": {**VALID["axes"], "torch": ["2.0.0", "2.13.0"], "deepspeed": ["0.14.1", "0.19.8"]},
+            "extra_packages": [{"torch": "<2.3", "packages": ["numpy<2"], "reason": "built against numpy 1"},
+                               {"torch": "<2.3", "deepspeed": "<0.15", "packages": ["six"], "reason": "r"}],
+            "profiles": {"all": {"all": True}}}
+    matrix = parse(data)
+    by_name = {c.name: c for c in matrix.profile("all")}
+    assert matrix.extras(by_name["torch2.0.0-ds0.14.1-tf5.24.0-acc1.15.0"]) == ["numpy<2", "six"]
+    assert matrix.extras(by_name["torch2.0.0-ds0.19.8-tf5.24.0-acc1.15.0"]) == ["numpy<2"]
+    assert matrix.extras(by_name["torch2.13.0-ds0.14.1-tf5.24.0-acc1.15.0"]) == []
+    tox = render_tox(matrix)
+    assert "\n    torch2.0.0: numpy<2\n" in tox and "\n    torch2.0.0-ds0.14.1: six\n" in tox
+    assert "torch2.13.0: numpy" not in tox
+    for bad, field in (({"torch": "<2.3", "reason": "r"}, "packages"),
+                       ({"torch": "<2.3", "packages": ["numpy <<2"], "reason": "r"}, "packages"),
+                       ({"torch": "<2.3", "packages": ["numpy<2"]}, r"extra_packages\[0\]")):
+        with pytest.raises(Exception, match=field):
+            parse({**data, "extra_packages": [bad]})
+
+
+def test_several_profiles_at_once_each_cell_once_with_its_own_profiles_options():
+    other = {"torch": "2.13.0", "deepspeed": "0.19.8", "transformers": "5.24.0", "accelerate": "1.15.0"}
+    data = {**VALID, "profiles": {"a": {"cells": [other], "run_args": ["--models", "gpt2"]},
+                                  "b": {"cells": [other], "run_args": ["--models", "llama"]}}}
+    matrix = parse(data)
+    (cell,) = matrix.cells("b,a")
+    assert matrix.cell_run_args("b,a", cell) == ["--models", "llama"]
+    with pytest.raises(Exception, match="unknown profile 'c'"):
+        matrix.cells("a,c")

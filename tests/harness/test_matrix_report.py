@@ -56,12 +56,12 @@ def fake_tox(tmp_path, monkeypatch):
 
 def test_broken_cells_are_recorded_not_dropped_and_resume_keeps_finished_ones(tmp_path, fake_tox):
     out = tmp_path / "runs"
-    run_dirs = run_profile(CELLS, out, fake_tox, tmp_path, [])
+    run_dirs = run_profile(CELLS, out, fake_tox, tmp_path, {})
     statuses = [json.loads((d / "cell.json").read_text())["status"] for d in run_dirs]
     assert statuses == [COMPLETE, NOT_INSTALLABLE, NOT_IMPORTABLE]
     assert "resolution impossible" in json.loads((run_dirs[1] / "cell.json").read_text())["message"]
     assert "ImportError" in json.loads((run_dirs[2] / "cell.json").read_text())["message"]
-    run_profile(CELLS, out, fake_tox, tmp_path, [], resume=True)
+    run_profile(CELLS, out, fake_tox, tmp_path, {}, resume=True)
     assert (run_dirs[0] / "calls").read_text() == "1"  # the finished cell was not run again
     report = write_report(run_dirs, tmp_path / "report")
     assert [c["status"] for c in report["cells"]] == [COMPLETE, NOT_INSTALLABLE, NOT_IMPORTABLE]
@@ -70,7 +70,7 @@ def test_broken_cells_are_recorded_not_dropped_and_resume_keeps_finished_ones(tm
 
 def test_cells_can_run_several_at_once_and_come_back_in_matrix_order(tmp_path, fake_tox, capsys):
     seen = []
-    run_dirs = run_profile(CELLS, tmp_path / "runs", fake_tox, tmp_path, [], jobs=3,
+    run_dirs = run_profile(CELLS, tmp_path / "runs", fake_tox, tmp_path, {}, jobs=3,
                            progress=lambda index, total, cell, info: seen.append((index, cell.name, info["status"])))
     assert [d.name for d in run_dirs] == [c.name for c in CELLS]
     assert sorted(name for _, name, _ in seen) == sorted(c.name for c in CELLS)

@@ -10,6 +10,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from .. import compat
 from .base import SEED, Case, check
 from .numerics import batch_for, deepspeed_engine
 from .tensors import exact_mismatch, full_parameters, tied_groups
@@ -56,8 +57,8 @@ def resize_token_embeddings(case: Case) -> None:
     torch.manual_seed(SEED + 1 + case.rank)
     with case.subject_call(f"resize_token_embeddings({new_vocab})"):
         case.subject.resize_token_embeddings(model, new_vocab)
-    case.expect(model.config.get_text_config().vocab_size == new_vocab,
-                f"config.vocab_size expected {new_vocab}, got {model.config.get_text_config().vocab_size}")
+    vocab_size = compat.text_config(model.config).vocab_size
+    case.expect(vocab_size == new_vocab, f"config.vocab_size expected {new_vocab}, got {vocab_size}")
     params = _vocabulary_params(model)
     case.metrics["partitioned_at_resize"] = all(hasattr(p, "ds_id") for p in params.values())
     case.metrics["whole_bytes_per_rank_after_resize"] = _held_whole_bytes(params)

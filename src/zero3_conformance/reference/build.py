@@ -72,8 +72,24 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any) -> Iterator[None]:
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, _dtype_name(dtype))
-    with compat.no_init_weights(), _explicit_dtypes_kept(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+    model_dtype = dtype if dtype is not None else zero.torch_dtype()
+    with compat.no_init_weights(), _default_dtype(model_dtype), _explicit_dtypes_kept(), \
+            deepspeed.zero.Init(config_dict_or_path=ds_config):
         yield
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: Any) -> Iterator[None]:
+    """torch's default dtype is the model's dtype while it is built, as `from_config(dtype=...)` sets it
+    without ZeRO: a buffer computed as `.to(torch.get_default_dtype())` (a cached rotary table) takes it."""
+    import torch
+
+    original = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(original)
 
 
 def _construct(model_class: Any, config: Any, zero: ZeroConfig, dtype: Any) -> Any:

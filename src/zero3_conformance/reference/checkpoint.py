@@ -26,7 +26,9 @@ class CheckpointReader:
         else:
             import torch
 
-            self._bin = torch.load(self.path / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+            # A str, not a Path: torch 2.2 memory-maps only a filename given as a string.
+            self._bin = torch.load(str(self.path / "pytorch_model.bin"), map_location="cpu", weights_only=True,
+                                   mmap=True)
             self._file_of = {key: self.path / "pytorch_model.bin" for key in self._bin}
         self._open: dict[Path, Any] = {}
 

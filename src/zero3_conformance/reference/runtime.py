@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import compat
 from .build import active_zero3, partitioned_construction
 
 
@@ -71,7 +72,7 @@ def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
     _resized(embeddings, new_num_tokens, zero)
     if head is not None and not tied:
         _resized(head, new_num_tokens, zero)
-    model.config.get_text_config().vocab_size = new_num_tokens
+    compat.text_config(model.config).vocab_size = new_num_tokens
     if hasattr(model, "vocab_size"):
         model.vocab_size = new_num_tokens
     model.tie_weights()  # every alias of the embedding (a tied head, an encoder's copy) takes the new one
