@@ -99,7 +99,6 @@ def test_a_profile_may_carry_options_for_every_cell_run():
 
 def _declared_lower_bounds() -> dict[str, Version]:
     import tomllib
-
     from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
