@@ -57,6 +57,20 @@ def text_config(config: Any) -> Any:
     return getter() if getter is not None else config
 
 
+def torch_load_refusal() -> Optional[str]:
+    """Why the installed transformers refuses to read `.bin` checkpoints (torch.load) with the installed
+    torch, or None: from 4.57 (at the latest) it requires torch >= 2.6 there (CVE-2025-32434)."""
+    try:
+        check = _first_attr([("transformers.utils.import_utils", "check_torch_load_is_safe")])
+    except ImportError:
+        return None
+    try:
+        check()
+    except ValueError as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """from_config / from_pretrained take `dtype` from 4.56 on and `torch_dtype` before."""
     if dtype is None:

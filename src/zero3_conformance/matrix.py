@@ -1,4 +1,5 @@
-"""The version matrix (matrix/matrix.toml): axes, exclusions, profiles of cells, and the tox.ini made from them.
+"""The version matrix (matrix/matrix.toml): axes, exclusions, extra packages some cells need, profiles of cells,
+and the tox.ini made from them.
 
 A cell pins one version of each library; its name says them, e.g. `torch2.13.0-ds0.19.8-tf5.24.0-acc1.15.0`,
 and is its tox environment's name. Any problem in the file is a UsageError naming the field.
@@ -93,7 +94,7 @@ class Matrix:
 
     def extras(self, cell: Cell) -> list[str]:
         """What the cell installs beside its pins, by the `extra_packages` entries it matches."""
-        return [package for rule in self.extra_packages if rule.matches(cell) for package in rule.packages]
+        return list(dict.fromkeys(p for rule in self.extra_packages if rule.matches(cell) for p in rule.packages))
 
     def requirements(self, cell: Cell) -> list[str]:
         return [*cell.pins(), *self.extras(cell)]

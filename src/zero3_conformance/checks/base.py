@@ -167,9 +167,23 @@ class Case:
             model = cls._from_config(config, **dtype_kwarg(dtype))
         return self.keep(model)
 
+    def require_loadable_layout(self) -> None:
+        """A layout the installed transformers refuses to read here cannot be checked: neither baseline
+        nor subject can load it (SKIP with transformers' own reason)."""
+        import torch
+        import transformers
+
+        from ..compat import torch_load_refusal
+
+        refusal = torch_load_refusal() if self.layout == "bin" else None
+        if refusal:
+            raise NotApplicable(f"transformers {transformers.__version__} reads no .bin checkpoint with torch "
+                                f"{torch.__version__}: {refusal}")
+
     def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
         from ..compat import dtype_kwarg
 
+        self.require_loadable_layout()
         self.seed()
         model, info = self.model_class().from_pretrained(self.checkpoint_path, output_loading_info=True,
                                                          trust_remote_code=False, **dtype_kwarg(dtype))
@@ -185,6 +199,7 @@ class Case:
         return config_object, model
 
     def zero3_from_pretrained(self) -> tuple[Any, Any, dict[str, Any]]:
+        self.require_loadable_layout()
         with self.subject_call("config construction"):
             config_object = self.subject.make_config(self.ds_config)
         self.seed()

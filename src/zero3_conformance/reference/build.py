@@ -2,8 +2,9 @@
 
 1. Construct under `deepspeed.zero.Init`: each module's parameters are partitioned as soon as the
    module exists, so no rank ever holds the whole model. Weight init is switched off during
-   construction (it would run on empty shards), and tensors created with an explicit dtype keep it, so
-   computed buffers (rotary tables) are not downcast.
+   construction (it would run on empty shards); torch's default dtype is the model's (the config's
+   fp16/bf16, as `dtype=` sets it without ZeRO), and tensors created with an explicit dtype keep it, so
+   computed buffers (rotary tables) take the dtype they take without ZeRO.
 2. Tie weights, so a tied pair is one ZeRO parameter from the start.
 3. Initialize: module by module, gather that module's parameters, run the model's own init on every
    rank (buffers are per rank), and let rank 0's parameter values be the ones partitioned back.
