@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import UsageError
+from .errors import UsageError, shown_path
 
 # DeepSpeed keeps parameters below a persistence threshold (default 1e5 elements) whole on every rank once
 # the engine runs. The zoo's models are tiny, so by default every parameter would persist and the engine
@@ -31,7 +31,7 @@ def read_config_source(source: Union[str, Path, dict]) -> dict[str, Any]:
         where = "config"
     else:
         path = Path(source)
-        where = str(path)
+        where = shown_path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -39,7 +39,7 @@ def read_config_source(source: Union[str, Path, dict]) -> dict[str, Any]:
         except UnicodeDecodeError as exc:
             raise UsageError(f"DeepSpeed config {where} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         except ValueError as exc:  # a path no file can have, e.g. with a NUL byte in it
-            raise UsageError(f"cannot read DeepSpeed config {where!r}: {exc}") from None
+            raise UsageError(f"cannot read DeepSpeed config {where}: {exc}") from None
         try:
             config = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -10,6 +10,12 @@ class UsageError(ValueError):
     """Bad input: a malformed config, a missing checkpoint, an unknown name."""
 
 
+def shown_path(path: Union[str, Path]) -> str:
+    """A path as one line of a message: quoted and escaped where it holds a newline or another control."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def read_toml_file(path: Union[str, Path], what: str) -> dict[str, Any]:
     """A TOML file's content; a file that cannot be read or parsed is a UsageError naming it as `what`."""
     try:
@@ -17,13 +23,14 @@ def read_toml_file(path: Union[str, Path], what: str) -> dict[str, Any]:
     except ModuleNotFoundError:  # Python < 3.11
         import tomli as tomllib
 
+    shown = shown_path(path)
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read {what} {shown}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{what} {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        raise UsageError(f"{what} {shown} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+        raise UsageError(f"{what} {shown} is not valid TOML: {exc}") from None
     except ValueError as exc:  # a path no file can have, e.g. with a NUL byte in it
-        raise UsageError(f"cannot read {what} {str(path)!r}: {exc}") from None
+        raise UsageError(f"cannot read {what} {shown}: {exc}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import UsageError, read_toml_file
 
@@ -104,19 +104,26 @@ def _fail(where: str, problem: str) -> UsageError:
     return UsageError(f"invalid matrix file {where}: {problem}")
 
 
+def _each_parsed(where: str, value: Any, parse: Callable[[str], Any], invalid: type, noun: str,
+                 example: str) -> list[str]:
+    """A non-empty list of strings, each one accepted by `parse`."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _fail(where, f"expected a non-empty list of {noun}s such as {example}")
+    for item in value:
+        try:
+            parse(item)
+        except invalid:
+            raise _fail(where, f"{item!r} is not a {noun}") from None
+    return list(value)
+
+
 def _versions(where: str, value: Any) -> list[str]:
     from packaging.version import InvalidVersion, Version
 
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise _fail(where, "expected a non-empty list of version strings")
-    for version in value:
-        try:
-            Version(version)
-        except InvalidVersion:
-            raise _fail(where, f"{version!r} is not a version") from None
-    if len(set(value)) != len(value):
+    versions = _each_parsed(where, value, Version, InvalidVersion, "version", '"2.13.0"')
+    if len(set(versions)) != len(versions):
         raise _fail(where, "a version is listed twice")
-    return list(value)
+    return versions
 
 
 def _rule(where: str, entry: Any, kind: type, what: str, fields: tuple[str, ...] = ()) -> Any:
@@ -141,14 +148,7 @@ def _rule(where: str, entry: Any, kind: type, what: str, fields: tuple[str, ...]
 def _requirements(where: str, value: Any) -> tuple[str, ...]:
     from packaging.requirements import InvalidRequirement, Requirement
 
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise _fail(where, "expected a non-empty list of requirements such as \"numpy<2\"")
-    for requirement in value:
-        try:
-            Requirement(requirement)
-        except InvalidRequirement:
-            raise _fail(where, f"{requirement!r} is not a requirement") from None
-    return tuple(value)
+    return tuple(_each_parsed(where, value, Requirement, InvalidRequirement, "requirement", '"numpy<2"'))
 
 
 def _cell(where: str, entry: Any, axes: dict[str, list[str]]) -> Cell:
