@@ -170,15 +170,20 @@ class Case:
     def require_loadable_layout(self) -> None:
         """A layout the installed transformers refuses to read here cannot be checked: neither baseline
         nor subject can load it (SKIP with transformers' own reason)."""
+        if self.layout == "bin":
+            self.require_bin_loading("the checkpoint is a .bin file")
+
+    def require_bin_loading(self, why: str) -> None:
+        """SKIP (saying `why` the check needs it) where transformers refuses to read .bin checkpoints."""
         import torch
         import transformers
 
         from ..compat import torch_load_refusal
 
-        refusal = torch_load_refusal() if self.layout == "bin" else None
+        refusal = torch_load_refusal()
         if refusal:
             raise NotApplicable(f"transformers {transformers.__version__} reads no .bin checkpoint with torch "
-                                f"{torch.__version__}: {refusal}")
+                                f"{torch.__version__} ({why}): {refusal}")
 
     def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
         from ..compat import dtype_kwarg

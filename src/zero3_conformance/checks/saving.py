@@ -150,6 +150,7 @@ def saved_checkpoints_reload_exactly(case: Case) -> None:
     gathered weights each load without ZeRO to exactly the weights the ZeRO model held, tied weights included."""
     import deepspeed
 
+    case.require_bin_loading("the 16-bit and zero_to_fp32 checkpoints reloaded here are .bin files")
     config_object, model, _ = case.zero3_from_pretrained()
     engine = deepspeed_engine(case, model, "sgd_momentum", stage3_gather_16bit_weights_on_model_save=True)
     batch = batch_for(case, 0, case.rank)
