@@ -136,19 +136,24 @@ def _rank_main(
     preload: tuple[str, ...],
     environment: dict[str, str],
 ) -> None:
-    die_with_parent()
-    _leave_forkserver()
-    # The parent's environment as of this world's start (a forked rank would have the server's, as of the
-    # first world's start), then this rank's own.
-    os.environ.clear()
-    os.environ.update(environment)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-    )
-    if backend == "gloo":
-        gloo_environment()
-    with open(stack_file, "w") as stacks:
+    try:  # a rank that dies before it can reply leaves the parent only an exit code: report why instead
+        die_with_parent()
+        _leave_forkserver()
+        # The parent's environment as of this world's start (a forked rank would have the server's, as of the
+        # first world's start), then this rank's own.
+        os.environ.clear()
+        os.environ.update(environment)
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+        )
+        if backend == "gloo":
+            gloo_environment()
+        stacks_file = open(stack_file, "w")
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        replies.put(("start", rank, RankReply(rank, False, error=_describe(exc), traceback=traceback.format_exc())))
+        return
+    with stacks_file as stacks:
         faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
         try:
             import torch
