@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     mutate.add_argument("--mutants", default="", help="comma-separated mutant names (default: all)")
     mutate.add_argument("--clauses", default="", help="comma-separated clause IDs (default: all)")
     mutate.add_argument("--quiet", action="store_true")
+    architectures = commands.add_parser("architectures", help="which model types of the installed transformers "
+                                                              "build tiny here, and why the others do not")
+    architectures.add_argument("--types", default="", help="comma-separated model types (default: every type "
+                                                           "with an AutoModel class)")
+    architectures.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the survey as JSON")
     commands.add_parser("env", help="print the cell: versions, backend, device")
     commands.add_parser("list", help="list the checks and their clauses")
     return parser
@@ -326,6 +332,33 @@ def cmd_known_issues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_architectures(args: argparse.Namespace) -> int:
+    from . import architectures
+
+    known = architectures.model_types()
+    types = _csv(args.types) or known
+    unknown = [t for t in types if t not in known]
+    if unknown:
+        raise UsageError(f"unknown model type {unknown[0]!r}: not a type with an AutoModel class in "
+                         f"transformers {_transformers_version()}")
+    results = architectures.survey(types)
+    for result in results:
+        print(f"{result.model_type:40s} " + (f"built tiny: {result.parameters:,} parameters" if result.built
+                                             else f"not built: {result.reason}"))
+    built = sum(r.built for r in results)
+    print(f"{built} of {len(results)} model types build tiny (at most {architectures.MAX_PARAMETERS:,} "
+          f"parameters) with transformers {_transformers_version()}")
+    if args.json is not None:
+        write_whole(args.json, json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
+    return 0
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -341,6 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_mutate(args)
         if args.command == "known-issues":
             return cmd_known_issues(args)
+        if args.command == "architectures":
+            return cmd_architectures(args)
         return cmd_run(args)
     except UsageError as exc:
         print(f"zero3-conformance: error: {exc}", file=sys.stderr)

@@ -1,0 +1,154 @@
+"""Tiny configs for any model type of the installed transformers, derived from the type's own default config.
+
+Every size-like field is shrunk, in sub-configs too: hidden and intermediate sizes, layers, heads and kv heads,
+head dims, vocabulary, positions, image and patch sizes, experts, and per-stage lists of widths and depths.
+Per-layer lists follow the new layer count and token ids move inside the smaller vocabulary, which is odd
+(131) so that partitions stay uneven. A type that does not build tiny says why; nothing is dropped silently.
+This is the first part of checking every architecture: `zero3-conformance architectures` reports which types
+build tiny here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Iterable, Optional
+
+MAX_PARAMETERS = 5_000_000
+VOCAB = 131
+# Field name -> the largest value it keeps. MoE expert widths stay multiples of 8: torch's grouped matmul on
+# CPU needs 16-byte-aligned strides.
+LIMITS: dict[str, int] = {
+    **dict.fromkeys(("hidden_size", "d_model", "n_embd", "embed_dim", "embedding_size", "projection_dim",
+                     "out_hidden_size", "decoder_hidden_size", "encoder_hidden_size", "text_hidden_size",
+                     "hidden_dim", "projector_hidden_size", "output_hidden_size", "encoder_hidden_dim",
+                     "fpn_hidden_size", "classifier_proj_size", "latent_dim", "word_embed_proj_dim",
+                     "vision_embed_dim", "text_embed_dim"), 64),
+    **dict.fromkeys(("intermediate_size", "encoder_ffn_dim", "decoder_ffn_dim", "ffn_dim", "d_ff", "mlp_dim",
+                     "n_inner", "decoder_intermediate_size", "encoder_intermediate_size"), 128),
+    **dict.fromkeys(("moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size"), 32),
+    **dict.fromkeys(("num_hidden_layers", "num_layers", "n_layer", "encoder_layers", "decoder_layers",
+                     "num_decoder_layers", "depth", "max_window_layers", "num_encoder_layers", "n_layers",
+                     "encoder_num_hidden_layers"), 2),
+    **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads",
+                     "decoder_attention_heads", "n_heads", "decoder_num_attention_heads"), 4),
+    **dict.fromkeys(("num_key_value_heads", "n_kv_heads", "num_kv_heads"), 2),
+    **dict.fromkeys(("head_dim", "qk_nope_head_dim", "v_head_dim", "qk_rope_head_dim", "d_kv", "kv_lora_rank",
+                     "q_lora_rank", "index_head_dim", "linear_key_head_dim", "linear_value_head_dim",
+                     "qk_head_dim"), 16),
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "max_source_positions", "max_target_positions",
+                     "original_max_position_embeddings", "n_ctx"), 128),
+    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts"), 4),
+    "num_experts_per_tok": 2, "vocab_size": VOCAB, "sliding_window": 64, "image_size": 32, "patch_size": 8,
+}
+# Lists of integers, by name: per-stage depths and widths shrink; geometry (kernels, strides, patches) stays.
+LIST_KEPT = re.compile(r"patch|kernel|stride|padding|image_size|dilation|ratio|indices|indexes|out_features")
+LIST_HEADS = re.compile(r"num_(attention_)?heads$")
+LIST_DEPTHS = re.compile(r"depth|num_blocks|layers")
+LIST_WIDTHS = re.compile(r"hidden_size|embed_dim|channels|hidden_dim|_dims?$|sizes$")
+LIST_LIMITS = ((LIST_HEADS, 2), (LIST_DEPTHS, 1), (LIST_WIDTHS, 32))
+TOKEN_ID = re.compile(r"_token_(id|index)$")
+
+
+class ArchitectureUnavailable(Exception):
+    """The model type cannot be built tiny here (reported with this reason)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shrunk_list(name: str, values: list[int]) -> list[int]:
+    if LIST_KEPT.search(name):
+        return values
+    limit = next((limit for pattern, limit in LIST_LIMITS if pattern.search(name)), None)
+    return values if limit is None else [min(v, limit) for v in values]
+
+
+def shrink(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (as `PretrainedConfig.to_dict()` gives it) with every size-like field made small."""
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            out[name] = shrink(value)
+        elif isinstance(value, list) and value and all(_is_int(v) for v in value):
+            out[name] = _shrunk_list(name, value)
+        elif _is_int(value) and name in LIMITS:
+            out[name] = min(value, LIMITS[name])
+        else:
+            out[name] = value
+    layers, now = config.get("num_hidden_layers"), out.get("num_hidden_layers")
+    if _is_int(layers) and _is_int(now) and now < layers:  # per-layer lists (layer_types) follow the count
+        out.update({name: value[:now] for name, value in out.items()
+                    if isinstance(value, list) and len(value) == layers})
+    vocab = out.get("vocab_size")
+    if _is_int(vocab):  # token ids inside the vocabulary, still distinct from each other
+        free = iter(range(vocab - 1, 0, -1))
+        for name in sorted(out):
+            if TOKEN_ID.search(name) and _is_int(out[name]) and out[name] >= vocab:
+                out[name] = next(free)
+    return out
+
+
+def model_types() -> list[str]:
+    """Every model type the installed transformers has an AutoModel class for."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    return list(MODEL_MAPPING_NAMES)
+
+
+def tiny_config(model_type: str) -> Any:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        config_class = CONFIG_MAPPING[model_type]
+        return config_class.from_dict(shrink(config_class().to_dict()))
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason this type is not available tiny
+        raise ArchitectureUnavailable(f"its config does not shrink: {_first_line(exc)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Survey:
+    model_type: str
+    parameters: Optional[int]  # None where the type did not build tiny
+    reason: str = ""
+
+    @property
+    def built(self) -> bool:
+        return self.parameters is not None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def survey_one(model_type: str) -> Survey:
+    """Builds the type's AutoModel from its tiny config on the meta device (no memory, no init)."""
+    import torch
+    import transformers
+
+    try:
+        config = tiny_config(model_type)
+        with torch.device("meta"):
+            model = transformers.AutoModel.from_config(config)
+    except ArchitectureUnavailable as exc:
+        return Survey(model_type, None, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason this type is not available tiny
+        return Survey(model_type, None, f"its AutoModel does not build: {_first_line(exc)}")
+    parameters = sum(p.numel() for p in model.parameters())
+    if parameters > MAX_PARAMETERS:
+        return Survey(model_type, None, f"{parameters:,} parameters after shrinking, more than "
+                                        f"{MAX_PARAMETERS:,} (a size field the shrink does not know)")
+    return Survey(model_type, parameters)
+
+
+def survey(types: Iterable[str]) -> list[Survey]:
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # default configs warn about token ids; the survey says why
+    try:
+        return [survey_one(t) for t in types]
+    finally:
+        transformers.logging.set_verbosity(verbosity)
