@@ -78,9 +78,8 @@ def shrink(config: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     layers, now = config.get("num_hidden_layers"), out.get("num_hidden_layers")
-    if _is_int(layers) and _is_int(now) and now < layers:  # per-layer lists (layer_types) follow the count
-        out.update({name: value[:now] for name, value in out.items()
-                    if isinstance(value, list) and len(value) == layers})
+    if _is_int(layers) and _is_int(now) and now < layers:
+        _follow_layer_count(out, layers, now)
     vocab = out.get("vocab_size")
     if _is_int(vocab):  # token ids inside the vocabulary, still distinct from each other
         free = iter(range(vocab - 1, 0, -1))
@@ -88,6 +87,20 @@ def shrink(config: dict[str, Any]) -> dict[str, Any]:
             if TOKEN_ID.search(name) and _is_int(out[name]) and out[name] >= vocab:
                 out[name] = next(free)
     return out
+
+
+def _follow_layer_count(config: dict[str, Any], before: int, now: int) -> None:
+    """What is per layer follows the new layer count: per-layer lists (`layer_types`) and tables keyed by
+    layer index (`per_layer_config`) are cut; a backbone's stage names and the stages it outputs are left for
+    the config to derive again (its default: the last stage)."""
+    for name, value in list(config.items()):
+        if isinstance(value, list) and len(value) == before:
+            config[name] = value[:now]
+        elif "layer" in name and isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            config[name] = {key: entry for key, entry in value.items() if int(key) < now}
+    if "stage_names" in config:
+        for name in ("stage_names", "out_features", "out_indices"):
+            config.pop(name, None)
 
 
 def model_types() -> list[str]:
