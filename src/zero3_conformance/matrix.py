@@ -261,15 +261,11 @@ def render_tox(matrix: Matrix) -> str:
 
 
 def _matching_factors(matrix: Matrix, rule: Rule) -> list[str]:
-    """Tox factor conditions (`torch2.0.0`, `torch2.0.0-ds0.14.1`: every factor present) for the axis versions
-    of the rule's libraries that match it."""
-    import itertools
-
-    from packaging.specifiers import SpecifierSet
-
+    """Tox factor conditions (`torch2.2.0`, `torch2.2.0-ds0.14.1`: every factor present) naming, by the
+    rule's own libraries only, the cells of the axes the rule matches."""
     libs = [lib for lib in LIBRARIES if lib in rule.specifiers]
-    allowed = [[v for v in matrix.axes[lib] if v in SpecifierSet(rule.specifiers[lib])] for lib in libs]
-    return ["-".join(f"{SHORT[lib]}{v}" for lib, v in zip(libs, combo)) for combo in itertools.product(*allowed)]
+    return list(dict.fromkeys("-".join(f"{SHORT[lib]}{getattr(cell, lib)}" for lib in libs)
+                              for cell in _product(matrix.axes) if rule.matches(cell)))
 
 
 def github_matrix(cells: Sequence[Cell]) -> dict[str, Any]:
