@@ -82,7 +82,8 @@ def shrink(config: dict[str, Any]) -> dict[str, Any]:
         _follow_layer_count(out, layers, now)
     vocab = out.get("vocab_size")
     if _is_int(vocab):  # token ids inside the vocabulary, still distinct from each other
-        free = iter(range(vocab - 1, 0, -1))
+        used = {value for name, value in out.items() if TOKEN_ID.search(name) and _is_int(value)}
+        free = (token for token in range(vocab - 1, 0, -1) if token not in used)
         for name in sorted(out):
             if TOKEN_ID.search(name) and _is_int(out[name]) and out[name] >= vocab:
                 out[name] = next(free)

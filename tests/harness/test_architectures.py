@@ -28,12 +28,12 @@ def test_per_layer_lists_follow_the_layer_count_and_token_ids_stay_inside_the_vo
                    "per_layer_config": {"1": {"window": 4}, "3": {"window": 8}}, "id2label": {"0": "a", "2": "c"},
                    "stage_names": ["stem", "stage1", "stage2", "stage3", "stage4"], "out_features": ["stage4"],
                    "vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 31999, "image_token_id": 32001,
-                   "pad_token_id": None})
+                   "sep_token_id": VOCAB - 1, "pad_token_id": None})
     assert tiny["layer_types"] == ["sliding", "full"] and tiny["per_layer_config"] == {"1": {"window": 4}}
     assert tiny["id2label"] == {"0": "a", "2": "c"}  # labels are not layers
     assert "stage_names" not in tiny and "out_features" not in tiny  # the config derives them again
-    ids = [tiny[k] for k in ("bos_token_id", "eos_token_id", "image_token_id")]
-    assert all(0 <= i < VOCAB for i in ids) and len(set(ids)) == 3 and tiny["pad_token_id"] is None
+    ids = [tiny[k] for k in ("bos_token_id", "eos_token_id", "image_token_id", "sep_token_id")]
+    assert all(0 <= i < VOCAB for i in ids) and len(set(ids)) == 4 and tiny["pad_token_id"] is None
 
 
 @pytest.mark.parametrize("model_type", ["llama", "bert", "t5", "vit", "whisper", "clip", "mixtral"])
