@@ -14,6 +14,8 @@ import dataclasses
 import re
 from typing import Any, Iterable, Optional
 
+from .errors import exception_line
+
 MAX_PARAMETERS = 5_000_000
 VOCAB = 131
 # Field name -> the largest value it keeps. MoE expert widths stay multiples of 8: torch's grouped matmul on
@@ -111,6 +113,55 @@ def model_types() -> list[str]:
     return list(MODEL_MAPPING_NAMES)
 
 
+def _auto_mappings() -> dict[str, dict[str, Any]]:
+    """Every auto mapping of the installed transformers (name -> {model type: class name(s)}), by name."""
+    from transformers.models.auto import modeling_auto
+
+    return {name: getattr(modeling_auto, name) for name in sorted(dir(modeling_auto))
+            if name.startswith("MODEL_") and name.endswith("_MAPPING_NAMES")}
+
+
+def _class_names(entry: Any) -> list[str]:
+    return [entry] if isinstance(entry, str) else list(entry or ())
+
+
+def base_class(model_type: str) -> str:
+    """The class AutoModel builds for the type (the first, where the mapping lists several)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    return _class_names(MODEL_MAPPING_NAMES[model_type])[0]
+
+
+def head_classes(model_type: str) -> list[str]:
+    """Every class the auto mappings list for the type, its base class first, each once; only those the
+    installed transformers exports (a listed class it does not export cannot be built by name)."""
+    import transformers
+
+    names = [base_class(model_type)]
+    for mapping in _auto_mappings().values():
+        names += [n for n in _class_names(mapping.get(model_type)) if n not in names]
+    return [n for n in names if hasattr(transformers, n)]
+
+
+# Heads whose loss the harness can ask for from the inputs it makes, most useful first: the N and S
+# clauses run on the first of these a type has.
+LOSS_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+                 "MODEL_FOR_MASKED_LM_MAPPING_NAMES", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+                 "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES",
+                 "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")
+
+
+def loss_head(model_type: str) -> Optional[str]:
+    """The head the N and S clauses run on, or None where the type has none the harness can train."""
+    mappings = _auto_mappings()
+    heads = head_classes(model_type)
+    for name in LOSS_MAPPINGS:
+        for head in _class_names(mappings.get(name, {}).get(model_type)):
+            if head in heads:
+                return head
+    return None
+
+
 def tiny_config(model_type: str) -> Any:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -118,7 +169,7 @@ def tiny_config(model_type: str) -> Any:
         config_class = CONFIG_MAPPING[model_type]
         return config_class.from_dict(shrink(config_class().to_dict()))
     except Exception as exc:  # noqa: BLE001 - any failure is the reason this type is not available tiny
-        raise ArchitectureUnavailable(f"its config does not shrink: {_first_line(exc)}") from None
+        raise ArchitectureUnavailable(f"its config does not shrink: {exception_line(exc)}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +181,6 @@ class Survey:
     @property
     def built(self) -> bool:
         return self.parameters is not None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def survey_one(model_type: str) -> Survey:
@@ -149,7 +195,7 @@ def survey_one(model_type: str) -> Survey:
     except ArchitectureUnavailable as exc:
         return Survey(model_type, None, str(exc))
     except Exception as exc:  # noqa: BLE001 - any failure is the reason this type is not available tiny
-        return Survey(model_type, None, f"its AutoModel does not build: {_first_line(exc)}")
+        return Survey(model_type, None, f"its AutoModel does not build: {exception_line(exc)}")
     parameters = sum(p.numel() for p in model.parameters())
     if parameters > MAX_PARAMETERS:
         return Survey(model_type, None, f"{parameters:,} parameters after shrinking, more than "

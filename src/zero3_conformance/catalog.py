@@ -6,15 +6,25 @@ The CLI and the pytest suite both take their cases from here, so they run identi
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Iterable, Optional, Sequence
 
 from .errors import UsageError
 from .mutants import MUTANTS
 from .registry import load_checks
 from .subjects import SUBJECTS
-from .zoo import FAMILIES, Family, detect_layout
+from .zoo import FAMILIES, Family, detect_layout, sweep_family
 
 DEFAULT_WORLD_SIZES = (1, 2, 3)
+# The architecture sweep checks each of a type's classes for the clauses about that class: construction and
+# loading on the base class; the loading report and a construction that leaves no trace on every class; a
+# base checkpoint's missing weights in every head; ties, numerics and saving on the head with a loss.
+SWEEP_ROLES = {"base": ("P1", "P2", "P5", "G1", "G4", "G6"), "every class": ("P4", "G7"), "heads": ("G3",),
+               "loss head": ("G2", "N1", "N2", "N3", "N4", "S1", "S2")}
+# Layouts are the zoo's concern (its families load each of them); the sweep's is the architecture.
+SWEEP_LAYOUTS = ("safetensors",)
+SWEEP_WORLD_SIZES = (2,)
+ALL_ARCHITECTURES = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,15 +38,21 @@ class CaseSpec:
     world_size: int
     dtype: str
     timeout_s: Optional[float] = None  # the check's own limit, if tighter than the run's
+    skip: str = ""  # why the case cannot run here (a type that does not build tiny): SKIP without a world
 
     @property
     def model(self) -> str:
         return self.family.name if self.family else "none"
 
     @property
+    def head(self) -> Optional[str]:
+        """The class the case builds (a family's one class; for a sweep type, one of its heads)."""
+        return self.family.auto_class if self.family else None
+
+    @property
     def id(self) -> str:
-        parts = [self.subject, self.model] + ([self.layout] if self.layout else []) + \
-                [f"ws{self.world_size}", self.dtype]
+        model = self.family.label if self.family else "none"
+        parts = [self.subject, model] + ([self.layout] if self.layout else []) + [f"ws{self.world_size}", self.dtype]
         return f"{self.check_id}[{'-'.join(parts)}]"
 
     def payload(self, ds_config: dict[str, Any], checkpoint: Optional[str]) -> dict[str, Any]:
@@ -55,9 +71,63 @@ def _choose(kind: str, wanted: Optional[Sequence[str]], known: Iterable[str]) ->
     return [k for k in known if k in wanted]
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepTarget:
+    """One class of a sweep type, with the clauses it is checked for; `skip` where the type does not build."""
+    family: Family
+    clauses: frozenset[str]
+    skip: str = ""
+
+
+def sweep_targets(types: Sequence[str]) -> list[SweepTarget]:
+    """Each type's classes and their clauses (SWEEP_ROLES). A type that does not build tiny keeps its base
+    class's cases, every one a SKIP that says why, so no type disappears from a run."""
+    from .architectures import base_class, head_classes, loss_head, survey
+
+    targets = []
+    for surveyed in survey(types):
+        model_type = surveyed.model_type
+        base, loss = base_class(model_type), loss_head(model_type)
+        if not surveyed.built:
+            clauses = frozenset(SWEEP_ROLES["base"] + SWEEP_ROLES["every class"])
+            targets.append(SweepTarget(sweep_family(model_type, base), clauses, f"{model_type}: {surveyed.reason}"))
+            continue
+        heads = head_classes(model_type)
+        if loss is None:  # the numerics and saving clauses show up as SKIPs saying why, not as nothing
+            targets.append(SweepTarget(sweep_family(model_type, base), frozenset(SWEEP_ROLES["loss head"]),
+                                       f"{model_type}: none of its classes ({', '.join(heads)}) is a head the "
+                                       f"harness makes a loss for (causal / seq2seq / masked / multimodal LM, "
+                                       f"sequence, image or audio classification)"))
+        for head in heads:
+            roles = ["every class", "base" if head == base else "heads"]
+            clauses = frozenset(clause for role in roles for clause in SWEEP_ROLES[role])
+            targets.append(SweepTarget(sweep_family(model_type, head), clauses))
+        if loss is not None:  # from a checkpoint of the head itself: every weight loaded, none left to its init
+            targets.append(SweepTarget(sweep_family(model_type, loss, checkpoint_class=loss),
+                                       frozenset(SWEEP_ROLES["loss head"])))
+    return targets
+
+
+def chosen_architectures(wanted: Sequence[str]) -> list[str]:
+    """The model types named (or every one, for `all`), each known to the installed transformers."""
+    import transformers
+
+    from .architectures import model_types
+
+    known = model_types()
+    if list(wanted) == [ALL_ARCHITECTURES]:
+        return known
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise UsageError(f"unknown model type {', '.join(map(repr, unknown))}: transformers {transformers.__version__} "
+                         f"has no AutoModel class for it (`zero3-conformance architectures` lists the "
+                         f"{len(known)} it has)")
+    return list(dict.fromkeys(wanted))
+
+
 def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
                 clauses: Optional[Sequence[str]] = None, world_sizes: Optional[Sequence[int]] = None,
-                user_model: Optional[Family] = None) -> list[CaseSpec]:
+                user_model: Optional[Family] = None, architectures: Optional[Sequence[str]] = None) -> list[CaseSpec]:
     registry = load_checks()
     # Mutants (broken variants of the reference, for the harness's self-tests) only run when named.
     known_subjects = [*SUBJECTS, *(f"mutant:{m}" for m in MUTANTS)]
@@ -66,17 +136,47 @@ def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Seque
     chosen_clauses = set(_choose("clause", clauses, all_clauses))
     if user_model is not None:
         families = [user_model]
+    elif architectures and not models:
+        families = []  # the sweep alone; the zoo joins it when --models names families too
     else:
         families = [FAMILIES[n] for n in _choose("model", models, FAMILIES)]
     sizes = tuple(world_sizes) if world_sizes else DEFAULT_WORLD_SIZES
     bad = [n for n in sizes if not 1 <= n <= 8]
     if bad:
         raise UsageError(f"invalid world size {bad[0]}: must be between 1 and 8")
+    cases = _zoo_cases(registry, chosen_subjects, chosen_clauses, families, sizes, user_model)
+    if architectures:
+        sweep = sweep_targets(chosen_architectures(architectures))
+        cases += _sweep_cases(registry, chosen_subjects, chosen_clauses, sweep,
+                              tuple(world_sizes) if world_sizes else SWEEP_WORLD_SIZES)
+    return cases
+
+
+def _sweep_cases(registry: dict[str, Any], subjects: list[str], clauses: set[str], targets: list[SweepTarget],
+                 sizes: tuple[int, ...]) -> list[CaseSpec]:
+    cases = []
+    for target in targets:  # one type's cases together: its modules imported once, its results in one place
+        for entry in registry.values():
+            if entry.clause not in clauses or entry.clause not in target.clauses or entry.families == ():
+                continue
+            layouts = [layout for layout in entry.layouts if layout is None or layout in SWEEP_LAYOUTS]
+            for subject, layout, world_size, dtype in itertools.product(subjects, layouts, entry.world_sizes,
+                                                                        entry.dtypes):
+                if world_size in sizes:
+                    cases.append(CaseSpec(entry.id, entry.clause, entry.name, subject, target.family, layout,
+                                          world_size, dtype, entry.timeout_s, target.skip))
+    return cases
+
+
+def _zoo_cases(registry: dict[str, Any], chosen_subjects: list[str], chosen_clauses: set[str],
+               families: list[Family], sizes: tuple[int, ...], user_model: Optional[Family]) -> list[CaseSpec]:
     cases = []
     for entry in registry.values():
         if entry.clause not in chosen_clauses:
             continue
         if entry.families == ():
+            if not families and user_model is None:
+                continue  # a sweep alone runs the checks about models only
             targets: list[Optional[Family]] = [None]
         elif user_model is not None:
             targets = [user_model]

@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="check the installed stack against the ZeRO-3 contract")
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory (default runs/latest)")
     run.add_argument("--subject", default="", help="comma-separated subjects (default: all)")
-    run.add_argument("--models", default="", help="comma-separated model families (default: all)")
+    run.add_argument("--models", default="", help="comma-separated zoo families (default: all six, unless "
+                                                  "--architectures is given)")
+    run.add_argument("--architectures", default="", metavar="TYPES",
+                     help="comma-separated model types of the installed transformers (e.g. mistral,whisper), or "
+                          "`all`: each built tiny from its default config, through every head class (world size "
+                          "2 unless --world-sizes says otherwise)")
     run.add_argument("--clauses", default="", help="comma-separated clause IDs, e.g. P1,G1 (default: all)")
     run.add_argument("--world-sizes", default="", help="comma-separated world sizes (default 1,2,3)")
     run.add_argument("--model", type=Path, default=None, help="a local checkpoint directory of your own")
@@ -120,13 +125,15 @@ def cmd_list() -> int:
 
 
 PLAN_FILE = "run.json"  # what a run was asked to check, so `run --resume DIR` can finish it
-SELECTION = ("subject", "models", "clauses", "world_sizes", "model", "ds_config", "known_issues", "timeout", "repeat")
+SELECTION = ("subject", "models", "architectures", "clauses", "world_sizes", "model", "ds_config", "known_issues",
+             "timeout", "repeat")
 # What a plan written before a key existed meant by leaving it out.
-SELECTION_BEFORE = {"repeat": 0}
+SELECTION_BEFORE = {"repeat": 0, "architectures": ""}
 
 
 def _selection(args: argparse.Namespace) -> dict:
-    return {"subject": args.subject, "models": args.models, "clauses": args.clauses, "world_sizes": args.world_sizes,
+    return {"subject": args.subject, "models": args.models, "architectures": args.architectures,
+            "clauses": args.clauses, "world_sizes": args.world_sizes,
             "model": str(args.model) if args.model else None,
             "ds_config": load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG,
             "known_issues": str(args.known_issues), "timeout": args.timeout, "repeat": args.repeat}
@@ -177,7 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         user_model = user_family(Path(selection["model"]))
     issues = known_issues.load(Path(selection["known_issues"]))
     cases = build_cases(_csv(selection["subject"]), _csv(selection["models"]), _csv(selection["clauses"]),
-                        _world_sizes(selection["world_sizes"]) if selection["world_sizes"] else None, user_model)
+                        _world_sizes(selection["world_sizes"]) if selection["world_sizes"] else None, user_model,
+                        _csv(selection["architectures"]))
     try:
         out.mkdir(parents=True, exist_ok=True)
         if args.resume is None:

@@ -78,6 +78,20 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     return {"dtype" if transformers_version() >= Version("4.56") else "torch_dtype": dtype}
 
 
+def concrete_class(model_class: Any, config: Any) -> Any:
+    """An Auto class resolves to the concrete class registered for this config type."""
+    mapping = getattr(model_class, "_model_mapping", None)
+    return mapping[type(config)] if mapping is not None else model_class
+
+
+def build_from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
+    """`from_config` of an Auto class, `_from_config` of a concrete one (which has no public from_config):
+    the model the installed transformers builds from `config` in the current context."""
+    if hasattr(model_class, "_model_mapping"):
+        return model_class.from_config(config, **dtype_kwarg(dtype))
+    return model_class._from_config(config, **dtype_kwarg(dtype))
+
+
 def no_init_weights() -> contextlib.AbstractContextManager:
     """transformers' switch that skips weight initialization while a model is constructed."""
     return _first_attr([

@@ -16,6 +16,12 @@ def shown_path(path: Union[str, Path]) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def exception_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 def read_toml_file(path: Union[str, Path], what: str) -> dict[str, Any]:
     """A TOML file's content; a file that cannot be read or parsed is a UsageError naming it as `what`."""
     try:

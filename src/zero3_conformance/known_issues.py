@@ -1,14 +1,14 @@
 """Expectations: known findings, recorded outside the checks and applied after the run to its raw outcomes.
 
 In the manner of web-platform-tests' expectation files, an entry names the cases it is about (clauses and
-subjects, narrowed by check, model, layout, world size, dtype, backend and version conditions on the cell)
+subjects, narrowed by check, model, head class, layout, world size, dtype, backend and version conditions on the cell)
 and the status, or set of statuses for an intermittent case, they are expected to end with:
 
     [[issue]]
     clause = "G1"                              # a clause or a list of them
     subject = "transformers"                   # a subject or a list of them
     model = ["bert", "gpt2"]                   # optional narrowing: one value or a list
-    world_size = 2                             # also: check, layout, dtype, backend
+    world_size = 2                             # also: check, head, layout, dtype, backend
     versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
     expected = ["PASS", "FAIL"]                # default "FAIL"; any of PASS, FAIL, ERROR, TIMEOUT, CRASH
     message = '(?s)^(?!.*raised during)'       # optional: a regular expression the message must match
@@ -45,7 +45,8 @@ from .results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, XFAIL, XPASS, Reco
 DEFAULT_FILE = Path(__file__).with_name("known_issues.toml")
 
 EXPECTABLE = (PASS, FAIL, ERROR, TIMEOUT, CRASH)
-NARROWING = ("check", "model", "layout", "world_size", "dtype", "backend")  # record fields an entry may narrow by
+# Record fields an entry may narrow by.
+NARROWING = ("check", "model", "head", "layout", "world_size", "dtype", "backend")
 VERSIONED = ("python", "torch", "deepspeed", "transformers", "accelerate")  # the cell's versions
 FINDING = ("tensor", "expected_value", "observed_value", "seen_in", "not_seen_in")  # a new finding, in full
 FIELDS = ("clause", "subject", "reason", "link", "expected", "message", "upstream", "versions", *NARROWING,

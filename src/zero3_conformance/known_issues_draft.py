@@ -6,7 +6,7 @@ clause / check / subject / model that did not hold somewhere without a known iss
 - `expected`: every outcome those cases had (a set, PASS included, where they were intermittent);
 - `versions`: the smallest range of each library that covers the failing cells — a comment names any cell
   inside it where the same cases passed on every try, which a version range cannot leave out;
-- layout, world size, dtype and backend narrowed to the failing ones where others ran and passed;
+- head class, layout, world size, dtype and backend narrowed to the failing ones where others ran and passed;
 - `link = ""`: to be filled (an upstream issue or pull request, or, with `upstream = false`, the tracker where
   a new finding should be reported). The harness refuses an entry whose link is empty, so nothing drafted
   is applied before someone has triaged it.
@@ -27,7 +27,7 @@ from .report.aggregate import CellResult, load_cell
 from .results import BAD_STATUSES, PASS, SEVERITY, SKIP, Record
 
 GROUP = ("clause", "check", "subject", "model")
-NARROWED = ("layout", "world_size", "dtype")
+NARROWED = ("head", "layout", "world_size", "dtype")
 # What the runner puts first in a message: "[case on gloo, world size 2] ".
 CASE_PREFIX = re.compile(r"^\[.*? on \S+, world size \d+\] ")
 

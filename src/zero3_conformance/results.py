@@ -2,7 +2,7 @@
 
 Schema 2 adds, to schema 1's fields, every outcome of a case in the order tried (`outcomes`), whether they
 differed (`intermittent`), the status before expectations were applied (`raw_status`) and the known-issues
-entry that outcome met (`expected`). Readers of schema 1 keep working; schema 1 records read here get the
+entry that outcome met (`expected`); later, the class a case built (`head`, an addition). Readers of schema 1 keep working; schema 1 records read here get the
 new fields derived from their status.
 """
 
@@ -52,6 +52,7 @@ class Record:
     intermittent: bool = False  # the outcomes differ: the verdict is not reproducible
     raw_status: str = ""  # the status before expectations were applied
     expected: Optional[dict[str, Any]] = None  # the known-issues entry the raw outcome met
+    head: Optional[str] = None  # the class built (a sweep type has several); None where no model is built
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:

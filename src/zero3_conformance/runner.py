@@ -107,6 +107,8 @@ class Runner:
         def attempt(status: str, message: str, metrics: Optional[dict[str, Any]] = None) -> Attempt:
             return Attempt(status, message, metrics or {}, time.monotonic() - started, fresh)
 
+        if case.skip:
+            return attempt(SKIP, case.skip)
         if self.gpus is not None and case.world_size > self.gpus:
             return attempt(SKIP, f"world size {case.world_size} needs {case.world_size} GPUs (one rank per GPU); "
                                  f"{self.gpus} visible")
@@ -139,7 +141,7 @@ class Runner:
             tried = f"outcomes of {len(tries)} tries: {', '.join(outcomes)}{fresh}"
             message = f"{message}\n{tried}" if message else tried
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
-                        layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
+                        head=case.head, layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
                         message=message, duration_s=round(sum(a.seconds for a in tries), 3), cell=self.cell,
                         metrics=worst.metrics, case_id=case.id, outcomes=outcomes)
         return apply_known_issues(record, self.known_issues)
@@ -216,7 +218,7 @@ def _by_case(cases: Iterable[CaseSpec]) -> list[list[CaseSpec]]:
     """Cases that differ only in their subject, together, in the order their first one comes."""
     together: dict[tuple, list[CaseSpec]] = defaultdict(list)
     for case in cases:
-        together[(case.check_id, case.model, case.layout, case.world_size, case.dtype)].append(case)
+        together[(case.check_id, case.model, case.head, case.layout, case.world_size, case.dtype)].append(case)
     return list(together.values())
 
 
@@ -258,7 +260,7 @@ def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
 def prepare_checkpoints(cases: Iterable[CaseSpec]) -> None:
     """Writes every checkpoint the cases need before any world starts (ranks only read them)."""
     quiet_environment()
-    for key in sorted({(c.family, c.layout) for c in cases if c.family and c.layout}, key=str):
+    for key in sorted({(c.family, c.layout) for c in cases if c.family and c.layout and not c.skip}, key=str):
         try:
             ensure_checkpoint(*key)
         except FamilyUnavailable:

@@ -47,9 +47,7 @@ class TransformersSubject(Subject):
         return bool(compat.hf_is_deepspeed_zero3_enabled()())
 
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
-        if hasattr(model_class, "_model_mapping"):
-            return model_class.from_config(config, **compat.dtype_kwarg(dtype))
-        return model_class._from_config(config, **compat.dtype_kwarg(dtype))
+        return compat.build_from_config(model_class, config, dtype)
 
     def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
         model, info = model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False,

@@ -36,10 +36,28 @@ class Family:
     tied: bool  # whether the built model shares its input and output embeddings
     source_dir: Optional[str] = None  # a user's checkpoint: config and weights come from there
     since: str = ""  # the transformers release that introduced the family, where it is newer than the oldest supported
+    model_type: str = ""  # a type of the architecture sweep: its config is the type's default config, shrunk
+
+    @property
+    def label(self) -> str:
+        """The model as case ids name it: a sweep type with the class built, since a type has several heads."""
+        return f"{self.name}.{self.auto_class}" if self.model_type else self.name
+
+    def checkpoint_recipe(self) -> tuple[Any, ...]:
+        """What decides the checkpoint's contents (heads of one type share their base checkpoint)."""
+        return (self.name, self.config_class, self.config_kwargs, self.checkpoint_auto_class, self.source_dir,
+                self.model_type)
 
     def make_config(self) -> Any:
         import transformers
 
+        if self.model_type:
+            from .architectures import ArchitectureUnavailable, tiny_config
+
+            try:
+                return tiny_config(self.model_type)
+            except ArchitectureUnavailable as exc:
+                raise FamilyUnavailable(f"{self.model_type}: {exc}") from None
         if self.source_dir:
             return transformers.AutoConfig.from_pretrained(self.source_dir)
         config_class = getattr(transformers, self.config_class, None)
@@ -110,7 +128,7 @@ def checkpoint_dir(family: Family, layout: str) -> Path:
     """Keyed by everything that decides the checkpoint's contents, so a changed family is never read stale."""
     import transformers
 
-    recipe = repr((dataclasses.astuple(family), CHECKPOINT_SEED, SHARD_SIZE)).encode()
+    recipe = repr((family.checkpoint_recipe(), CHECKPOINT_SEED, SHARD_SIZE)).encode()
     return (cache_root() / "zoo" / f"transformers-{transformers.__version__}"
             / f"{family.name}-{hashlib.sha1(recipe).hexdigest()[:10]}" / layout)
 
@@ -136,18 +154,32 @@ def ensure_checkpoint(family: Family, layout: str) -> Path:
     return target
 
 
+def sweep_family(model_type: str, head: str, checkpoint_class: str = "") -> Family:
+    """A type of the architecture sweep, built as `head`; its checkpoint holds the type's base model unless
+    `checkpoint_class` says otherwise, so a head class loads a base checkpoint as users' fine-tuning does."""
+    from .architectures import base_class
+
+    return Family(model_type, "", (), head, checkpoint_class or base_class(model_type), tied=False,
+                  model_type=model_type)
+
+
 def checkpoint_model(family: Family) -> Any:
-    """The model the checkpoint holds: its own init, then every tensor moved off it deterministically, so a
-    loader that skips a tensor (or leaves it at its init, ones or zeros) cannot pass by accident."""
+    """The model the checkpoint holds: its own init, then every tensor the checkpoint saves (parameters and
+    floating persistent buffers) moved off it deterministically, so a loader that skips a tensor (or leaves
+    it at its init, ones or zeros) cannot pass by accident."""
     import torch
 
+    from .compat import build_from_config
+
     torch.manual_seed(CHECKPOINT_SEED)
-    model = auto_class(family.checkpoint_auto_class).from_config(family.make_config())
+    model = build_from_config(auto_class(family.checkpoint_auto_class), family.make_config())
+    saved = set(model.state_dict())
+    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
     generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
     with torch.no_grad():
-        for param in model.parameters():  # tied parameters are visited once
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            param.add_((0.05 * noise).to(param.dtype))
+        for tensor in [*model.parameters(), *buffers]:  # tied parameters are visited once
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            tensor.add_((0.05 * noise).to(tensor.dtype))
     return model
 
 
@@ -246,24 +278,3 @@ def user_family(path: Path) -> Family:
         raise UsageError(f"{Path(path) / 'config.json'} names no architectures; cannot tell which class to build")
     return Family(str(path), "", (), architectures[0], architectures[0],
                   tied=bool(config.get("tie_word_embeddings", True)), source_dir=str(path))
-
-
-SEQUENCE_LENGTH = 8
-
-
-def training_batch(family: Family, config: Any, seed: int, length: int = SEQUENCE_LENGTH) -> dict[str, Any]:
-    """One deterministic training example (batch of 1) for the family's task, with labels so the model
-    returns a loss: next-token labels for causal and seq2seq LMs, a class for sequence classification."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    vocab = int(config.vocab_size)
-    # Token 0 is a padding id in some families: draw from the ordinary tokens only.
-    input_ids = torch.randint(3, vocab, (1, length), generator=generator)
-    if family.auto_class.endswith("ForSequenceClassification"):
-        return {"input_ids": input_ids, "labels": torch.randint(0, int(config.num_labels), (1,), generator=generator)}
-    if getattr(config, "is_encoder_decoder", False):
-        return {"input_ids": input_ids, "labels": torch.randint(3, vocab, (1, length // 2), generator=generator)}
-    if family.auto_class.endswith("ForCausalLM"):
-        return {"input_ids": input_ids, "labels": input_ids.clone()}
-    raise FamilyUnavailable(f"no training batch is known for {family.auto_class}")

@@ -15,6 +15,7 @@ import logging
 import traceback
 from typing import Any, Callable, Iterator, Optional
 
+from ..errors import exception_line
 from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
 from ..world import RankContext, TaskOutcome
 
@@ -156,15 +157,15 @@ class Case:
 
     def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
         """The same family built with no ZeRO config alive (the baseline)."""
-        from ..compat import dtype_kwarg
+        from ..compat import build_from_config
 
         self.seed(seed_offset)
-        cls = self.model_class()
-        config = self.model_config()
-        if hasattr(cls, "_model_mapping"):
-            model = cls.from_config(config, **dtype_kwarg(dtype))
-        else:
-            model = cls._from_config(config, **dtype_kwarg(dtype))
+        cls, config = self.model_class(), self.model_config()
+        try:
+            model = build_from_config(cls, config, dtype)
+        except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
+            raise NotApplicable(f"{cls.__name__} does not build from this config even without ZeRO: "
+                                f"{exception_line(exc)}") from None
         return self.keep(model)
 
     def require_loadable_layout(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional
 
-from ..zoo import FamilyUnavailable, training_batch
+from ..inputs import InputsUnavailable, training_batch, vocabulary
 from .base import SEED, Case, NotApplicable, check
 from .tensors import closeness_problem
 
@@ -58,8 +58,8 @@ def _dtype(case: Case) -> Any:
 
 def batch_for(case: Case, step: int, rank: int) -> dict[str, Any]:
     try:
-        return training_batch(case.require_family(), case.model_config(), seed=SEED + 1000 * step + rank)
-    except FamilyUnavailable as exc:
+        return training_batch(case.model_class(), case.model_config(), seed=SEED + 1000 * step + rank)
+    except InputsUnavailable as exc:
         raise NotApplicable(str(exc)) from None
 
 
@@ -314,7 +314,11 @@ def _prompt(case: Case) -> dict[str, Any]:
     torch = _torch()
     generator = torch.Generator().manual_seed(SEED + 77 + case.rank)
     length = PROMPT_LENGTH + 2 * case.rank
-    input_ids = torch.randint(3, int(case.model_config().vocab_size), (1, length), generator=generator)
+    try:
+        vocab = vocabulary(case.model_config())
+    except InputsUnavailable as exc:
+        raise NotApplicable(str(exc)) from None
+    input_ids = torch.randint(3, vocab, (1, length), generator=generator)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 

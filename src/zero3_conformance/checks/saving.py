@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import compat
-from .base import SEED, Case, check
+from .base import SEED, Case, NotApplicable, check
 from .numerics import batch_for, deepspeed_engine
 from .tensors import exact_mismatch, full_parameters, tied_groups
 
@@ -46,6 +46,12 @@ def resize_token_embeddings(case: Case) -> None:
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     baseline, _ = case.baseline_from_pretrained()
+    try:
+        embeddings = baseline.get_input_embeddings()
+    except NotImplementedError as exc:  # transformers' own answer for a model without token embeddings
+        raise NotApplicable(f"{type(baseline).__name__} has no token embeddings to resize: {exc}") from None
+    if not hasattr(embeddings, "weight"):
+        raise NotApplicable(f"{type(baseline).__name__} has no token embeddings to resize")
     groups = tied_groups(baseline)
     old_rows = {what: module.weight.detach().clone() for what, module in _vocabulary_modules(baseline).items()}
     vocab = int(baseline.get_input_embeddings().weight.shape[0])

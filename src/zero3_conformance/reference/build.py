@@ -27,12 +27,6 @@ from .checkpoint import CheckpointReader
 from .config import ZeroConfig, active_config
 
 
-def _concrete_class(model_class: Any, config: Any) -> Any:
-    """An Auto class resolves to the concrete class registered for this config type."""
-    mapping = getattr(model_class, "_model_mapping", None)
-    return mapping[type(config)] if mapping is not None else model_class
-
-
 def active_zero3() -> Optional[ZeroConfig]:
     """The live stage-3 config, or None: without one, the builders make ordinary models."""
     config = active_config()
@@ -130,17 +124,22 @@ def _owner_of(model: Any) -> dict[int, Any]:
 
 
 def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
-    """Runs the model's own per-module init on gathered parameters. With `only`, just the modules owning
-    one of those parameter names (the ones a checkpoint does not provide)."""
+    """Runs the model's own per-module init on gathered parameters, children before parents as transformers
+    does. With `only`, just the modules that own or whose direct children own one of those parameter names
+    (the ones a checkpoint does not provide): an init may write its children's parameters (e.g. attention
+    projections, a classifier), after their own init. What it writes that the checkpoint holds is loaded
+    over it afterwards."""
     import deepspeed
     import torch
 
     owners = _owner_of(model)
     for name, module in _post_order(model):
-        own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
-        if only is not None and not any(key in only for key in own):
+        prefix = f"{name}." if name else ""
+        own = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+        children = [f"{prefix}{c}.{n}" for c, child in module.named_children()
+                    for n, _ in child.named_parameters(recurse=False)]
+        if only is not None and not any(key in only for key in own + children):
             continue
-        # An init may also write its direct children's parameters (e.g. attention projections).
         params = list(module.parameters(recurse=False))
         for child in module.children():
             params.extend(child.parameters(recurse=False))
@@ -152,8 +151,8 @@ def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
 def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
     zero = active_zero3()
     if zero is None:
-        return _concrete_class(model_class, config)._from_config(config, **compat.dtype_kwarg(dtype))
-    model = _construct(_concrete_class(model_class, config), config, zero, dtype)
+        return compat.concrete_class(model_class, config)._from_config(config, **compat.dtype_kwarg(dtype))
+    model = _construct(compat.concrete_class(model_class, config), config, zero, dtype)
     _initialize(model)
     return model
 
@@ -236,7 +235,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any
                                            **compat.dtype_kwarg(dtype))
     reader = CheckpointReader(Path(path))
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    model = _construct(_concrete_class(model_class, config), config, zero, dtype)
+    model = _construct(compat.concrete_class(model_class, config), config, zero, dtype)
     conversion = compat.checkpoint_conversion(model)
     plan = _Plan(model, reader, conversion)
     _initialize(model, only=set(plan.missing))

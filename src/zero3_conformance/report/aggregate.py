@@ -68,7 +68,7 @@ def load_cell(run_dir: Path, issues: Optional[Sequence[known_issues.KnownIssue]]
 
 
 def _case_key(record: Record) -> tuple:
-    return (record.clause, record.check, record.model, record.layout, record.world_size, record.dtype)
+    return (record.clause, record.check, record.model, record.head, record.layout, record.world_size, record.dtype)
 
 
 def likely_fault(record: Record, others: Sequence[Record], reference_flaky: int = 0) -> str:

@@ -1,0 +1,131 @@
+"""The architecture sweep: which classes of a type each clause runs on, inputs for every modality, and a run
+over types of different modalities (text, vision, multimodal) that checks them for real."""
+
+import json
+
+import pytest
+
+from zero3_conformance import catalog, cli
+from zero3_conformance.catalog import SWEEP_ROLES, build_cases
+from zero3_conformance.errors import UsageError
+from zero3_conformance.inputs import InputsUnavailable, training_batch
+
+
+def _cases(types, **kwargs):
+    return build_cases(architectures=types, **kwargs)
+
+
+def test_each_clause_runs_on_the_classes_it_is_about():
+    from zero3_conformance.architectures import base_class, head_classes, loss_head
+
+    cases = _cases(["bert"], subjects=["transformers"])
+    base, heads, loss = base_class("bert"), head_classes("bert"), loss_head("bert")
+    assert base == "BertModel" and loss == "BertLMHeadModel" and len(heads) > 5
+    on = {clause: {c.head for c in cases if c.clause == clause} for clause in {c.clause for c in cases}}
+    for clause in SWEEP_ROLES["base"]:
+        assert on[clause] == {base}, clause
+    assert on["P4"] == on["G7"] == set(heads)  # every class
+    assert on["G3"] == set(heads) - {base}  # a base checkpoint loaded into each head
+    for clause in SWEEP_ROLES["loss head"]:
+        assert on[clause] == {loss}, clause
+    # The loss head's numerics load a checkpoint of the head itself; every other class loads the base one.
+    assert {c.family.checkpoint_auto_class for c in cases if c.clause == "N1"} == {loss}
+    assert {c.family.checkpoint_auto_class for c in cases if c.clause in ("G1", "G3", "G7")} == {base}
+    assert {c.world_size for c in cases} == {2} and {c.layout for c in cases} <= {None, "safetensors"}
+    assert not any(c.clause.startswith("A") or c.clause == "P3" for c in cases)  # no model, not the sweep's
+
+
+def test_case_ids_name_the_head_and_never_collide_with_the_zoo():
+    cases = _cases(["llama"], models=["llama"], clauses=["P4", "G7"], world_sizes=[2])
+    ids = [c.id for c in cases]
+    assert len(ids) == len(set(ids))
+    assert "G7-loading_report_matches_baseline[transformers-llama.LlamaForCausalLM-safetensors-ws2-fp32]" in ids
+    assert "G7-loading_report_matches_baseline[transformers-llama-safetensors-ws2-fp32]" in ids  # the zoo's, as before
+    zoo = next(c for c in cases if c.family.name == "llama" and not c.family.model_type)
+    assert zoo.head == "AutoModelForCausalLM" and zoo.model == "llama"
+
+
+def test_a_type_that_does_not_build_tiny_is_a_skip_with_its_reason(monkeypatch):
+    from zero3_conformance import architectures
+
+    monkeypatch.setattr(architectures, "MAX_PARAMETERS", 1000)
+    cases = _cases(["mistral"], subjects=["reference"])
+    assert cases and all(c.skip.startswith("mistral: ") and "more than 1,000" in c.skip for c in cases)
+    assert {c.clause for c in cases} == set(SWEEP_ROLES["base"] + SWEEP_ROLES["every class"])
+
+
+def test_a_type_without_a_head_the_harness_trains_shows_its_numerics_as_skips():
+    cases = _cases(["dpt"], subjects=["reference"], clauses=["N1", "S1"])
+    assert cases and all("is a head the harness makes a loss for" in c.skip for c in cases)
+
+
+def test_unknown_types_are_a_usage_error_and_all_means_every_type():
+    from zero3_conformance.architectures import model_types
+
+    with pytest.raises(UsageError, match="unknown model type 'no-such-type'"):
+        _cases(["no-such-type"])
+    assert catalog.chosen_architectures(["all"]) == model_types()
+
+
+def _tiny(model_type):
+    from zero3_conformance.architectures import tiny_config
+
+    return tiny_config(model_type)
+
+
+@pytest.mark.parametrize("head, inputs", [
+    ("MistralForCausalLM", {"input_ids", "labels"}),
+    ("ViTForImageClassification", {"pixel_values", "labels"}),
+    ("Wav2Vec2ForSequenceClassification", {"input_values", "labels"}),
+    ("LlavaForConditionalGeneration", {"input_ids", "labels"}),
+])
+def test_inputs_for_every_modality_make_the_head_return_a_loss(head, inputs):
+    import torch
+    import transformers
+
+    model_type = {"Mistral": "mistral", "ViT": "vit", "Wav2Vec2": "wav2vec2", "Llava": "llava"}[
+        next(p for p in ("Mistral", "ViT", "Wav2Vec2", "Llava") if head.startswith(p))]
+    config = _tiny(model_type)
+    cls = getattr(transformers, head)
+    batch = training_batch(cls, config, seed=7)
+    assert set(batch) == inputs
+    torch.manual_seed(0)
+    loss = cls._from_config(config).eval()(**batch).loss
+    assert loss is not None and torch.isfinite(loss)
+    assert all(torch.equal(batch[k], training_batch(cls, config, seed=7)[k]) for k in batch)  # deterministic
+
+
+def test_a_decoder_of_an_encoder_decoder_config_gets_labels_as_long_as_its_input():
+    import transformers
+
+    batch = training_batch(transformers.WhisperForCausalLM, _tiny("whisper"), seed=1)
+    assert batch["labels"].shape == batch["input_ids"].shape
+    seq2seq = training_batch(transformers.T5ForConditionalGeneration, _tiny("t5"), seed=1)
+    assert seq2seq["labels"].shape[-1] == seq2seq["input_ids"].shape[-1] // 2
+
+
+def test_an_input_the_harness_cannot_make_is_named():
+    class NeedsSpectrogram:
+        __name__ = "NeedsSpectrogram"
+
+        def forward(self, input_features, labels=None):
+            pass
+
+    with pytest.raises(InputsUnavailable, match="cannot make input_features, which NeedsSpectrogram.forward requires"):
+        training_batch(NeedsSpectrogram, object(), seed=0)
+
+
+@pytest.mark.xdist_group("harness-sweep")
+def test_types_of_three_modalities_are_checked_for_real(tmp_path):
+    """Text, vision and a multimodal model: construction, loading and numerics through their own classes."""
+    out = tmp_path / "run"
+    code = cli.main(["run", "--architectures", "mistral,vit,llava", "--clauses", "P1,G1,N1", "--world-sizes", "2",
+                     "--out", str(out), "--quiet"])
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert code == 0, [r["message"] for r in records if r["status"] != "PASS"]
+    by_case = {r["case_id"]: r for r in records}
+    assert all(r["status"] == "PASS" for r in records)
+    for head in ("MistralForCausalLM", "ViTForImageClassification", "LlavaForConditionalGeneration"):
+        assert {r["subject"] for r in records if r["clause"] == "N1" and r["head"] == head} == \
+               {"transformers", "reference"}
+    assert by_case["P1-from_config_partitioned[reference-vit.ViTModel-ws2-fp32]"]["model"] == "vit"
