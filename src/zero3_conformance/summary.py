@@ -41,7 +41,7 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
             cells.append(", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: STATUSES.index(kv[0])))
                          or "—")
         lines.append(f"| {clause} | " + " | ".join(cells) + " |")
-    lines += _memory_table(records) + _resize_table(records)
+    lines += _architecture_coverage(records) + _memory_table(records) + _resize_table(records)
     lines += _problems(records)
     skips = Counter(r.message for r in records if r.status == SKIP)
     if skips:
@@ -69,6 +69,46 @@ def _problems(records: list[Record]) -> list[str]:
     known = [r for r in records if r.status in (XFAIL, XPASS) and not r.intermittent]
     if known:
         lines += ["", "## Known issues", ""] + [f"- {r.status} `{r.case_id}`: {note(r)}" for r in known]
+    return lines
+
+
+# A type of the architecture sweep counts as checked when these clauses ran (did not SKIP) for every subject.
+CHECKED_WHEN_RAN = ("P1", "P2", "G1", "G4", "G7")
+
+
+def is_sweep_record(record: Record) -> bool:
+    """A case of the architecture sweep: its id names the type with the class built (`vit.ViTModel`)."""
+    return bool(record.head) and f"-{record.model}.{record.head}-" in record.case_id
+
+
+def _architecture_coverage(records: list[Record]) -> list[str]:
+    """The sweep's reach: types attempted, built (anything but SKIPs), checked, and per clause the outcomes."""
+    sweep = [r for r in records if is_sweep_record(r)]
+    if not sweep:
+        return []
+    subjects = sorted({r.subject for r in sweep})
+    ran: dict[str, set] = defaultdict(set)
+    for r in sweep:
+        if r.status != SKIP:
+            ran[r.model].add((r.clause, r.subject))
+    types = sorted({r.model for r in sweep})
+    checked = [t for t in types if all((c, s) in ran[t] for c in CHECKED_WHEN_RAN for s in subjects)]
+    lines = ["", "## Architectures", "",
+             f"{len(types)} model types attempted, {len(ran)} built (some record not a SKIP), {len(checked)} "
+             f"checked ({', '.join(CHECKED_WHEN_RAN)} ran for {' and '.join(subjects)}), through "
+             f"{len({(r.model, r.head) for r in sweep})} classes.", "",
+             "| clause | " + " | ".join(STATUSES) + " | types with a record not a SKIP |",
+             "|---|" + "---|" * (len(STATUSES) + 1)]
+    by_clause: dict[str, Counter] = defaultdict(Counter)
+    for r in sweep:
+        by_clause[r.clause][r.status] += 1
+    for clause in sorted(by_clause, key=clause_key):
+        reached = len({t for t in types if any(c == clause for c, _ in ran[t])})
+        lines.append(f"| {clause} | " + " | ".join(str(by_clause[clause][s] or "") for s in STATUSES)
+                     + f" | {reached} |")
+    unchecked = [t for t in types if t not in checked]
+    if unchecked:
+        lines += ["", f"Not checked: {', '.join(unchecked)}."]
     return lines
 
 
