@@ -2,8 +2,8 @@
 
 Schema 2 adds, to schema 1's fields, every outcome of a case in the order tried (`outcomes`), whether they
 differed (`intermittent`), the status before expectations were applied (`raw_status`) and the known-issues
-entry that outcome met (`expected`); later, the class a case built (`head`, an addition). Readers of schema 1 keep working; schema 1 records read here get the
-new fields derived from their status.
+entry that outcome met (`expected`); later, the class a case built (`head`, an addition). Readers of schema 1
+keep working; schema 1 records read here get the new fields derived from their status.
 """
 
 from __future__ import annotations
