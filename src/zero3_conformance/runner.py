@@ -259,7 +259,10 @@ def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
 
 def prepare_checkpoints(cases: Iterable[CaseSpec]) -> None:
     """Writes every checkpoint the cases need before any world starts (ranks only read them)."""
+    import transformers
+
     quiet_environment()
+    transformers.utils.logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint otherwise
     for key in sorted({(c.family, c.layout) for c in cases if c.family and c.layout and not c.skip}, key=str):
         try:
             ensure_checkpoint(*key)

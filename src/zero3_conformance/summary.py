@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any, Optional
 
 from .cell import cell_label
 from .known_issues import note
@@ -81,11 +82,13 @@ def is_sweep_record(record: Record) -> bool:
     return bool(record.head) and f"-{record.model}.{record.head}-" in record.case_id
 
 
-def _architecture_coverage(records: list[Record]) -> list[str]:
-    """The sweep's reach: types attempted, built (anything but SKIPs), checked, and per clause the outcomes."""
+def architecture_coverage(records: list[Record]) -> Optional[dict[str, Any]]:
+    """The sweep's reach in these records, or None where there is no sweep: types attempted, built (some
+    record not a SKIP), checked (CHECKED_WHEN_RAN ran for every subject), classes, each clause's outcomes
+    and how many types it reached (a record not a SKIP)."""
     sweep = [r for r in records if is_sweep_record(r)]
     if not sweep:
-        return []
+        return None
     subjects = sorted({r.subject for r in sweep})
     ran: dict[str, set] = defaultdict(set)
     for r in sweep:
@@ -93,22 +96,31 @@ def _architecture_coverage(records: list[Record]) -> list[str]:
             ran[r.model].add((r.clause, r.subject))
     types = sorted({r.model for r in sweep})
     checked = [t for t in types if all((c, s) in ran[t] for c in CHECKED_WHEN_RAN for s in subjects)]
-    lines = ["", "## Architectures", "",
-             f"{len(types)} model types attempted, {len(ran)} built (some record not a SKIP), {len(checked)} "
-             f"checked ({', '.join(CHECKED_WHEN_RAN)} ran for {' and '.join(subjects)}), through "
-             f"{len({(r.model, r.head) for r in sweep})} classes.", "",
-             "| clause | " + " | ".join(STATUSES) + " | types with a record not a SKIP |",
-             "|---|" + "---|" * (len(STATUSES) + 1)]
     by_clause: dict[str, Counter] = defaultdict(Counter)
     for r in sweep:
         by_clause[r.clause][r.status] += 1
-    for clause in sorted(by_clause, key=clause_key):
-        reached = len({t for t in types if any(c == clause for c, _ in ran[t])})
-        lines.append(f"| {clause} | " + " | ".join(str(by_clause[clause][s] or "") for s in STATUSES)
-                     + f" | {reached} |")
-    unchecked = [t for t in types if t not in checked]
-    if unchecked:
-        lines += ["", f"Not checked: {', '.join(unchecked)}."]
+    return {"types": len(types), "built": sum(1 for t in types if ran[t]), "checked": len(checked), "subjects": subjects,
+            "classes": len({(r.model, r.head) for r in sweep}),
+            "clauses": {c: dict(by_clause[c]) for c in sorted(by_clause, key=clause_key)},
+            "reached": {c: len({t for t in types if any(k == c for k, _ in ran[t])}) for c in by_clause},
+            "unchecked": [t for t in types if t not in checked]}
+
+
+def _architecture_coverage(records: list[Record]) -> list[str]:
+    coverage = architecture_coverage(records)
+    if coverage is None:
+        return []
+    lines = ["", "## Architectures", "",
+             f"{coverage['types']} model types attempted, {coverage['built']} built (some record not a SKIP), "
+             f"{coverage['checked']} checked ({', '.join(CHECKED_WHEN_RAN)} ran for "
+             f"{' and '.join(coverage['subjects'])}), through {coverage['classes']} classes.", "",
+             "| clause | " + " | ".join(STATUSES) + " | types with a record not a SKIP |",
+             "|---|" + "---|" * (len(STATUSES) + 1)]
+    for clause, counts in coverage["clauses"].items():
+        lines.append(f"| {clause} | " + " | ".join(str(counts.get(s, "")) for s in STATUSES)
+                     + f" | {coverage['reached'][clause]} |")
+    if coverage["unchecked"]:
+        lines += ["", f"Not checked: {', '.join(coverage['unchecked'])}."]
     return lines
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import UsageError
+from .errors import UsageError, exception_line
 
 LAYOUTS = ("safetensors", "sharded", "bin")
 CHECKPOINT_SEED = 1234
@@ -143,7 +143,15 @@ def ensure_checkpoint(family: Family, layout: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{layout}-", dir=target.parent))
     try:
-        _write_checkpoint(family, layout, staging)
+        try:
+            _write_checkpoint(family, layout, staging)
+        except FamilyUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a sweep type that cannot be saved without ZeRO is not checkable
+            if not family.model_type:
+                raise
+            raise FamilyUnavailable(f"{family.model_type}: its {family.checkpoint_auto_class} checkpoint cannot "
+                                    f"be written without ZeRO: {exception_line(exc)}") from None
         try:
             os.rename(staging, target)
         except OSError:

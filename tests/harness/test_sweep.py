@@ -129,3 +129,46 @@ def test_types_of_three_modalities_are_checked_for_real(tmp_path):
         assert {r["subject"] for r in records if r["clause"] == "N1" and r["head"] == head} == \
                {"transformers", "reference"}
     assert by_case["P1-from_config_partitioned[reference-vit.ViTModel-ws2-fp32]"]["model"] == "vit"
+
+
+def _record(model, head, clause, subject, status):
+    from zero3_conformance.results import Record
+
+    label = f"{model}.{head}" if head and not head.startswith("Auto") else model
+    return Record(clause=clause, check="c", subject=subject, model=model, head=head, layout=None, world_size=2,
+                  dtype="fp32", status=status, message="", duration_s=0.1, cell={},
+                  case_id=f"{clause}-c[{subject}-{label}-ws2-fp32]")
+
+
+def test_coverage_counts_types_attempted_built_and_checked():
+    from zero3_conformance.summary import CHECKED_WHEN_RAN, architecture_coverage, render
+
+    records = [_record(t, f"{t.title()}Model", clause, subject, status)
+               for t, status in (("vit", "PASS"), ("clip", "FAIL"), ("timm", "SKIP"))
+               for clause in CHECKED_WHEN_RAN for subject in ("transformers", "reference")]
+    records.append(_record("llama", "AutoModelForCausalLM", "P1", "reference", "PASS"))  # the zoo's: not counted
+    coverage = architecture_coverage(records)
+    assert (coverage["types"], coverage["built"], coverage["checked"]) == (3, 2, 2)  # a FAIL ran; a SKIP did not
+    assert coverage["unchecked"] == ["timm"] and coverage["reached"]["P1"] == 2
+    assert coverage["clauses"]["G7"] == {"PASS": 2, "FAIL": 2, "SKIP": 2}
+    assert "3 model types attempted, 2 built (some record not a SKIP), 2 checked" in render(records, len(records))
+    assert architecture_coverage(records[-1:]) is None
+
+
+def test_the_compatibility_report_shows_each_cells_coverage(tmp_path):
+    from zero3_conformance.report.aggregate import aggregate
+    from zero3_conformance.report.render import render_markdown
+    from zero3_conformance.results import write_records
+
+    cell = {"python": "3.11.7", "torch": "2.13.0", "deepspeed": "0.19.8", "transformers": "5.24.0",
+            "accelerate": "1.15.0", "backend": "gloo", "device": "cpu"}
+    records = [_record(t, f"{t.title()}Model", clause, "reference", status)
+               for t, status in (("vit", "PASS"), ("timm", "SKIP")) for clause in ("P1", "P2", "G1", "G4", "G7")]
+    for record in records:
+        record.cell = cell
+    (tmp_path / "run").mkdir()
+    write_records(tmp_path / "run" / "results.jsonl", records)
+    (tmp_path / "run" / "summary.md").write_text("done")
+    report = aggregate([tmp_path / "run"])
+    assert report["cells"][0]["architectures"]["checked"] == 1
+    assert "| 2 | 1 | 1 | 2 |" in render_markdown(report, "cmd")  # attempted, built, checked, classes

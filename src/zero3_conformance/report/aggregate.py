@@ -22,6 +22,7 @@ from .. import known_issues
 from ..cell import cell_label
 from ..errors import UsageError
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record, read_records
+from ..summary import architecture_coverage
 
 BLAME_INTEGRATION = "transformers integration"
 BLAME_STACK = "deepspeed/torch"
@@ -170,6 +171,7 @@ def aggregate(run_dirs: list[Path], baseline: Optional[dict[str, Any]] = None,
             "failing": sorted(_failing_clauses(cell)),
             "triage": triage(cell),
             "intermittent": dict(Counter(r.clause for r in cell.records if r.intermittent)),
+            "architectures": architecture_coverage(cell.records),
             "stale": [{"entry": i.name, "expected": list(i.expected), "link": i.link}
                       for i in known_issues.stale(issues or [], cell.records)],
         })

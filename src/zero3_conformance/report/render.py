@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 from ..errors import UsageError
 from ..known_issues import KnownIssue
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, write_whole
-from ..summary import CLAUSE_ORDER
+from ..summary import CHECKED_WHEN_RAN, CLAUSE_ORDER
 from .aggregate import aggregate, verdict
 from .html import render_html
 
@@ -52,6 +52,18 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     lines += ["", "## Supported versions (from these cells)", ""]
     for lib, versions in report["supported"].items():
         lines.append(f"- **{lib}**: " + "; ".join(f"{v}: {text}" for v, text in versions.items()))
+    swept = [c for c in report["cells"] if c.get("architectures")]
+    if swept:
+        lines += ["", "## Architectures (model types checked through their classes)", "",
+                  "| cell | types attempted | built tiny | checked | classes | " + " | ".join(GROUPS[1:3]) + " |",
+                  "|---|---|---|---|---|---|---|"]
+        for cell in swept:
+            cover = cell["architectures"]
+            lines.append(f"| `{cell['name']}` | {cover['types']} | {cover['built']} | {cover['checked']} | "
+                         f"{cover['classes']} | " + " | ".join(_group_cell(cover["clauses"], g) for g in GROUPS[1:3])
+                         + " |")
+        lines += ["", f"Checked: {', '.join(CHECKED_WHEN_RAN)} ran (not SKIP) for every subject; each cell's "
+                  "summary.md names the types that were not."]
     broken = [c for c in report["cells"] if c["status"] not in ("COMPLETE",)]
     if broken:
         lines += ["", "## Cells that did not run to the end", ""]
