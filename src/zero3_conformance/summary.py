@@ -99,8 +99,8 @@ def architecture_coverage(records: list[Record]) -> Optional[dict[str, Any]]:
     by_clause: dict[str, Counter] = defaultdict(Counter)
     for r in sweep:
         by_clause[r.clause][r.status] += 1
-    return {"types": len(types), "built": sum(1 for t in types if ran[t]), "checked": len(checked), "subjects": subjects,
-            "classes": len({(r.model, r.head) for r in sweep}),
+    return {"types": len(types), "built": sum(1 for t in types if ran[t]), "checked": len(checked),
+            "subjects": subjects, "classes": len({(r.model, r.head) for r in sweep}),
             "clauses": {c: dict(by_clause[c]) for c in sorted(by_clause, key=clause_key)},
             "reached": {c: len({t for t in types if any(k == c for k, _ in ran[t])}) for c in by_clause},
             "unchecked": [t for t in types if t not in checked]}

@@ -50,8 +50,9 @@ def _baseline_matches_file(case: Case, expected: dict[str, Any], base_prefix: st
         target = key if key in expected else f"{base_prefix}.{key}"
         if target in expected:
             problem = exact_mismatch(target, reader.get(key).to(expected[target].dtype), expected[target])
-            if problem:
-                raise RuntimeError(f"the non-ZeRO baseline does not hold the checkpoint file's tensor: {problem}")
+            if problem:  # transformers' own loading without ZeRO changed it: nothing faithful to compare with
+                raise NotApplicable(f"transformers without ZeRO does not load the checkpoint's tensor as the file "
+                                    f"holds it, so the file cannot be compared through it: {problem}")
 
 
 @check("G1", "gathered_equals_checkpoint", layouts=LAYOUTS)
