@@ -128,24 +128,28 @@ def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
     does. With `only`, just the modules that own or whose direct children own one of those parameter names
     (the ones a checkpoint does not provide): an init may write its children's parameters (e.g. attention
     projections, a classifier), after their own init. What it writes that the checkpoint holds is loaded
-    over it afterwards."""
+    over it afterwards. A tied parameter keeps what the init of its first-named owner wrote: transformers
+    initializes before it ties, and the tie copies the source (the input embedding) over its aliases."""
     import deepspeed
     import torch
 
     owners = _owner_of(model)
+    first_name = {id(p): n for n, p in model.named_parameters()}
     for name, module in _post_order(model):
         prefix = f"{name}." if name else ""
-        own = [prefix + n for n, _ in module.named_parameters(recurse=False)]
-        children = [f"{prefix}{c}.{n}" for c, child in module.named_children()
-                    for n, _ in child.named_parameters(recurse=False)]
-        if only is not None and not any(key in only for key in own + children):
+        named = [(prefix + n, p) for n, p in module.named_parameters(recurse=False)]
+        named += [(f"{prefix}{c}.{n}", p) for c, child in module.named_children()
+                  for n, p in child.named_parameters(recurse=False)]
+        if only is not None and not any(key in only for key, _ in named):
             continue
-        params = list(module.parameters(recurse=False))
-        for child in module.children():
-            params.extend(child.parameters(recurse=False))
+        params = [p for _, p in named]
+        aliases = [p for key, p in named if first_name.get(id(p), key) != key]  # tied, first named elsewhere
         init = compat.module_initializer(owners[id(module)])
         with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad(), compat.hf_init_guard():
+            kept = [p.detach().clone() for p in aliases]
             init(module)
+            for param, value in zip(aliases, kept):
+                param.copy_(value)
 
 
 def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
@@ -187,8 +191,8 @@ class _Plan:
         provided = set(self.sources)
         missing = []
         for names in _aliases(model).values():
-            if not provided.intersection(names):
-                missing.append(names[0])
+            if not provided.intersection(names):  # a tied parameter no name of which the checkpoint holds
+                missing.extend(names)
         missing += [k for k in model_keys - provided if k not in dict(model.named_parameters(remove_duplicate=False))]
         self.missing = sorted(_drop_ignored(missing, getattr(model, "_keys_to_ignore_on_load_missing", None)))
         self.unexpected = sorted(_drop_ignored(unexpected, getattr(model, "_keys_to_ignore_on_load_unexpected", None)))
