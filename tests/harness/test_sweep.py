@@ -172,3 +172,21 @@ def test_the_compatibility_report_shows_each_cells_coverage(tmp_path):
     report = aggregate([tmp_path / "run"])
     assert report["cells"][0]["architectures"]["checked"] == 1
     assert "| 2 | 1 | 1 | 2 |" in render_markdown(report, "cmd")  # attempted, built, checked, classes
+
+
+@pytest.mark.xdist_group("harness-sweep")
+def test_a_users_multimodal_checkpoint_is_checked_in_every_clause_family(tmp_path):
+    """`--model PATH` on a checkpoint of an architecture beyond the zoo: inputs come from its config and
+    signature, so construction, loading and numerics all run (none only SKIPs) and the run passes."""
+    from zero3_conformance.zoo import checkpoint_model, sweep_family
+
+    model = checkpoint_model(sweep_family("llava", "LlavaForConditionalGeneration", "LlavaForConditionalGeneration"))
+    model.config.architectures = ["LlavaForConditionalGeneration"]
+    model.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "run"
+    code = cli.main(["run", "--model", str(tmp_path / "ckpt"), "--clauses", "P1,P2,G1,G7,N1,N4", "--world-sizes", "2",
+                     "--out", str(out), "--quiet"])
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert code == 0, [r["message"] for r in records if r["status"] != "PASS"]
+    ran = {r["clause"][0] for r in records if r["status"] != "SKIP"}
+    assert ran == {"P", "G", "N"} and {r["head"] for r in records} == {"LlavaForConditionalGeneration"}
