@@ -157,6 +157,7 @@ def test_coverage_counts_types_attempted_built_and_checked():
 
 def test_the_compatibility_report_shows_each_cells_coverage(tmp_path):
     from zero3_conformance.report.aggregate import aggregate
+    from zero3_conformance.report.html import render_html
     from zero3_conformance.report.render import render_markdown
     from zero3_conformance.results import write_records
 
@@ -172,6 +173,7 @@ def test_the_compatibility_report_shows_each_cells_coverage(tmp_path):
     report = aggregate([tmp_path / "run"])
     assert report["cells"][0]["architectures"]["checked"] == 1
     assert "| 2 | 1 | 1 | 2 |" in render_markdown(report, "cmd")  # attempted, built, checked, classes
+    assert "2 model types attempted, 1 built, 1 checked, through 2 classes" in render_html(report, "cmd")
 
 
 @pytest.mark.xdist_group("harness-sweep")

@@ -70,6 +70,9 @@ def render_html(report: dict[str, Any], command: str) -> str:
     broken = [f'<details data-filter="{escape(c["name"])}"><summary>{escape(c["status"])} {escape(c["name"])}'
               f'</summary><pre>{escape(c["message"])}</pre></details>'
               for c in report["cells"] if c["status"] != "COMPLETE"]
+    coverage = [f'<li data-filter="{escape(c["name"])}">{escape(c["name"])}: {a["types"]} model types attempted, '
+                f'{a["built"]} built, {a["checked"]} checked, through {a["classes"]} classes</li>'
+                for c in report["cells"] if (a := c.get("architectures"))]
     header = "".join(f"<th>{escape(c)}</th>" for c in clauses)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ZeRO-3 compatibility report</title>
@@ -85,6 +88,7 @@ placeholder="e.g. tf4.57 or G1"></label></p>
 </tbody></table>
 <h2>Failures ({len(report["failures"])})</h2>
 {"".join(failures) or "<p>None.</p>"}
+{"<h2>Architectures</h2><ul>" + "".join(coverage) + "</ul>" if coverage else ""}
 {"<h2>Known findings (XFAIL), by entry</h2><ul>" + "".join(known) + "</ul>" if known else ""}
 {"<h2>Cells that did not run to the end</h2>" + "".join(broken) if broken else ""}
 </body></html>

@@ -55,7 +55,7 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     swept = [c for c in report["cells"] if c.get("architectures")]
     if swept:
         lines += ["", "## Architectures (model types checked through their classes)", "",
-                  "| cell | types attempted | built tiny | checked | classes | " + " | ".join(GROUPS[1:3]) + " |",
+                  "| cell | types attempted | built | checked | classes | " + " | ".join(GROUPS[1:3]) + " |",
                   "|---|---|---|---|---|---|---|"]
         for cell in swept:
             cover = cell["architectures"]
