@@ -143,6 +143,36 @@ def head_classes(model_type: str) -> list[str]:
     return [n for n in names if hasattr(transformers, n)]
 
 
+def foreign_config_reason(model_type: str, head: str) -> Optional[str]:
+    """Why `head` does not build tiny from the type's checkpoint, where it reads it with a config class of
+    its own (a mapping may list such a class under the type, e.g. qwen2's JevForDecision, whose config
+    fills what a qwen2 config lacks with full-size defaults); None where it builds tiny or takes the type's
+    config (or one of its sub-configs), which the type's survey covers."""
+    import torch
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        cls = getattr(transformers, head)
+        own = getattr(cls, "config_class", None)
+    except ImportError:  # a placeholder for a class whose optional package is missing: it says so when built
+        return None
+    config_class = CONFIG_MAPPING[model_type]
+    takes = (config_class, *(getattr(config_class, "sub_configs", None) or {}).values())
+    if own is None or any(isinstance(c, type) and issubclass(c, own) for c in takes):
+        return None
+    try:
+        with torch.device("meta"):
+            model = cls._from_config(own.from_dict(tiny_config(model_type).to_dict()))
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason this class is not available tiny
+        return f"{head} reads the checkpoint with its own {own.__name__}, and does not build: {exception_line(exc)}"
+    parameters = sum(p.numel() for p in model.parameters())
+    if parameters > MAX_PARAMETERS:
+        return (f"{head} reads the checkpoint with its own {own.__name__}: {parameters:,} parameters, more than "
+                f"{MAX_PARAMETERS:,}")
+    return None
+
+
 # Heads whose loss the harness can ask for from the inputs it makes, most useful first: the N and S
 # clauses run on the first of these a type has.
 LOSS_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",

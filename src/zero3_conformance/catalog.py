@@ -82,7 +82,7 @@ class SweepTarget:
 def sweep_targets(types: Sequence[str]) -> list[SweepTarget]:
     """Each type's classes and their clauses (SWEEP_ROLES). A type that does not build tiny keeps its base
     class's cases, every one a SKIP that says why, so no type disappears from a run."""
-    from .architectures import base_class, head_classes, loss_head, survey
+    from .architectures import base_class, foreign_config_reason, head_classes, loss_head, survey
 
     targets = []
     for surveyed in survey(types):
@@ -101,7 +101,9 @@ def sweep_targets(types: Sequence[str]) -> list[SweepTarget]:
         for head in heads:
             roles = ["every class", "base" if head == base else "heads"]
             clauses = frozenset(clause for role in roles for clause in SWEEP_ROLES[role])
-            targets.append(SweepTarget(sweep_family(model_type, head), clauses))
+            foreign = foreign_config_reason(model_type, head)
+            targets.append(SweepTarget(sweep_family(model_type, head), clauses,
+                                       f"{model_type}: {foreign}" if foreign else ""))
         if loss is not None:  # from a checkpoint of the head itself: every weight loaded, none left to its init
             targets.append(SweepTarget(sweep_family(model_type, loss, checkpoint_class=loss),
                                        frozenset(SWEEP_ROLES["loss head"])))

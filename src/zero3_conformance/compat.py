@@ -119,6 +119,11 @@ def module_initializer(owner: Any) -> Callable[[Any], None]:
     return owner._init_weights
 
 
+class NotConvertible(NotImplementedError):
+    """A conversion the installed transformers declares that the reference does not re-implement: the
+    reference cannot load that checkpoint (a SKIP that says so, not a finding about the subject)."""
+
+
 class CheckpointConversion:
     """The installed library's declared conversion from a model type's checkpoint keys to its module keys
     (transformers 5 renames keys and fuses per-expert MoE weights on load), applied with the library's own
@@ -159,7 +164,8 @@ class CheckpointConversion:
         for target, by_pattern in collected.items():
             converter = self._converter_of[next(iter(by_pattern))]
             if len(converter.target_patterns) != 1:
-                raise NotImplementedError(f"{target}: conversions with several targets are not implemented")
+                raise NotConvertible(f"{target}: the reference converts no checkpoint tensor into several module "
+                                     f"tensors ({', '.join(converter.target_patterns)})")
             values: dict[str, Any] = {p: by_pattern[p] for p in converter.source_patterns if p in by_pattern}
             for operation in converter.operations:
                 values = operation.convert(values, source_patterns=converter.source_patterns,

@@ -15,6 +15,7 @@ import logging
 import traceback
 from typing import Any, Callable, Iterator, Optional
 
+from ..compat import NotConvertible
 from ..errors import exception_line
 from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
 from ..world import RankContext, TaskOutcome
@@ -107,6 +108,8 @@ class Case:
             yield
         except (NotApplicable, SubjectRaised):
             raise
+        except NotConvertible as exc:
+            raise NotApplicable(f"{self.subject.name} cannot load this checkpoint: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any exception from the subject is the finding
             tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
             raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
@@ -281,8 +284,9 @@ def clear_leftover_zero3() -> list[str]:
 
 
 def gave_up(value: Any) -> bool:
-    """A rank that ends a case without passing may leave its peers waiting in a collective."""
-    return isinstance(value, dict) and value.get("status") in (FAIL, ERROR)
+    """A rank that ends a case without passing may leave its peers waiting in a collective (a SKIP too: a
+    limitation one rank meets, e.g. the reference converting what only rank 0 reads)."""
+    return isinstance(value, dict) and value.get("status") in (FAIL, ERROR, SKIP)
 
 
 def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, Any]]:

@@ -238,7 +238,13 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any
         return model_class.from_pretrained(str(path), output_loading_info=True, trust_remote_code=False,
                                            **compat.dtype_kwarg(dtype))
     reader = CheckpointReader(Path(path))
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    # A concrete class reads its own config class, as transformers does (a sub-model of a composite checkpoint,
+    # e.g. MllamaTextModel, takes its part of the config).
+    own = getattr(model_class, "config_class", None)
+    if own is not None and not hasattr(model_class, "_model_mapping"):
+        config = own.from_pretrained(str(path))
+    else:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     model = _construct(compat.concrete_class(model_class, config), config, zero, dtype)
     conversion = compat.checkpoint_conversion(model)
     plan = _Plan(model, reader, conversion)
