@@ -65,3 +65,26 @@ def test_closeness_names_the_worst_tensor_and_honours_an_elementwise_allowance()
     # The allowance covers exactly the element that needs it, and no more.
     assert closeness_problem(expected, got, 1e-5, 1e-6, extra={"a": torch.tensor([0.0, 1e-3])}) is None
     assert closeness_problem(expected, got, 1e-5, 1e-6, extra={"a": torch.tensor([1e-3, 0.0])}) is not None
+
+
+def test_a_bound_the_init_sets_to_infinity_is_not_uninitialized_memory():
+    import torch
+
+    from zero3_conformance.checks.tensors import init_mismatch
+
+    baseline = torch.tensor([float("inf"), -float("inf"), 0.0, 1.0])
+    assert init_mismatch("clip.input_max", baseline, baseline.clone(), deterministic=True) is None
+    garbage = torch.tensor([float("inf"), -float("inf"), float("nan"), 1.0])
+    assert "1 non-finite values" in init_mismatch("clip.input_max", baseline, garbage, deterministic=True)
+
+
+def test_a_few_random_draws_are_not_judged_by_their_statistics_but_many_are():
+    import torch
+
+    from zero3_conformance.checks.tensors import MIN_STATISTICS, init_mismatch
+
+    generator = torch.Generator().manual_seed(0)
+    scalar_gate = torch.randn(1, generator=generator)  # e.g. a gate drawn once: its value differs by construction
+    assert init_mismatch("gate_attn", scalar_gate, torch.randn(1, generator=generator), deterministic=False) is None
+    many = torch.randn(MIN_STATISTICS * 64, generator=generator)
+    assert "init statistics differ" in init_mismatch("w", many, 10 * many, deterministic=False)
