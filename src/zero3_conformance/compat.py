@@ -148,8 +148,16 @@ class CheckpointConversion:
         prefix = {self._prefix_keyword: self._model.base_model_prefix}
         return self._rename(key, self._renamings, self._converters, **prefix, meta_state_dict=self._meta)
 
-    def module_key(self, key: str) -> str:
-        return self.target(key)[0]
+    def module_keys(self, key: str) -> list[str]:
+        """Every module key a checkpoint key feeds: one, or each target of a one-to-many conversion (a fused
+        tensor split into several), named as transformers names them (the first target pattern replaced)."""
+        target, pattern = self.target(key)
+        if pattern is None:
+            return [target]
+        patterns = self._converter_of[pattern].target_patterns
+        if len(patterns) == 1:
+            return [target]
+        return _split_targets(target, patterns)
 
     def convert(self, tensors: dict[str, Any]) -> dict[str, Any]:
         """Checkpoint tensors -> module tensors, for every module key these tensors fully provide."""
@@ -163,16 +171,32 @@ class CheckpointConversion:
                 collected.setdefault(target, {}).setdefault(pattern, []).append(tensors[key])
         for target, by_pattern in collected.items():
             converter = self._converter_of[next(iter(by_pattern))]
-            if len(converter.target_patterns) != 1:
-                raise NotConvertible(f"{target}: the reference converts no checkpoint tensor into several module "
-                                     f"tensors ({', '.join(converter.target_patterns)})")
             values: dict[str, Any] = {p: by_pattern[p] for p in converter.source_patterns if p in by_pattern}
             for operation in converter.operations:
-                values = operation.convert(values, source_patterns=converter.source_patterns,
-                                           target_patterns=converter.target_patterns, full_layer_name=target,
-                                           model=self._model, config=self._model.config)
-            (out[target],) = values.values()
+                try:
+                    values = operation.convert(values, source_patterns=converter.source_patterns,
+                                               target_patterns=converter.target_patterns, full_layer_name=target,
+                                               model=self._model, config=self._model.config)
+                except Exception as exc:  # noqa: BLE001 - e.g. an operation sizing its split from the (partitioned) model
+                    raise NotConvertible(f"{target}: transformers' {type(operation).__name__} does not run on the "
+                                         f"partitioned model: {type(exc).__name__}: {exc}") from None
+            if len(converter.target_patterns) == 1:
+                (out[target],) = values.values()
+                continue
+            for name, key in zip(converter.target_patterns, _split_targets(target, converter.target_patterns)):
+                if name not in values:
+                    raise NotConvertible(f"{target}: the conversion gave {sorted(values)}, not {name}")
+                out[key] = values[name]
         return out
+
+
+def _split_targets(target: str, patterns: list[str]) -> list[str]:
+    """The module keys of a one-to-many conversion: transformers names the key after the first target pattern
+    and the operations return one tensor per pattern. Plain patterns only; others are NotConvertible."""
+    if patterns[0] not in target or any(c in p for p in patterns for c in "*()[]^$\\"):
+        raise NotConvertible(f"{target}: the reference cannot name the module tensors of a conversion into "
+                             f"{', '.join(patterns)}")
+    return [target.replace(patterns[0], p, 1) for p in patterns]
 
 
 def _natural_key(key: str) -> list[Any]:

@@ -192,3 +192,14 @@ def test_a_users_multimodal_checkpoint_is_checked_in_every_clause_family(tmp_pat
     assert code == 0, [r["message"] for r in records if r["status"] != "PASS"]
     ran = {r["clause"][0] for r in records if r["status"] != "SKIP"}
     assert ran == {"P", "G", "N"} and {r["head"] for r in records} == {"LlavaForConditionalGeneration"}
+
+
+@pytest.mark.xdist_group("harness-sweep")
+def test_the_reference_loads_a_checkpoint_whose_fused_tensor_transformers_splits_on_load(tmp_path):
+    """gte declares a one-to-many conversion (a fused up/gate projection split into two module tensors): the
+    reference names and loads both, as transformers does without ZeRO."""
+    out = tmp_path / "run"
+    code = cli.main(["run", "--architectures", "gte", "--subject", "reference", "--clauses", "G1,G7",
+                     "--world-sizes", "2", "--out", str(out), "--quiet"])
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert code == 0 and records and all(r["status"] == "PASS" for r in records), [r["message"] for r in records]

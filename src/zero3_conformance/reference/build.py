@@ -179,14 +179,14 @@ class _Plan:
 
     def __init__(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion]):
         model_keys = _persistent_keys(model)
-        renamer = conversion.module_key if conversion else self._prefix_renamer(model, reader.keys(), model_keys)
+        renamer = self._prefix_renamer(model, reader.keys(), model_keys)
         self.sources: dict[str, list[str]] = {}  # model key -> checkpoint keys
         unexpected = []
         for key in reader.keys():
-            target = renamer(key)
-            if target in model_keys:
+            targets = [t for t in (conversion.module_keys(key) if conversion else [renamer(key)]) if t in model_keys]
+            for target in targets:
                 self.sources.setdefault(target, []).append(key)
-            else:
+            if not targets:
                 unexpected.append(key)
         provided = set(self.sources)
         missing = []
