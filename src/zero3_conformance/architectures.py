@@ -11,8 +11,9 @@ build tiny here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .errors import exception_line
 
@@ -113,6 +114,16 @@ def model_types() -> list[str]:
     return list(MODEL_MAPPING_NAMES)
 
 
+def _parameters_on_meta(build: Callable[[], Any]) -> int:
+    """The parameter count of the model `build()` makes on the meta device (no memory, no init)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    return sum(p.numel() for p in model.parameters())
+
+
+@functools.cache
 def _auto_mappings() -> dict[str, dict[str, Any]]:
     """Every auto mapping of the installed transformers (name -> {model type: class name(s)}), by name."""
     from transformers.models.auto import modeling_auto
@@ -148,7 +159,6 @@ def foreign_config_reason(model_type: str, head: str) -> Optional[str]:
     its own (a mapping may list such a class under the type, e.g. qwen2's JevForDecision, whose config
     fills what a qwen2 config lacks with full-size defaults); None where it builds tiny or takes the type's
     config (or one of its sub-configs), which the type's survey covers."""
-    import torch
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -162,11 +172,9 @@ def foreign_config_reason(model_type: str, head: str) -> Optional[str]:
     if own is None or any(isinstance(c, type) and issubclass(c, own) for c in takes):
         return None
     try:
-        with torch.device("meta"):
-            model = cls._from_config(own.from_dict(tiny_config(model_type).to_dict()))
+        parameters = _parameters_on_meta(lambda: cls._from_config(own.from_dict(tiny_config(model_type).to_dict())))
     except Exception as exc:  # noqa: BLE001 - any failure is the reason this class is not available tiny
         return f"{head} reads the checkpoint with its own {own.__name__}, and does not build: {exception_line(exc)}"
-    parameters = sum(p.numel() for p in model.parameters())
     if parameters > MAX_PARAMETERS:
         return (f"{head} reads the checkpoint with its own {own.__name__}: {parameters:,} parameters, more than "
                 f"{MAX_PARAMETERS:,}")
@@ -215,18 +223,15 @@ class Survey:
 
 def survey_one(model_type: str) -> Survey:
     """Builds the type's AutoModel from its tiny config on the meta device (no memory, no init)."""
-    import torch
     import transformers
 
     try:
         config = tiny_config(model_type)
-        with torch.device("meta"):
-            model = transformers.AutoModel.from_config(config)
+        parameters = _parameters_on_meta(lambda: transformers.AutoModel.from_config(config))
     except ArchitectureUnavailable as exc:
         return Survey(model_type, None, str(exc))
     except Exception as exc:  # noqa: BLE001 - any failure is the reason this type is not available tiny
         return Survey(model_type, None, f"its AutoModel does not build: {exception_line(exc)}")
-    parameters = sum(p.numel() for p in model.parameters())
     if parameters > MAX_PARAMETERS:
         return Survey(model_type, None, f"{parameters:,} parameters after shrinking, more than "
                                         f"{MAX_PARAMETERS:,} (a size field the shrink does not know)")

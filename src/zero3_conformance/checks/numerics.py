@@ -12,7 +12,7 @@ import copy
 from typing import Any, Callable, Optional
 
 from .. import compat
-from ..inputs import InputsUnavailable, training_batch, vocabulary
+from ..inputs import FIRST_ORDINARY_TOKEN, InputsUnavailable, training_batch, vocabulary
 from .base import SEED, Case, NotApplicable, check
 from .tensors import closeness_problem, exact_mismatch
 
@@ -339,7 +339,7 @@ def _prompt(case: Case) -> dict[str, Any]:
         vocab = vocabulary(case.model_config())
     except InputsUnavailable as exc:
         raise NotApplicable(str(exc)) from None
-    input_ids = torch.randint(3, vocab, (1, length), generator=generator)
+    input_ids = torch.randint(FIRST_ORDINARY_TOKEN, vocab, (1, length), generator=generator)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 

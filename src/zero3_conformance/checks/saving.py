@@ -54,7 +54,7 @@ def resize_token_embeddings(case: Case) -> None:
         raise NotApplicable(f"{type(baseline).__name__} has no token embeddings to resize")
     groups = tied_groups(baseline)
     old_rows = {what: module.weight.detach().clone() for what, module in _vocabulary_modules(baseline).items()}
-    vocab = int(baseline.get_input_embeddings().weight.shape[0])
+    vocab = int(embeddings.weight.shape[0])
     new_vocab = vocab + ADDED_TOKENS
     config_object, model, _ = case.zero3_from_pretrained()
     case.keep(config_object)

@@ -179,11 +179,12 @@ class _Plan:
 
     def __init__(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion]):
         model_keys = _persistent_keys(model)
-        renamer = self._prefix_renamer(model, reader.keys(), model_keys)
+        renamer = None if conversion else self._prefix_renamer(model, reader.keys(), model_keys)
         self.sources: dict[str, list[str]] = {}  # model key -> checkpoint keys
         unexpected = []
         for key in reader.keys():
-            targets = [t for t in (conversion.module_keys(key) if conversion else [renamer(key)]) if t in model_keys]
+            named = conversion.module_keys(key) if conversion else [renamer(key)]
+            targets = [t for t in named if t in model_keys]
             for target in targets:
                 self.sources.setdefault(target, []).append(key)
             if not targets:
