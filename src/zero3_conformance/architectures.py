@@ -189,15 +189,29 @@ LOSS_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUS
                  "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")
 
 
-def loss_head(model_type: str) -> Optional[str]:
-    """The head the N and S clauses run on, or None where the type has none the harness can train."""
+# Heads whose output size is the config's number of labels: where G8 overrides `num_labels` / `id2label`.
+LABEL_MAPPINGS = ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+                  "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")
+
+
+def _first_head(model_type: str, mapping_names: tuple[str, ...]) -> Optional[str]:
     mappings = _auto_mappings()
     heads = head_classes(model_type)
-    for name in LOSS_MAPPINGS:
+    for name in mapping_names:
         for head in _class_names(mappings.get(name, {}).get(model_type)):
             if head in heads:
                 return head
     return None
+
+
+def loss_head(model_type: str) -> Optional[str]:
+    """The head the N and S clauses run on, or None where the type has none the harness can train."""
+    return _first_head(model_type, LOSS_MAPPINGS)
+
+
+def labelled_head(model_type: str) -> Optional[str]:
+    """A head sized by the number of labels, or None where the type has none."""
+    return _first_head(model_type, LABEL_MAPPINGS)
 
 
 def tiny_config(model_type: str) -> Any:

@@ -19,7 +19,7 @@ DEFAULT_WORLD_SIZES = (1, 2, 3)
 # The architecture sweep checks each of a type's classes for the clauses about that class: construction and
 # loading on the base class; the loading report and a construction that leaves no trace on every class; a
 # base checkpoint's missing weights in every head; ties, numerics and saving on the head with a loss.
-SWEEP_ROLES = {"base": ("P1", "P2", "P5", "G1", "G4", "G6"), "every class": ("P4", "G7"), "heads": ("G3",),
+SWEEP_ROLES = {"base": ("P1", "P2", "P5", "G1", "G4", "G6", "G8"), "every class": ("P4", "G7"), "heads": ("G3",),
                "loss head": ("G2", "N1", "N2", "N3", "N4", "S1", "S2")}
 # Layouts are the zoo's concern (its families load each of them); the sweep's is the architecture.
 SWEEP_LAYOUTS = ("safetensors",)

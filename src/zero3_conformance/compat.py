@@ -78,6 +78,17 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     return {"dtype" if transformers_version() >= Version("4.56") else "torch_dtype": dtype}
 
 
+def set_config_dtype(config: Any, dtype: Any) -> None:
+    """Records the dtype a model was loaded in on its config and sub-configs, as from_pretrained(dtype=...)
+    does (the attribute is `dtype` from 4.56 on, `torch_dtype` before)."""
+    attribute = "dtype" if transformers_version() >= Version("4.56") else "torch_dtype"
+    setattr(config, attribute, dtype)
+    for key in getattr(config, "sub_configs", None) or {}:
+        sub_config = getattr(config, key, None)
+        if sub_config is not None:
+            setattr(sub_config, attribute, dtype)
+
+
 def concrete_class(model_class: Any, config: Any) -> Any:
     """An Auto class resolves to the concrete class registered for this config type."""
     mapping = getattr(model_class, "_model_mapping", None)
@@ -147,6 +158,10 @@ class CheckpointConversion:
         """(module key, the converter source pattern it matched or None)."""
         prefix = {self._prefix_keyword: self._model.base_model_prefix}
         return self._rename(key, self._renamings, self._converters, **prefix, meta_state_dict=self._meta)
+
+    def renames_only(self, key: str) -> bool:
+        """Whether the checkpoint key reaches its module key by renaming alone (no operation on the tensor)."""
+        return self.target(key)[1] is None
 
     def module_keys(self, key: str) -> list[str]:
         """Every module key a checkpoint key feeds: one, or each target of a one-to-many conversion (a fused

@@ -66,8 +66,9 @@ class Unpartitioned(Mutant):
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
         return model_class.from_config(config)
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        return model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False)
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        return model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False, **options)
 
 
 class PerturbedLoad(Mutant):
@@ -75,11 +76,12 @@ class PerturbedLoad(Mutant):
 
     kills = ("G1", "N1", "N2", "N3")
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
         import deepspeed
         import torch
 
-        model, info = super().from_pretrained(model_class, path, dtype)
+        model, info = super().from_pretrained(model_class, path, dtype, **options)
         param = next(iter(model.parameters()))
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
             param.add_(1e-3)
@@ -102,9 +104,10 @@ class MissingKeysUninitialized(Mutant):
     kills = ("G3",)
     family = "bert"
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
         with _initialization_skipped():
-            return super().from_pretrained(model_class, path, dtype)
+            return super().from_pretrained(model_class, path, dtype, **options)
 
 
 class EmptyLoadingReport(Mutant):
@@ -113,8 +116,9 @@ class EmptyLoadingReport(Mutant):
     kills = ("G7",)
     family = "bert"
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        model, _ = super().from_pretrained(model_class, path, dtype)
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        model, _ = super().from_pretrained(model_class, path, dtype, **options)
         return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
 
 
@@ -133,13 +137,14 @@ class UntiedAfterLoad(Mutant):
     kills = ("G2",)
     family = "gpt2"
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
         import deepspeed
         import torch
 
         from .reference.build import active_zero3, partitioned_construction
 
-        model, info = super().from_pretrained(model_class, path, dtype)
+        model, info = super().from_pretrained(model_class, path, dtype, **options)
         weight = model.get_input_embeddings().weight
         with partitioned_construction(active_zero3(), weight.dtype):
             copy = torch.nn.Linear(weight.ds_shape[1], weight.ds_shape[0], bias=False, dtype=weight.dtype)
@@ -179,7 +184,8 @@ class NoModifierRank(Mutant):
 
     kills = ("G1",)
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
         import deepspeed
 
         original = deepspeed.zero.GatheredParameters
@@ -188,7 +194,7 @@ class NoModifierRank(Mutant):
             return original(params, modifier_rank=None, **kwargs)
 
         with _patched(deepspeed.zero, "GatheredParameters", without_modifier):
-            return super().from_pretrained(model_class, path, dtype)
+            return super().from_pretrained(model_class, path, dtype, **options)
 
 
 class DtypeIgnored(Mutant):
@@ -200,9 +206,22 @@ class DtypeIgnored(Mutant):
         with _fp32_construction():
             return super().from_config(model_class, config, dtype)
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
         with _fp32_construction():
-            return super().from_pretrained(model_class, path, dtype)
+            return super().from_pretrained(model_class, path, dtype, **options)
+
+
+class LoadingOptionsDropped(Mutant):
+    """from_pretrained drops the caller's loading options (variant, key_mapping, num_labels, ...) under ZeRO-3,
+    as a wrapper that forwards only the path would: the default file, names and config are loaded instead."""
+
+    kills = ("G8-variant_loads_like_baseline", "G8-key_mapping_loads_like_baseline",
+             "G8-label_options_load_like_baseline")
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        return super().from_pretrained(model_class, path, dtype)
 
 
 def _fp32_construction() -> contextlib.AbstractContextManager:
@@ -233,6 +252,7 @@ MUTANTS: dict[str, type[Mutant]] = {
     "unregistered_config": UnregisteredConfig,
     "no_modifier_rank": NoModifierRank,
     "dtype_ignored": DtypeIgnored,
+    "loading_options_dropped": LoadingOptionsDropped,
 }
 
 

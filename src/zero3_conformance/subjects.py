@@ -21,8 +21,11 @@ class Subject:
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
         raise NotImplementedError
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        """(model, loading report with missing_keys / unexpected_keys / mismatched_keys)."""
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        """(model, loading report with missing_keys / unexpected_keys / mismatched_keys). `options` are
+        transformers' own from_pretrained options (G8): variant, use_safetensors, key_mapping,
+        ignore_mismatched_sizes, and config attributes to override such as num_labels."""
         raise NotImplementedError
 
     def generate(self, model: Any, **kwargs: Any) -> Any:
@@ -49,9 +52,10 @@ class TransformersSubject(Subject):
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
         return compat.build_from_config(model_class, config, dtype)
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
         model, info = model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False,
-                                                  **compat.dtype_kwarg(dtype))
+                                                  **compat.dtype_kwarg(dtype), **options)
         return model, info
 
     def generate(self, model: Any, **kwargs: Any) -> Any:
@@ -81,10 +85,11 @@ class ReferenceSubject(Subject):
 
         return from_config(model_class, config, dtype)
 
-    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
         from .reference import from_pretrained
 
-        return from_pretrained(model_class, path, dtype)
+        return from_pretrained(model_class, path, dtype, **options)
 
     def generate(self, model: Any, **kwargs: Any) -> Any:
         from .reference import generate

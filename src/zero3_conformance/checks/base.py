@@ -297,7 +297,9 @@ def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, 
     if outcome.timed_out:
         waiting = sorted(set(range(world_size)) - set(outcome.replies))
         stacks = "\n".join(f"--- rank {r} stack ---\n{s}" for r, s in outcome.stacks.items())
-        return TIMEOUT, f"ranks {waiting} did not finish within the limit\n{stacks}", {}
+        # What the ranks that did finish ended with is usually why the others wait (one rank raised early).
+        finished = "".join(f"rank {r} ended {_reply_text(reply)}\n" for r, reply in sorted(outcome.replies.items()))
+        return TIMEOUT, f"ranks {waiting} did not finish within the limit\n{finished}{stacks}", {}
     results: dict[int, dict[str, Any]] = {}
     for rank, reply in sorted(outcome.replies.items()):
         if not reply.ok:
@@ -318,6 +320,13 @@ def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, 
             status = FAIL
     metrics = results[min(results)]["metrics"] if results else {}
     return status, "\n".join(lines), metrics
+
+
+def _reply_text(reply: Any) -> str:
+    if not reply.ok:
+        return f"with an error: {reply.error}"
+    value = reply.value if isinstance(reply.value, dict) else {}
+    return f"{value.get('status')}: {value.get('message', '')[:2000]}".rstrip(": ")
 
 
 def _disagreements(results: dict[int, dict[str, Any]]) -> list[str]:

@@ -177,7 +177,8 @@ def _persistent_keys(model: Any) -> set[str]:
 class _Plan:
     """Which checkpoint keys feed which model keys, and what the loading report says."""
 
-    def __init__(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion]):
+    def __init__(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion],
+                 ignore_mismatched_sizes: bool = False):
         model_keys = _persistent_keys(model)
         renamer = None if conversion else self._prefix_renamer(model, reader.keys(), model_keys)
         self.sources: dict[str, list[str]] = {}  # model key -> checkpoint keys
@@ -189,7 +190,8 @@ class _Plan:
                 self.sources.setdefault(target, []).append(key)
             if not targets:
                 unexpected.append(key)
-        provided = set(self.sources)
+        self.mismatched = self._mismatched(model, reader, conversion, ignore_mismatched_sizes)
+        provided = {*self.sources, *(key for key, *_ in self.mismatched)}
         missing = []
         for names in _aliases(model).values():
             if not provided.intersection(names):  # a tied parameter no name of which the checkpoint holds
@@ -197,7 +199,25 @@ class _Plan:
         missing += [k for k in model_keys - provided if k not in dict(model.named_parameters(remove_duplicate=False))]
         self.missing = sorted(_drop_ignored(missing, getattr(model, "_keys_to_ignore_on_load_missing", None)))
         self.unexpected = sorted(_drop_ignored(unexpected, getattr(model, "_keys_to_ignore_on_load_unexpected", None)))
-        self.mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+
+    def _mismatched(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion],
+                    ignore: bool) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+        """Tensors read one to one whose stored shape is not the model's (e.g. a classifier for another number
+        of labels): with `ignore_mismatched_sizes` they are reported, not loaded, and initialized instead;
+        without it, loading stops, as it does without ZeRO. (A conversion's operations check their own.)"""
+        shapes = {key: tuple(getattr(t, "ds_shape", t.shape)) for key, t in
+                  [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]}
+        stored = {key: reader.shape(sources[0]) for key, sources in sorted(self.sources.items())
+                  if len(sources) == 1 and key in shapes
+                  and (conversion is None or conversion.renames_only(sources[0]))}
+        found = [(key, shape, shapes[key]) for key, shape in stored.items() if shape != shapes[key]]
+        if found and not ignore:
+            sizes = "; ".join(f"{key}: checkpoint {have}, model {wanted}" for key, have, wanted in found)
+            raise RuntimeError(f"checkpoint tensors do not fit the model ({sizes}); pass ignore_mismatched_sizes=True "
+                               f"to initialize them instead")
+        for key, *_ in found:
+            del self.sources[key]
+        return found
 
     @staticmethod
     def _prefix_renamer(model: Any, checkpoint_keys: list[str], model_keys: set[str]) -> Any:
@@ -228,28 +248,50 @@ def _module_tensors(reader: CheckpointReader, plan: _Plan, keys: list[str],
     return {key: raw[plan.sources[key][0]] for key in keys if key in plan.sources}
 
 
-def from_pretrained(model_class: Any, path: Any, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Returns (model, loading report with missing_keys / unexpected_keys / mismatched_keys)."""
+def _resolved_dtype(dtype: Any, config: Any, reader: CheckpointReader) -> Any:
+    """`dtype="auto"` (or its name as a string) as transformers resolves it: the config's dtype, else the
+    checkpoint's first floating tensor's."""
+    import torch
+
+    if dtype == "auto":
+        named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        dtype = named if named is not None else reader.floating_dtype()
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: Optional[str] = None,
+                    use_safetensors: Optional[bool] = None, key_mapping: Optional[dict[str, str]] = None,
+                    ignore_mismatched_sizes: bool = False, **config_overrides: Any) -> tuple[Any, dict[str, Any]]:
+    """Returns (model, loading report with missing_keys / unexpected_keys / mismatched_keys). The options
+    are transformers' own: which files (`variant`, `use_safetensors`), renamed keys (`key_mapping`),
+    tensors of another shape initialized instead (`ignore_mismatched_sizes`), and config attributes
+    overridden (e.g. `num_labels`, `id2label`)."""
     import deepspeed
     import torch
     from transformers import AutoConfig
 
     zero = active_zero3()
+    options = dict(variant=variant, use_safetensors=use_safetensors, key_mapping=key_mapping,
+                   ignore_mismatched_sizes=ignore_mismatched_sizes)
     if zero is None:  # an ordinary load is not what the reference is about: transformers does it
+        given = {k: v for k, v in options.items() if v is not None and v is not False}
         return model_class.from_pretrained(str(path), output_loading_info=True, trust_remote_code=False,
-                                           **compat.dtype_kwarg(dtype))
-    reader = CheckpointReader(Path(path))
+                                           **compat.dtype_kwarg(dtype), **given, **config_overrides)
+    reader = CheckpointReader(Path(path), variant=variant, use_safetensors=use_safetensors, key_mapping=key_mapping)
     # A concrete class reads its own config class, as transformers does (a sub-model of a composite checkpoint,
     # e.g. MllamaTextModel, takes its part of the config).
     own = getattr(model_class, "config_class", None)
     if own is not None and not hasattr(model_class, "_model_mapping"):
-        config = own.from_pretrained(str(path))
+        config = own.from_pretrained(str(path), **config_overrides)
     else:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False, **config_overrides)
+    dtype = _resolved_dtype(dtype, config, reader)
+    if dtype is not None:
+        compat.set_config_dtype(config, dtype)
     model = _construct(compat.concrete_class(model_class, config), config, zero, dtype)
     conversion = compat.checkpoint_conversion(model)
-    plan = _Plan(model, reader, conversion)
-    _initialize(model, only=set(plan.missing))
+    plan = _Plan(model, reader, conversion, ignore_mismatched_sizes)
+    _initialize(model, only={*plan.missing, *(key for key, *_ in plan.mismatched)})
     is_writer = _rank() == 0
     for name, module in _post_order(model):
         prefix = f"{name}." if name else ""

@@ -1,0 +1,283 @@
+"""G8 — loading options behave as without ZeRO.
+
+Each check gives transformers' own from_pretrained options to the subject under ZeRO-3 and to transformers
+without ZeRO, on checkpoints derived from the case's own, and compares what the two calls give: the loading
+report, every gathered tensor (what was loaded bit for bit, dtype included; what was initialized instead by
+the init's statistics) and the config attributes the options set. Where the call without ZeRO raises, the
+subject must raise too. Every baseline is loaded before the first ZeRO-3 config object exists.
+
+Derived checkpoints are written by every rank into its own scratch directory, byte for byte the same on
+each, so ranks on different nodes need no shared files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import exception_line
+from ..reference.checkpoint import CheckpointReader, with_variant
+from .base import Case, NotApplicable, check
+from .gathered import baseline_matches_file, compare_all, gathered_state, report_differences
+from .tensors import exact_mismatch, full_parameters, init_mismatch
+
+# The variant and .bin copies hold the default file's values moved by this much: exactly representable in
+# every floating dtype, so a loader that reads the wrong file is off by it everywhere.
+SHIFT = 0.125
+VARIANT = "conformance"
+LEGACY_PREFIX = "legacy."
+EXTRA_LABELS = 2  # a label head loaded with this many more labels than its checkpoint has
+
+
+@dataclasses.dataclass
+class Load:
+    """One from_pretrained call, made without ZeRO and then by the subject under ZeRO-3."""
+    what: str  # the options as the finding names them
+    model_class: Any
+    path: Path
+    options: dict[str, Any]
+    ds_config: Optional[dict[str, Any]] = None  # the case's own unless the options need another precision
+    reader: Optional[CheckpointReader] = None  # the file the options select, to see the baseline read it
+    baseline: Any = None
+    expected: Optional[dict[str, Any]] = None
+    baseline_error: str = ""
+
+
+def _scratch(case: Case) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"zero3-conformance-g8-rank{case.rank}-"))
+    case.on_close(lambda: shutil.rmtree(path, ignore_errors=True))
+    return path
+
+
+def _original_tensors(case: Case) -> dict[str, Any]:
+    reader = CheckpointReader(Path(case.checkpoint_path))
+    return {key: reader.get(key).clone() for key in reader.keys()}
+
+
+def _shifted(tensors: dict[str, Any], by: float) -> dict[str, Any]:
+    return {k: t + by if t.is_floating_point() else t for k, t in tensors.items()}
+
+
+def _derived_checkpoint(case: Case, name: str, files: dict[str, dict[str, Any]],
+                        config_changes: Optional[dict[str, Any]] = None) -> Path:
+    """The case's checkpoint directory (config and any other files) with its weights replaced by `files`
+    (file name -> tensors), and `config_changes` written into config.json."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    target = _scratch(case) / name
+    shutil.copytree(case.checkpoint_path, target, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.json"))
+    config = json.loads((Path(case.checkpoint_path) / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **(config_changes or {})}, indent=2))
+    for other in Path(case.checkpoint_path).glob("*.json"):
+        if other.name != "config.json" and not other.name.endswith(".index.json"):
+            shutil.copy(other, target / other.name)
+    for file_name, tensors in files.items():
+        contiguous = {k: t.contiguous() for k, t in tensors.items()}
+        if file_name.endswith(".bin"):
+            torch.save(contiguous, target / file_name)
+        else:
+            save_file(contiguous, str(target / file_name), metadata={"format": "pt"})
+    return target
+
+
+def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Path:
+    """A checkpoint of another class of the case's type, written as the harness writes every checkpoint."""
+    from ..zoo import checkpoint_model
+
+    family = dataclasses.replace(case.require_family(), checkpoint_auto_class=class_name)
+    target = _scratch(case) / name
+    try:
+        model = checkpoint_model(family, config)
+    except Exception as exc:  # noqa: BLE001 - a class that does not build without ZeRO has nothing to compare
+        raise NotApplicable(f"{class_name} does not build without ZeRO: {exception_line(exc)}") from None
+    # transformers writes only on rank 0 of an initialized process group; each rank writes its own copy here.
+    model.should_save_on_this_rank = lambda is_main_process: True
+    try:
+        model.save_pretrained(target)
+    except Exception as exc:  # noqa: BLE001 - a class that cannot be saved without ZeRO has nothing to compare
+        raise NotApplicable(f"a {class_name} checkpoint cannot be written without ZeRO: {exception_line(exc)}") \
+            from None
+    if not (target / "config.json").is_file():
+        raise RuntimeError(f"save_pretrained wrote no checkpoint to {target} on rank {case.rank}")
+    return target
+
+
+def _model_type(case: Case) -> str:
+    return case.model_config().model_type
+
+
+def _load_baselines(case: Case, loads: list[Load]) -> None:
+    """Every call without ZeRO, first; a baseline that does not read the file its options select leaves
+    nothing faithful to compare with (SKIP saying so)."""
+    for load in loads:
+        case.seed()
+        try:
+            load.baseline, load.expected = load.model_class.from_pretrained(
+                str(load.path), output_loading_info=True, trust_remote_code=False, **load.options)
+        except Exception as exc:  # noqa: BLE001 - an error without ZeRO is the behaviour to match
+            load.baseline_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+            continue
+        case.keep(load.baseline)
+        if load.reader is not None:
+            expected = full_parameters(load.baseline)
+            try:
+                baseline_matches_file(load.reader, expected, load.baseline.base_model_prefix)
+            except NotApplicable as exc:
+                raise NotApplicable(f"with {load.what}: {exc}") from None
+
+
+def _check_subject(case: Case, load: Load) -> None:
+    with case.subject_call("config construction"):
+        config_object = case.subject.make_config(load.ds_config or case.ds_config)
+    case.seed()
+    if load.baseline_error:
+        try:
+            case.subject.from_pretrained(load.model_class, str(load.path), **load.options)
+        except Exception:  # noqa: BLE001 - raising is what the call without ZeRO does
+            return
+        case.fail(f"{load.what}: without ZeRO from_pretrained raises ({load.baseline_error}); under ZeRO-3 it loads "
+                  f"(rank {case.rank})")
+        return
+    with case.subject_call(f"from_pretrained({load.what})"):
+        model, got = case.subject.from_pretrained(load.model_class, str(load.path), **load.options)
+    for problem in report_differences(load.expected, got):
+        case.fail(f"{load.what}: {problem}")
+    for key in load.options:
+        if hasattr(load.baseline.config, key):
+            want, have = getattr(load.baseline.config, key), getattr(model.config, key, None)
+            case.expect(want == have, f"{load.what}: config.{key} expected {want!r} (without ZeRO), got {have!r}")
+    initialized = {*map(str, load.expected.get("missing_keys", [])),
+                   *(str(key) for key, *_ in load.expected.get("mismatched_keys", []))}
+
+    def compare(key: str, want: Any, have: Any) -> Optional[str]:
+        problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
+        return problem and f"{load.what}: {problem}"
+
+    compare_all(case, full_parameters(load.baseline), gathered_state(model), compare, "tensors differ")
+    del model, config_object  # ZeRO-3 ends with the config object, before the next load's config is made
+
+
+def _run(case: Case, loads: list[Load]) -> None:
+    _load_baselines(case, loads)
+    for load in loads:
+        _check_subject(case, load)
+    case.metrics["loads"] = [load.what for load in loads]
+
+
+@check("G8", "dtype_options_load_like_baseline", layouts=("safetensors",), world_sizes=(2,))
+def dtype_options_load_like_baseline(case: Case) -> None:
+    """dtype="auto" on a bfloat16 checkpoint, and an explicit bfloat16 on a float32 one, load as without ZeRO
+    (the ZeRO config's precision is bf16, agreeing with the dtype asked for)."""
+    import torch
+
+    from ..compat import dtype_kwarg
+    from ..dsconfig import with_dtype
+
+    bf16 = with_dtype(case.ds_config, "bf16")
+    stored = {k: t.to(torch.bfloat16) if t.is_floating_point() else t for k, t in _original_tensors(case).items()}
+    halved = _derived_checkpoint(case, "bf16", {"model.safetensors": stored},
+                                 {"dtype": "bfloat16", "torch_dtype": "bfloat16"})
+    cls = case.model_class()
+    _run(case, [Load("dtype='auto' on a bfloat16 checkpoint", cls, halved, dtype_kwarg("auto"), bf16),
+                Load("dtype=torch.bfloat16 on a float32 checkpoint", cls, Path(case.checkpoint_path),
+                     dtype_kwarg(torch.bfloat16), bf16)])
+
+
+@check("G8", "label_options_load_like_baseline", layouts=("safetensors",), world_sizes=(2,))
+def label_options_load_like_baseline(case: Case) -> None:
+    """A label head loaded with more labels (with and without ignore_mismatched_sizes) and with relabelled
+    id2label behaves as without ZeRO: the same mismatched keys, re-initialized heads, errors and config."""
+    from ..architectures import labelled_head
+    from ..zoo import auto_class
+
+    head = labelled_head(_model_type(case))
+    if head is None:
+        raise NotApplicable(f"{_model_type(case)} has no head sized by its number of labels")
+    config = case.model_config()
+    labels = config.num_labels
+    checkpoint = _saved_checkpoint(case, "labels", head, config)
+    cls = auto_class(head)
+    more = labels + EXTRA_LABELS
+    renamed = {i: f"conformance_{i}" for i in range(labels)}
+    _run(case, [Load(f"num_labels={more}, ignore_mismatched_sizes=True on a {labels}-label checkpoint", cls,
+                     checkpoint, {"num_labels": more, "ignore_mismatched_sizes": True}),
+                Load(f"num_labels={more} on a {labels}-label checkpoint", cls, checkpoint, {"num_labels": more}),
+                Load(f"id2label={renamed}", cls, checkpoint, {"id2label": renamed})])
+
+
+@check("G8", "key_mapping_loads_like_baseline", layouts=("safetensors",), world_sizes=(2,))
+def key_mapping_loads_like_baseline(case: Case) -> None:
+    """key_mapping renames a checkpoint's keys as without ZeRO (every key stored under a legacy prefix)."""
+    legacy = {LEGACY_PREFIX + k: t for k, t in _original_tensors(case).items()}
+    path = _derived_checkpoint(case, "legacy", {"model.safetensors": legacy})
+    mapping = {"^" + LEGACY_PREFIX.replace(".", r"\."): ""}
+    load = Load(f"key_mapping={mapping}", case.model_class(), path, {"key_mapping": mapping},
+                reader=CheckpointReader(path, key_mapping=mapping))
+    _load_baselines(case, [load])
+    if load.expected is not None and any(str(k).startswith(LEGACY_PREFIX) for k in load.expected["unexpected_keys"]):
+        raise NotApplicable("transformers without ZeRO does not apply key_mapping (the renamed keys are unexpected)")
+    _check_subject(case, load)
+
+
+def _file_choice(case: Case, name: str, file_name: str, options: dict[str, Any],
+                 reader_options: dict[str, Any], what: str) -> None:
+    """A directory holding the default safetensors file and `file_name` (the same tensors moved by SHIFT):
+    the options must select `file_name`, as they do without ZeRO."""
+    original = _original_tensors(case)
+    path = _derived_checkpoint(case, name, {"model.safetensors": original, file_name: _shifted(original, SHIFT)})
+    _run(case, [Load(what, case.model_class(), path, options, reader=CheckpointReader(path, **reader_options))])
+
+
+@check("G8", "variant_loads_like_baseline", layouts=("safetensors",), world_sizes=(2,))
+def variant_loads_like_baseline(case: Case) -> None:
+    """variant= reads the variant's file, not the default one beside it, as without ZeRO."""
+    file_name = with_variant("model.safetensors", VARIANT)
+    _file_choice(case, "variant", file_name, {"variant": VARIANT}, {"variant": VARIANT},
+                 f"variant={VARIANT!r} beside a default model.safetensors")
+
+
+@check("G8", "use_safetensors_false_loads_like_baseline", layouts=("safetensors",), world_sizes=(2,))
+def use_safetensors_false_loads_like_baseline(case: Case) -> None:
+    """use_safetensors=False reads pytorch_model.bin, not the safetensors file beside it, as without ZeRO."""
+    case.require_bin_loading("use_safetensors=False reads pytorch_model.bin")
+    _file_choice(case, "bin", "pytorch_model.bin", {"use_safetensors": False}, {"use_safetensors": False},
+                 "use_safetensors=False beside a model.safetensors")
+
+
+def _a_head(case: Case, base: str) -> Optional[str]:
+    """The case's own class where it is a head, else the type's trained head, else its first head."""
+    from ..architectures import head_classes, loss_head
+    from ..compat import concrete_class
+
+    own = concrete_class(case.model_class(), case.model_config()).__name__
+    if own != base:
+        return own
+    model_type = _model_type(case)
+    heads = [h for h in head_classes(model_type) if h != base]
+    trained = loss_head(model_type)
+    return trained if trained in heads else heads[0] if heads else None
+
+
+@check("G8", "base_and_head_checkpoints_cross_load", layouts=("safetensors",), world_sizes=(2,))
+def base_and_head_checkpoints_cross_load(case: Case) -> None:
+    """A base model's checkpoint loaded into a head class, and a head's checkpoint into the base class, give
+    the loading report and weights they give without ZeRO."""
+    from ..architectures import base_class
+    from ..zoo import auto_class
+
+    base = base_class(_model_type(case))
+    head = _a_head(case, base)
+    if head is None:
+        raise NotApplicable(f"{_model_type(case)} has no class but its base model {base}")
+    config = case.model_config()
+    base_checkpoint = _saved_checkpoint(case, "base", base, config)
+    head_checkpoint = _saved_checkpoint(case, "head", head, config)
+    _run(case, [Load(f"a {base} checkpoint into {head}", auto_class(head), base_checkpoint, {}),
+                Load(f"a {head} checkpoint into {base}", auto_class(base), head_checkpoint, {})])
+

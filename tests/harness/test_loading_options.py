@@ -1,0 +1,54 @@
+"""The reference's loading options (G8): which file a `variant` or `use_safetensors` selects, names renamed by
+`key_mapping`, and what `dtype="auto"` resolves to, read from the checkpoint as transformers reads it."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from zero3_conformance.reference.checkpoint import CheckpointReader, choose_layout, with_variant
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    default = {"embed.weight": torch.zeros(3, 2), "head.bias": torch.zeros(3, dtype=torch.bfloat16)}
+    save_file(default, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    save_file({k: v + 1 for k, v in default.items()}, str(tmp_path / "model.alt.safetensors"),
+              metadata={"format": "pt"})
+    torch.save({k: v + 2 for k, v in default.items()}, tmp_path / "pytorch_model.bin")
+    return tmp_path
+
+
+def test_a_variant_is_named_as_transformers_names_it():
+    assert with_variant("model.safetensors", "fp16") == "model.fp16.safetensors"
+    assert with_variant("model.safetensors.index.json", "fp16") == "model.safetensors.index.fp16.json"
+    assert with_variant("pytorch_model.bin", None) == "pytorch_model.bin"
+
+
+def test_options_select_the_file_that_from_pretrained_reads(checkpoint):
+    assert float(CheckpointReader(checkpoint).get("embed.weight")[0, 0]) == 0
+    assert float(CheckpointReader(checkpoint, variant="alt").get("embed.weight")[0, 0]) == 1
+    assert float(CheckpointReader(checkpoint, use_safetensors=False).get("embed.weight")[0, 0]) == 2
+    assert choose_layout(checkpoint, "alt", True) == "safetensors"
+
+
+def test_a_missing_selected_file_is_an_error_naming_it(checkpoint):
+    with pytest.raises(FileNotFoundError, match=r"model\.nonesuch\.safetensors"):
+        CheckpointReader(checkpoint, variant="nonesuch", use_safetensors=True)
+    (checkpoint / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin"):
+        CheckpointReader(checkpoint, use_safetensors=False)
+
+
+def test_key_mapping_renames_in_order_and_reads_the_stored_tensor(checkpoint):
+    reader = CheckpointReader(checkpoint, key_mapping={r"^embed\.": "model.embed.", r"model\.": "base."})
+    assert sorted(reader.keys()) == ["base.embed.weight", "head.bias"]
+    assert reader.shape("base.embed.weight") == (3, 2)
+    assert torch.equal(reader.get("base.embed.weight"), torch.zeros(3, 2))
+
+
+def test_the_first_floating_tensor_gives_the_checkpoints_dtype(checkpoint):
+    assert CheckpointReader(checkpoint).floating_dtype() == torch.float32
+    save_file({"ids": torch.arange(3), "w": torch.ones(2, dtype=torch.bfloat16)}, str(checkpoint / "model.safetensors"),
+              metadata={"format": "pt"})
+    assert CheckpointReader(checkpoint).floating_dtype() == torch.bfloat16
