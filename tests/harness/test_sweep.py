@@ -197,9 +197,10 @@ def test_a_users_multimodal_checkpoint_is_checked_in_every_clause_family(tmp_pat
 @pytest.mark.xdist_group("harness-sweep")
 def test_the_reference_loads_a_checkpoint_whose_fused_tensor_transformers_splits_on_load(tmp_path):
     """gte declares a one-to-many conversion (a fused up/gate projection split into two module tensors): the
-    reference names and loads both, as transformers does without ZeRO."""
+    reference names and loads both, as transformers does without ZeRO. Its masked-LM head is tied and has a
+    bias of its own, which S2's resize pads with zeros as transformers does."""
     out = tmp_path / "run"
-    code = cli.main(["run", "--architectures", "gte", "--subject", "reference", "--clauses", "G1,G7",
+    code = cli.main(["run", "--architectures", "gte", "--subject", "reference", "--clauses", "G1,G7,S2",
                      "--world-sizes", "2", "--out", str(out), "--quiet"])
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert code == 0 and records and all(r["status"] == "PASS" for r in records), [r["message"] for r in records]

@@ -6,7 +6,8 @@
   partitioned at once and no rank holds the whole new vocabulary; old rows are copied and new rows set
   to the mean of the old ones on rank 0, which re-partitions them to every rank (no per-rank randomness).
   The model's own tie_weights then points every alias (a tied head, an encoder's copy) at the new
-  embedding, so a tied group stays one ZeRO parameter.
+  embedding, so a tied group stays one ZeRO parameter; a tied head's own bias is padded with zeros, as
+  transformers pads it when it ties.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def _resized(module: Any, new_rows: int, zero: Any) -> None:
             setattr(module, attribute, new_rows)
 
 
+def _zero_padded_bias(module: Any, new_rows: int, zero: Any) -> None:
+    """A tied head's own bias grown to the new vocabulary with zeros, as transformers pads it when it ties the
+    head to the embedding (there it pads `bias.data`, which under ZeRO-3 is an empty partition)."""
+    import deepspeed
+    import torch
+
+    bias = module.bias
+    old_rows = int(bias.ds_shape[0])
+    with partitioned_construction(zero, bias.dtype):
+        new_bias = torch.nn.Linear(1, new_rows, dtype=bias.dtype).bias
+    with deepspeed.zero.GatheredParameters([bias, new_bias], modifier_rank=0), torch.no_grad():
+        new_bias[:old_rows].copy_(bias)
+        new_bias[old_rows:].zero_()
+    module.bias = new_bias
+
+
 def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
     zero = active_zero3()
     if zero is None or not _partitioned(model):
@@ -76,6 +93,9 @@ def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
     if hasattr(model, "vocab_size"):
         model.vocab_size = new_num_tokens
     model.tie_weights()  # every alias of the embedding (a tied head, an encoder's copy) takes the new one
+    bias = getattr(head, "bias", None) if tied else None
+    if bias is not None and hasattr(bias, "ds_shape") and int(bias.ds_shape[0]) != new_num_tokens:
+        _zero_padded_bias(head, new_num_tokens, zero)
     if head is not None and hasattr(head, "out_features"):
         head.out_features = new_num_tokens
     return embeddings
