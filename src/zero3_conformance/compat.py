@@ -111,6 +111,58 @@ def no_init_weights() -> contextlib.AbstractContextManager:
     ])()
 
 
+def init_functions() -> list[tuple[Any, str]]:
+    """(module, name) of every init function a model's init may call on a tensor: torch's (those transformers'
+    no_init_weights silences) and transformers' own guarded ones (`transformers.initialization`, from 5.0)."""
+    found = _torch_init_functions()
+    try:
+        own = importlib.import_module("transformers.initialization")
+    except ImportError:
+        return found
+    for name, function in vars(own).items():
+        if (inspect.isfunction(function) and function.__module__ == own.__name__ and not name.startswith("_")
+                and list(inspect.signature(function).parameters)[:1] == ["tensor"]):
+            found.append((own, name))
+    return found
+
+
+def _torch_init_functions() -> list[tuple[Any, str]]:
+    """(module, name) of every torch init function transformers' no_init_weights silences."""
+    import sys
+
+    try:
+        functions = _first_attr([("transformers.initialization", "TORCH_INIT_FUNCTIONS"),
+                                 ("transformers.modeling_utils", "TORCH_INIT_FUNCTIONS")])
+    except ImportError:
+        return []
+    try:
+        module_names = _first_attr([("transformers.initialization", "TORCH_MODULES_TO_PATCH")])
+    except ImportError:
+        module_names = ("torch.nn.init",)
+    modules = [sys.modules[name] for name in module_names if name in sys.modules]
+    return [(module, name) for module in modules for name in functions if hasattr(module, name)]
+
+
+@contextlib.contextmanager
+def constructor_init_only() -> Iterator[None]:
+    """transformers' no_init_weights (the model-level init that post_init runs is skipped), except that torch's
+    init functions still run on a tensor ZeRO-3 has not partitioned yet. Inside zero.Init a module's parameters
+    stay whole until its own __init__ ends, so the init its constructor runs (Conv1D's normal_, a conv's
+    reset_parameters) is the one it runs without ZeRO; on a partition they do nothing, as inside no_init_weights."""
+    originals = [(module, name, getattr(module, name)) for module, name in _torch_init_functions()]
+    with no_init_weights():  # restores the originals on exit, over the wrappers set here
+        for module, name, original in originals:
+            setattr(module, name, _on_whole_tensors(original))
+        yield
+
+
+def _on_whole_tensors(init: Callable[..., Any]) -> Callable[..., Any]:
+    def run(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor if hasattr(tensor, "ds_id") else init(tensor, *args, **kwargs)
+
+    return run
+
+
 @contextlib.contextmanager
 def hf_init_guard() -> Iterator[None]:
     """transformers 5 guards torch.nn.init with per-tensor 'already initialized' flags; use it if present."""

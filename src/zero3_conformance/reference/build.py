@@ -1,13 +1,17 @@
 """Building a Hugging Face model already partitioned by ZeRO-3: the reference, step by step.
 
 1. Construct under `deepspeed.zero.Init`: each module's parameters are partitioned as soon as the
-   module exists, so no rank ever holds the whole model. Weight init is switched off during
-   construction (it would run on empty shards); torch's default dtype is the model's (the config's
+   module exists, so no rank ever holds the whole model. The model-level init (post_init's) is switched
+   off during construction (it would run on empty shards); the init a module's own constructor runs on
+   its still-whole parameters runs as without ZeRO (rank 0's values are the ones partitioned). Torch's
+   default dtype is the model's (the config's
    fp16/bf16, as `dtype=` sets it without ZeRO), and tensors created with an explicit dtype keep it, so
    computed buffers (rotary tables) take the dtype they take without ZeRO.
 2. Tie weights, so a tied pair is one ZeRO parameter from the start.
 3. Initialize: module by module, gather that module's parameters, run the model's own init on every
-   rank (buffers are per rank), and let rank 0's parameter values be the ones partitioned back.
+   rank (buffers are per rank), and let rank 0's parameter values be the ones partitioned back. An init
+   that writes a parameter beyond the module's own (walking the model's named_parameters) gathers that
+   one parameter for the write.
 4. Load (from_pretrained): module by module, read only the tensors that module needs, gather its
    parameters and copy them in on rank 0 (`modifier_rank=0` re-partitions the result to every rank).
 
@@ -68,7 +72,7 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any) -> Iterator[None]:
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, _dtype_name(dtype))
     model_dtype = dtype if dtype is not None else zero.torch_dtype()
-    with compat.no_init_weights(), _default_dtype(model_dtype), _explicit_dtypes_kept(), \
+    with compat.constructor_init_only(), _default_dtype(model_dtype), _explicit_dtypes_kept(), \
             deepspeed.zero.Init(config_dict_or_path=ds_config):
         yield
 
@@ -123,6 +127,33 @@ def _owner_of(model: Any) -> dict[int, Any]:
     return owners
 
 
+@contextlib.contextmanager
+def _inits_gather_what_they_write() -> Iterator[None]:
+    """An init function called on a parameter its module's gather did not cover (an init that walks the whole
+    model's named_parameters, e.g. a depth-scaled residual init) gathers that one parameter for the call and
+    partitions rank 0's result back: one tensor at a time, never the whole model."""
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    def gathering(init: Any) -> Any:
+        def run(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(tensor, "ds_status", None) != ZeroParamStatus.NOT_AVAILABLE:
+                return init(tensor, *args, **kwargs)
+            with deepspeed.zero.GatheredParameters([tensor], modifier_rank=0):
+                return init(tensor, *args, **kwargs)
+
+        return run
+
+    originals = [(module, name, getattr(module, name)) for module, name in compat.init_functions()]
+    for module, name, original in originals:
+        setattr(module, name, gathering(original))
+    try:
+        yield
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
 def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
     """Runs the model's own per-module init on gathered parameters, children before parents as transformers
     does. With `only`, just the modules that own or whose direct children own one of those parameter names
@@ -145,7 +176,8 @@ def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
         params = [p for _, p in named]
         aliases = [p for key, p in named if first_name.get(id(p), key) != key]  # tied, first named elsewhere
         init = compat.module_initializer(owners[id(module)])
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad(), compat.hf_init_guard():
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad(), compat.hf_init_guard(), \
+                _inits_gather_what_they_write():
             kept = [p.detach().clone() for p in aliases]
             init(module)
             for param, value in zip(aliases, kept):
@@ -188,8 +220,8 @@ class _Plan:
             targets = [t for t in named if t in model_keys]
             for target in targets:
                 self.sources.setdefault(target, []).append(key)
-            if not targets:
-                unexpected.append(key)
+            if not targets:  # named as transformers names it: after its renames and conversions, once
+                unexpected.append(conversion.target(key)[0] if conversion else key)
         self.mismatched = self._mismatched(model, reader, conversion, ignore_mismatched_sizes)
         provided = {*self.sources, *(key for key, *_ in self.mismatched)}
         missing = []
@@ -198,7 +230,8 @@ class _Plan:
                 missing.extend(names)
         missing += [k for k in model_keys - provided if k not in dict(model.named_parameters(remove_duplicate=False))]
         self.missing = sorted(_drop_ignored(missing, getattr(model, "_keys_to_ignore_on_load_missing", None)))
-        self.unexpected = sorted(_drop_ignored(unexpected, getattr(model, "_keys_to_ignore_on_load_unexpected", None)))
+        self.unexpected = sorted(set(_drop_ignored(unexpected, getattr(model, "_keys_to_ignore_on_load_unexpected",
+                                                                         None))))
 
     def _mismatched(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion],
                     ignore: bool) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
