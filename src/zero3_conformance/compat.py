@@ -203,7 +203,9 @@ class CheckpointConversion:
         self._renamings = [m for m in mapping if isinstance(m, renaming_type)]
         self._converters = [m for m in mapping if isinstance(m, converter_type)]
         self._converter_of = {p: c for c in self._converters for p in c.source_patterns}
-        self._meta = {k: torch.empty(getattr(v, "ds_shape", v.shape), device="meta")
+        # Whole shapes: state_dict() detaches a partitioned parameter into its empty local tensor (no ds_shape).
+        whole = {k: tuple(getattr(p, "ds_shape", p.shape)) for k, p in model.named_parameters(remove_duplicate=False)}
+        self._meta = {k: torch.empty(whole.get(k, tuple(v.shape)), device="meta")
                       for k, v in model.state_dict().items()}
 
     def target(self, key: str) -> tuple[str, Optional[str]]:
@@ -243,7 +245,8 @@ class CheckpointConversion:
                 try:
                     values = operation.convert(values, source_patterns=converter.source_patterns,
                                                target_patterns=converter.target_patterns, full_layer_name=target,
-                                               model=self._model, config=self._model.config)
+                                               model=_WholeShapes(self._model, self._meta),
+                                               config=self._model.config)
                 except Exception as exc:  # noqa: BLE001 - e.g. an operation sizing its split from the (partitioned) model
                     raise NotConvertible(f"{target}: transformers' {type(operation).__name__} does not run on the "
                                          f"partitioned model: {type(exc).__name__}: {exc}") from None
@@ -255,6 +258,20 @@ class CheckpointConversion:
                     raise NotConvertible(f"{target}: the conversion gave {sorted(values)}, not {name}")
                 out[key] = values[name]
         return out
+
+
+class _WholeShapes:
+    """The model as a conversion operation sees it without ZeRO: `get_parameter` gives a tensor of the whole
+    shape (on the meta device), not the empty partition (e.g. a Transpose that checks the target's shape)."""
+
+    def __init__(self, model: Any, meta: dict[str, Any]):
+        self._model, self._meta = model, meta
+
+    def get_parameter(self, name: str) -> Any:
+        return self._meta[name] if name in self._meta else self._model.get_parameter(name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def _split_targets(target: str, patterns: list[str]) -> list[str]:

@@ -40,7 +40,9 @@ def active_zero3() -> Optional[ZeroConfig]:
 @contextlib.contextmanager
 def _explicit_dtypes_kept() -> Iterator[None]:
     """zero.Init casts every floating tensor created inside it to the training dtype; a tensor whose
-    dtype the model asked for explicitly (e.g. a float32 rotary table) must keep that dtype."""
+    dtype the model asked for explicitly (e.g. a float32 rotary table) must keep that dtype when it becomes
+    a buffer. A parameter takes the model's dtype (P5) whatever its data was created in."""
+    import torch
     from deepspeed.runtime.zero import partition_parameters as pp
 
     original = pp.zero_wrapper_for_fp_tensor_constructor
@@ -50,11 +52,21 @@ def _explicit_dtypes_kept() -> Iterator[None]:
         keep = original(fn, None, *args, **kwargs)
         return lambda *a, **kw: (keep if kw.get("dtype") is not None else cast)(*a, **kw)
 
+    def register_parameter(module: Any, name: str, param: Any) -> None:
+        # A parameter takes the model's dtype whatever its data was created in, as zero.Init casts it: the
+        # kept dtype is for buffers (a parameter's fp32 data would otherwise stay fp32 in a bf16 model).
+        if param is not None and param.is_floating_point() and param.dtype != torch.get_default_dtype():
+            param.data = param.data.to(torch.get_default_dtype())
+        registered(module, name, param)
+
+    registered = torch.nn.Module.register_parameter
     pp.zero_wrapper_for_fp_tensor_constructor = wrapper
+    torch.nn.Module.register_parameter = register_parameter
     try:
         yield
     finally:
         pp.zero_wrapper_for_fp_tensor_constructor = original
+        torch.nn.Module.register_parameter = registered
 
 
 def _dtype_name(dtype: Any) -> str:
