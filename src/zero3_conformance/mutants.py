@@ -230,10 +230,10 @@ def _fp32_construction() -> contextlib.AbstractContextManager:
 
     original = build.partitioned_construction
 
-    def fp32(zero: Any, dtype: Any) -> Any:
+    def fp32(zero: Any, dtype: Any, constructors_init: bool = False) -> Any:
         stripped = object.__new__(type(zero))
         stripped.config = with_dtype(zero.config, "fp32")
-        return original(stripped, None)
+        return original(stripped, None, constructors_init)
 
     return _patched(build, "partitioned_construction", fp32)
 

@@ -2,8 +2,9 @@
 
 1. Construct under `deepspeed.zero.Init`: each module's parameters are partitioned as soon as the
    module exists, so no rank ever holds the whole model. The model-level init (post_init's) is switched
-   off during construction (it would run on empty shards); the init a module's own constructor runs on
-   its still-whole parameters runs as without ZeRO (rank 0's values are the ones partitioned). Torch's
+   off during construction (it would run on empty shards); in from_config, the init a module's own
+   constructor runs on its still-whole parameters runs as without ZeRO (rank 0's values are the ones
+   partitioned), while from_pretrained skips it as transformers does without ZeRO. Torch's
    default dtype is the model's (the config's
    fp16/bf16, as `dtype=` sets it without ZeRO), and tensors created with an explicit dtype keep it, so
    computed buffers (rotary tables) take the dtype they take without ZeRO.
@@ -76,15 +77,19 @@ def _dtype_name(dtype: Any) -> str:
 
 
 @contextlib.contextmanager
-def partitioned_construction(zero: ZeroConfig, dtype: Any) -> Iterator[None]:
-    """Modules constructed inside are partitioned as each one's __init__ ends, without weight init."""
+def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bool = False) -> Iterator[None]:
+    """Modules constructed inside are partitioned as each one's __init__ ends, without the model-level init;
+    with `constructors_init`, each module's own constructor initializes its still-whole parameters, as
+    from_config's construction does without ZeRO (from_pretrained's skips it: what the checkpoint lacks is
+    initialized by the model's init alone)."""
     import deepspeed
 
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, _dtype_name(dtype))
     model_dtype = dtype if dtype is not None else zero.torch_dtype()
-    with compat.constructor_init_only(), _default_dtype(model_dtype), _explicit_dtypes_kept(), \
+    skipped_init = compat.constructor_init_only() if constructors_init else compat.no_init_weights()
+    with skipped_init, _default_dtype(model_dtype), _explicit_dtypes_kept(), \
             deepspeed.zero.Init(config_dict_or_path=ds_config):
         yield
 
@@ -103,8 +108,8 @@ def _default_dtype(dtype: Any) -> Iterator[None]:
         torch.set_default_dtype(original)
 
 
-def _construct(model_class: Any, config: Any, zero: ZeroConfig, dtype: Any) -> Any:
-    with partitioned_construction(zero, dtype):
+def _construct(model_class: Any, config: Any, zero: ZeroConfig, dtype: Any, constructors_init: bool) -> Any:
+    with partitioned_construction(zero, dtype, constructors_init):
         model = model_class(config)
     model.tie_weights()
     return model
@@ -200,7 +205,7 @@ def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
     zero = active_zero3()
     if zero is None:
         return compat.concrete_class(model_class, config)._from_config(config, **compat.dtype_kwarg(dtype))
-    model = _construct(compat.concrete_class(model_class, config), config, zero, dtype)
+    model = _construct(compat.concrete_class(model_class, config), config, zero, dtype, constructors_init=True)
     _initialize(model)
     return model
 
@@ -333,7 +338,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: 
     dtype = _resolved_dtype(dtype, config, reader)
     if dtype is not None:
         compat.set_config_dtype(config, dtype)
-    model = _construct(compat.concrete_class(model_class, config), config, zero, dtype)
+    model = _construct(compat.concrete_class(model_class, config), config, zero, dtype, constructors_init=False)
     conversion = compat.checkpoint_conversion(model)
     plan = _Plan(model, reader, conversion, ignore_mismatched_sizes)
     _initialize(model, only={*plan.missing, *(key for key, *_ in plan.mismatched)})
