@@ -144,15 +144,27 @@ def _torch_init_functions() -> list[tuple[Any, str]]:
 
 
 @contextlib.contextmanager
+def functions_wrapped(sites: list[tuple[Any, str, Callable[..., Any]]],
+                      wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """Each (module, name, function) site holds `wrap(function)` inside, and what it held before on exit."""
+    before = [(module, name, getattr(module, name)) for module, name, _ in sites]
+    for module, name, function in sites:
+        setattr(module, name, wrap(function))
+    try:
+        yield
+    finally:
+        for module, name, held in before:
+            setattr(module, name, held)
+
+
+@contextlib.contextmanager
 def constructor_init_only() -> Iterator[None]:
     """transformers' no_init_weights (the model-level init that post_init runs is skipped), except that torch's
     init functions still run on a tensor ZeRO-3 has not partitioned yet. Inside zero.Init a module's parameters
     stay whole until its own __init__ ends, so the init its constructor runs (Conv1D's normal_, a conv's
     reset_parameters) is the one it runs without ZeRO; on a partition they do nothing, as inside no_init_weights."""
     originals = [(module, name, getattr(module, name)) for module, name in _torch_init_functions()]
-    with no_init_weights():  # restores the originals on exit, over the wrappers set here
-        for module, name, original in originals:
-            setattr(module, name, _on_whole_tensors(original))
+    with no_init_weights(), functions_wrapped(originals, _on_whole_tensors):
         yield
 
 
@@ -182,6 +194,13 @@ def module_initializer(owner: Any) -> Callable[[Any], None]:
     return owner._init_weights
 
 
+def whole_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Every parameter's (under each of its names) and buffer's shape as without ZeRO: a partitioned parameter's
+    `ds_shape`, not its empty local tensor (which state_dict() returns, without ds_shape)."""
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return {key: tuple(getattr(t, "ds_shape", t.shape)) for key, t in tensors}
+
+
 class NotConvertible(NotImplementedError):
     """A conversion the installed transformers declares that the reference does not re-implement: the
     reference cannot load that checkpoint (a SKIP that says so, not a finding about the subject)."""
@@ -203,8 +222,7 @@ class CheckpointConversion:
         self._renamings = [m for m in mapping if isinstance(m, renaming_type)]
         self._converters = [m for m in mapping if isinstance(m, converter_type)]
         self._converter_of = {p: c for c in self._converters for p in c.source_patterns}
-        # Whole shapes: state_dict() detaches a partitioned parameter into its empty local tensor (no ds_shape).
-        whole = {k: tuple(getattr(p, "ds_shape", p.shape)) for k, p in model.named_parameters(remove_duplicate=False)}
+        whole = whole_shapes(model)
         self._meta = {k: torch.empty(whole.get(k, tuple(v.shape)), device="meta")
                       for k, v in model.state_dict().items()}
 

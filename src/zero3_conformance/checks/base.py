@@ -212,13 +212,18 @@ class Case:
             model = self.subject.from_config(self.model_class(), self.model_config())
         return config_object, model
 
-    def zero3_from_pretrained(self) -> tuple[Any, Any, dict[str, Any]]:
+    def zero3_from_pretrained(self, model_class: Any = None, path: Any = None,
+                              ds_config: Optional[dict[str, Any]] = None, what: str = "",
+                              **options: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """(config object, model, loading report) from the subject under its stage-3 config: the case's class,
+        checkpoint and config unless given; `options` are from_pretrained's, `what` names them in findings."""
         self.require_loadable_layout()
         with self.subject_call("config construction"):
-            config_object = self.subject.make_config(self.ds_config)
+            config_object = self.subject.make_config(self.ds_config if ds_config is None else ds_config)
         self.seed()
-        with self.subject_call(f"from_pretrained({self.layout})"):
-            model, info = self.subject.from_pretrained(self.model_class(), self.checkpoint_path)
+        with self.subject_call(f"from_pretrained({what or self.layout})"):
+            model, info = self.subject.from_pretrained(model_class or self.model_class(),
+                                                       str(path or self.checkpoint_path), **options)
         return config_object, model, info
 
 

@@ -27,7 +27,7 @@ def _report(case: Case, problems: list[str], what: str) -> None:
 
 
 def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
-                 compare: Callable[[str, Any, Any], Optional[str]], what: str) -> None:
+                compare: Callable[[str, Any, Any], Optional[str]], what: str) -> None:
     """Compares every expected tensor with the ZeRO-3 model's; every rank must also see the same values."""
     problems = []
     for key, tensor in sorted(expected.items()):
@@ -114,8 +114,8 @@ def missing_weights_initialized(case: Case) -> None:
     deterministic = _deterministic_keys(case)
     config_object, model, _ = case.zero3_from_pretrained()
     compare_all(case, {k: expected[k] for k in missing}, gathered_state(model),
-                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
-                 "tensors initialized wrongly")
+                lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
+                "tensors initialized wrongly")
     case.metrics["missing_keys"] = missing
 
 
@@ -126,8 +126,8 @@ def from_config_init_matches_baseline(case: Case) -> None:
     deterministic = _deterministic_keys(case)
     config_object, model = case.zero3_from_config()
     compare_all(case, expected, gathered_state(model),
-                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
-                 "tensors initialized wrongly")
+                lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
+                "tensors initialized wrongly")
     case.metrics["deterministic_tensors"] = len(deterministic)
 
 
@@ -169,7 +169,7 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
         return problem and f"{problem} [numel {numel}, shard {ceil_div(numel, case.world_size)}]"
 
     compare_all(case, {n: expected[n] for n in uneven}, gathered_state(model), compare,
-                 "uneven tensors differ")
+                "uneven tensors differ")
     case.metrics["uneven_tensors"] = len(uneven)
 
 

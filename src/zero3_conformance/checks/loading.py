@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from ..errors import exception_line
 from ..reference.checkpoint import CheckpointReader, with_variant
-from .base import Case, NotApplicable, check
+from .base import Case, NotApplicable, SubjectRaised, check
 from .gathered import baseline_matches_file, compare_all, gathered_state, report_differences
 from .tensors import exact_mismatch, full_parameters, init_mismatch
 
@@ -71,12 +71,11 @@ def _derived_checkpoint(case: Case, name: str, files: dict[str, dict[str, Any]],
     from safetensors.torch import save_file
 
     target = _scratch(case) / name
-    shutil.copytree(case.checkpoint_path, target, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.json"))
-    config = json.loads((Path(case.checkpoint_path) / "config.json").read_text())
-    (target / "config.json").write_text(json.dumps({**config, **(config_changes or {})}, indent=2))
-    for other in Path(case.checkpoint_path).glob("*.json"):
-        if other.name != "config.json" and not other.name.endswith(".index.json"):
-            shutil.copy(other, target / other.name)
+    shutil.copytree(case.checkpoint_path, target,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.index.json"))
+    if config_changes:
+        config = json.loads((target / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps({**config, **config_changes}, indent=2))
     for file_name, tensors in files.items():
         contiguous = {k: t.contiguous() for k, t in tensors.items()}
         if file_name.endswith(".bin"):
@@ -108,10 +107,6 @@ def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Pa
     return target
 
 
-def _model_type(case: Case) -> str:
-    return case.model_config().model_type
-
-
 def _load_baselines(case: Case, loads: list[Load]) -> None:
     """Every call without ZeRO, first; a baseline that does not read the file its options select leaves
     nothing faithful to compare with (SKIP saying so)."""
@@ -133,19 +128,18 @@ def _load_baselines(case: Case, loads: list[Load]) -> None:
 
 
 def _check_subject(case: Case, load: Load) -> None:
-    with case.subject_call("config construction"):
-        config_object = case.subject.make_config(load.ds_config or case.ds_config)
-    case.seed()
+    def subject_load() -> tuple[Any, Any, dict[str, Any]]:
+        return case.zero3_from_pretrained(load.model_class, load.path, load.ds_config, load.what, **load.options)
+
     if load.baseline_error:
         try:
-            case.subject.from_pretrained(load.model_class, str(load.path), **load.options)
-        except Exception:  # noqa: BLE001 - raising is what the call without ZeRO does
+            subject_load()
+        except (SubjectRaised, NotApplicable):  # the subject does not load either: what the call without ZeRO does
             return
         case.fail(f"{load.what}: without ZeRO from_pretrained raises ({load.baseline_error}); under ZeRO-3 it loads "
                   f"(rank {case.rank})")
         return
-    with case.subject_call(f"from_pretrained({load.what})"):
-        model, got = case.subject.from_pretrained(load.model_class, str(load.path), **load.options)
+    config_object, model, got = subject_load()
     for problem in report_differences(load.expected, got):
         case.fail(f"{load.what}: {problem}")
     for key in load.options:
@@ -196,10 +190,10 @@ def label_options_load_like_baseline(case: Case) -> None:
     from ..architectures import labelled_head
     from ..zoo import auto_class
 
-    head = labelled_head(_model_type(case))
-    if head is None:
-        raise NotApplicable(f"{_model_type(case)} has no head sized by its number of labels")
     config = case.model_config()
+    head = labelled_head(config.model_type)
+    if head is None:
+        raise NotApplicable(f"{config.model_type} has no head sized by its number of labels")
     labels = config.num_labels
     checkpoint = _saved_checkpoint(case, "labels", head, config)
     cls = auto_class(head)
@@ -225,20 +219,20 @@ def key_mapping_loads_like_baseline(case: Case) -> None:
     _check_subject(case, load)
 
 
-def _file_choice(case: Case, name: str, file_name: str, options: dict[str, Any],
-                 reader_options: dict[str, Any], what: str) -> None:
+def _file_choice(case: Case, name: str, file_name: str, options: dict[str, Any], what: str) -> None:
     """A directory holding the default safetensors file and `file_name` (the same tensors moved by SHIFT):
-    the options must select `file_name`, as they do without ZeRO."""
+    the options (`variant`, `use_safetensors`, which the reader takes too) must select `file_name`, as they
+    do without ZeRO."""
     original = _original_tensors(case)
     path = _derived_checkpoint(case, name, {"model.safetensors": original, file_name: _shifted(original, SHIFT)})
-    _run(case, [Load(what, case.model_class(), path, options, reader=CheckpointReader(path, **reader_options))])
+    _run(case, [Load(what, case.model_class(), path, options, reader=CheckpointReader(path, **options))])
 
 
 @check("G8", "variant_loads_like_baseline", layouts=("safetensors",), world_sizes=(2,))
 def variant_loads_like_baseline(case: Case) -> None:
     """variant= reads the variant's file, not the default one beside it, as without ZeRO."""
     file_name = with_variant("model.safetensors", VARIANT)
-    _file_choice(case, "variant", file_name, {"variant": VARIANT}, {"variant": VARIANT},
+    _file_choice(case, "variant", file_name, {"variant": VARIANT},
                  f"variant={VARIANT!r} beside a default model.safetensors")
 
 
@@ -246,19 +240,19 @@ def variant_loads_like_baseline(case: Case) -> None:
 def use_safetensors_false_loads_like_baseline(case: Case) -> None:
     """use_safetensors=False reads pytorch_model.bin, not the safetensors file beside it, as without ZeRO."""
     case.require_bin_loading("use_safetensors=False reads pytorch_model.bin")
-    _file_choice(case, "bin", "pytorch_model.bin", {"use_safetensors": False}, {"use_safetensors": False},
+    _file_choice(case, "bin", "pytorch_model.bin", {"use_safetensors": False},
                  "use_safetensors=False beside a model.safetensors")
 
 
-def _a_head(case: Case, base: str) -> Optional[str]:
+def _a_head(case: Case, config: Any, base: str) -> Optional[str]:
     """The case's own class where it is a head, else the type's trained head, else its first head."""
     from ..architectures import head_classes, loss_head
     from ..compat import concrete_class
 
-    own = concrete_class(case.model_class(), case.model_config()).__name__
+    own = concrete_class(case.model_class(), config).__name__
     if own != base:
         return own
-    model_type = _model_type(case)
+    model_type = config.model_type
     heads = [h for h in head_classes(model_type) if h != base]
     trained = loss_head(model_type)
     return trained if trained in heads else heads[0] if heads else None
@@ -271,11 +265,11 @@ def base_and_head_checkpoints_cross_load(case: Case) -> None:
     from ..architectures import base_class
     from ..zoo import auto_class
 
-    base = base_class(_model_type(case))
-    head = _a_head(case, base)
-    if head is None:
-        raise NotApplicable(f"{_model_type(case)} has no class but its base model {base}")
     config = case.model_config()
+    base = base_class(config.model_type)
+    head = _a_head(case, config, base)
+    if head is None:
+        raise NotApplicable(f"{config.model_type} has no class but its base model {base}")
     base_checkpoint = _saved_checkpoint(case, "base", base, config)
     head_checkpoint = _saved_checkpoint(case, "head", head, config)
     _run(case, [Load(f"a {base} checkpoint into {head}", auto_class(head), base_checkpoint, {}),

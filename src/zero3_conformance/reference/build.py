@@ -161,14 +161,9 @@ def _inits_gather_what_they_write() -> Iterator[None]:
 
         return run
 
-    originals = [(module, name, getattr(module, name)) for module, name in compat.init_functions()]
-    for module, name, original in originals:
-        setattr(module, name, gathering(original))
-    try:
+    with compat.functions_wrapped([(module, name, getattr(module, name)) for module, name in compat.init_functions()],
+                                  gathering):
         yield
-    finally:
-        for module, name, original in originals:
-            setattr(module, name, original)
 
 
 def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
@@ -255,8 +250,7 @@ class _Plan:
         """Tensors read one to one whose stored shape is not the model's (e.g. a classifier for another number
         of labels): with `ignore_mismatched_sizes` they are reported, not loaded, and initialized instead;
         without it, loading stops, as it does without ZeRO. (A conversion's operations check their own.)"""
-        shapes = {key: tuple(getattr(t, "ds_shape", t.shape)) for key, t in
-                  [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]}
+        shapes = compat.whole_shapes(model)
         stored = {key: reader.shape(sources[0]) for key, sources in sorted(self.sources.items())
                   if len(sources) == 1 and key in shapes
                   and (conversion is None or conversion.renames_only(sources[0]))}
