@@ -176,6 +176,33 @@ def _on_whole_tensors(init: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
+def uninitialized_memory_filled() -> Iterator[None]:
+    """Memory a tensor is created in without values (torch.empty, to_empty) holds NaN inside, integers their
+    maximum (torch's deterministic fill, from 2.1): a baseline tensor that no init writes shows as NaN instead
+    of whatever the allocator handed back, which a subject could match or miss by chance."""
+    import warnings
+
+    import torch
+
+    deterministic = getattr(torch.utils, "deterministic", None)
+    if deterministic is None or not hasattr(deterministic, "fill_uninitialized_memory"):
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              deterministic.fill_uninitialized_memory)
+    # The fill is on only while deterministic algorithms are; warn_only keeps every op available.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic.fill_uninitialized_memory = True
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+            deterministic.fill_uninitialized_memory = before[2]
+
+
+@contextlib.contextmanager
 def hf_init_guard() -> Iterator[None]:
     """transformers 5 guards torch.nn.init with per-tensor 'already initialized' flags; use it if present."""
     try:

@@ -91,6 +91,21 @@ def with_dtype(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     return out
 
 
+def precision(config: dict[str, Any]) -> str:
+    """The training dtype the config enables: 'bf16' or 'fp16' where its section is enabled, else 'fp32'."""
+    for dtype, section in DTYPE_SECTIONS.items():
+        if config.get(section, {}).get("enabled") is True:
+            return dtype
+    return "fp32"
+
+
+def torch_dtype(dtype: str) -> Any:
+    """torch's dtype for a training dtype's name ('fp32', 'bf16', 'fp16')."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+
+
 def with_stage(config: dict[str, Any], stage: int) -> dict[str, Any]:
     out = copy.deepcopy(config)
     out.setdefault("zero_optimization", {})["stage"] = stage

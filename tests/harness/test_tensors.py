@@ -88,3 +88,18 @@ def test_a_few_random_draws_are_not_judged_by_their_statistics_but_many_are():
     assert init_mismatch("gate_attn", scalar_gate, torch.randn(1, generator=generator), deterministic=False) is None
     many = torch.randn(MIN_STATISTICS * 64, generator=generator)
     assert "init statistics differ" in init_mismatch("w", many, 10 * many, deterministic=False)
+
+
+def test_memory_no_init_writes_shows_in_a_baseline_as_undefined():
+    import torch
+
+    from zero3_conformance.checks.tensors import undefined
+    from zero3_conformance.compat import uninitialized_memory_filled
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    with uninitialized_memory_filled():
+        layer = torch.nn.Linear(4, 3, device="meta").to_empty(device="cpu")  # how a loader materializes
+        torch.nn.init.zeros_(layer.bias)
+        counts = torch.empty(2, dtype=torch.int64)
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+    assert undefined({"weight": layer.weight, "bias": layer.bias, "counts": counts}) == ["weight"]

@@ -160,12 +160,13 @@ class Case:
 
     def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
         """The same family built with no ZeRO config alive (the baseline)."""
-        from ..compat import build_from_config
+        from ..compat import build_from_config, uninitialized_memory_filled
 
         self.seed(seed_offset)
         cls, config = self.model_class(), self.model_config()
         try:
-            model = build_from_config(cls, config, dtype)
+            with uninitialized_memory_filled():
+                model = build_from_config(cls, config, dtype)
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
             raise NotApplicable(f"{cls.__name__} does not build from this config even without ZeRO: "
                                 f"{exception_line(exc)}") from None
@@ -190,14 +191,15 @@ class Case:
                                 f"{torch.__version__} ({why}): {refusal}")
 
     def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        from ..compat import dtype_kwarg
+        from ..compat import dtype_kwarg, uninitialized_memory_filled
 
         self.require_loadable_layout()
         self.seed()
         cls = self.model_class()
         try:
-            model, info = cls.from_pretrained(self.checkpoint_path, output_loading_info=True,
-                                              trust_remote_code=False, **dtype_kwarg(dtype))
+            with uninitialized_memory_filled():
+                model, info = cls.from_pretrained(self.checkpoint_path, output_loading_info=True,
+                                                  trust_remote_code=False, **dtype_kwarg(dtype))
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
             raise NotApplicable(f"{cls.__name__} does not load this checkpoint even without ZeRO: "
                                 f"{exception_line(exc)}") from None

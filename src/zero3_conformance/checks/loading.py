@@ -2,8 +2,8 @@
 
 Each check gives transformers' own from_pretrained options to the subject under ZeRO-3 and to transformers
 without ZeRO, on checkpoints derived from the case's own, and compares what the two calls give: the loading
-report, every gathered tensor (what was loaded bit for bit, dtype included; what was initialized instead by
-the init's statistics) and the config attributes the options set. Where the call without ZeRO raises, the
+report, every gathered tensor (what was loaded bit for bit, in the dtype the config's precision gives it; what
+was initialized instead by the init's statistics) and the config attributes the options set. Where the call without ZeRO raises, the
 subject must raise too. Every baseline is loaded before the first ZeRO-3 config object exists.
 
 Derived checkpoints are written by every rank into its own scratch directory, byte for byte the same on
@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from ..compat import uninitialized_memory_filled
+from ..dsconfig import precision, torch_dtype
 from ..errors import exception_line
 from ..reference.checkpoint import CheckpointReader, with_variant
 from .base import Case, NotApplicable, SubjectRaised, check
@@ -113,8 +115,9 @@ def _load_baselines(case: Case, loads: list[Load]) -> None:
     for load in loads:
         case.seed()
         try:
-            load.baseline, load.expected = load.model_class.from_pretrained(
-                str(load.path), output_loading_info=True, trust_remote_code=False, **load.options)
+            with uninitialized_memory_filled():
+                load.baseline, load.expected = load.model_class.from_pretrained(
+                    str(load.path), output_loading_info=True, trust_remote_code=False, **load.options)
         except Exception as exc:  # noqa: BLE001 - an error without ZeRO is the behaviour to match
             load.baseline_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             continue
@@ -153,8 +156,22 @@ def _check_subject(case: Case, load: Load) -> None:
         problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
         return problem and f"{load.what}: {problem}"
 
-    compare_all(case, full_parameters(load.baseline), gathered_state(model), compare, "tensors differ")
+    compare_all(case, _as_partitioned(load.baseline, load.ds_config or case.ds_config), gathered_state(model),
+                compare, "tensors differ")
     del model, config_object  # ZeRO-3 ends with the config object, before the next load's config is made
+
+
+def _as_partitioned(baseline: Any, ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's tensors in the dtypes ZeRO-3 gives them: with a precision in the config, every floating
+    parameter takes it (P5), those the model keeps in float32 without ZeRO (_keep_in_fp32_modules) too, since
+    ZeRO-3 partitions and trains them in one dtype. Rounding a value into that dtype is exact and the same on
+    both sides, so loaded tensors still compare bit for bit."""
+    expected = full_parameters(baseline)
+    dtype = torch_dtype(precision(ds_config))
+    for name, param in baseline.named_parameters():
+        if name in expected and param.is_floating_point():
+            expected[name] = expected[name].to(dtype)
+    return expected
 
 
 def _run(case: Case, loads: list[Load]) -> None:

@@ -12,9 +12,10 @@ import copy
 from typing import Any, Callable, Optional
 
 from .. import compat
+from ..dsconfig import torch_dtype
 from ..inputs import FIRST_ORDINARY_TOKEN, InputsUnavailable, training_batch, vocabulary
 from .base import SEED, Case, NotApplicable, check
-from .tensors import closeness_problem, exact_mismatch
+from .tensors import closeness_problem, exact_mismatch, full_parameters, undefined
 
 # fp32: the ZeRO-3 result must equal the baseline's within (rtol, atol), elementwise, as the contract asks.
 TOLERANCES = {"fp32": (1e-5, 1e-6)}
@@ -54,7 +55,7 @@ def _torch() -> Any:
 
 
 def _dtype(case: Case) -> Any:
-    return {"fp32": _torch().float32, "bf16": _torch().bfloat16}[case.dtype]
+    return torch_dtype(case.dtype)
 
 
 def batch_for(case: Case, step: int, rank: int) -> dict[str, Any]:
@@ -89,6 +90,10 @@ def _clipping(case: Case) -> float:
 
 def _baseline(case: Case) -> Any:
     model, _ = case.baseline_from_pretrained(dtype=_dtype(case))
+    unwritten = undefined(full_parameters(model))
+    if unwritten:
+        raise NotApplicable(f"without ZeRO, transformers leaves {', '.join(unwritten)} uninitialized when it loads "
+                            f"this checkpoint (memory no init wrote, filled with NaN here): its outputs are undefined")
     # Every floating parameter in the training dtype, as in the ZeRO-3 model (P5), buffers untouched: a
     # loader that keeps some modules in fp32 (T5's `_keep_in_fp32_modules`) would otherwise compute otherwise.
     for param in model.parameters():

@@ -106,6 +106,15 @@ def full_parameters(model: Any) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def undefined(tensors: dict[str, Any]) -> list[str]:
+    """Floating tensors holding NaN. Baselines are built with uninitialized memory filled with NaN
+    (compat.uninitialized_memory_filled), so in a baseline these hold memory no init wrote: without ZeRO their
+    values are undefined, and a ZeRO-3 model's cannot be compared with them."""
+    import torch
+
+    return sorted(k for k, t in tensors.items() if t.is_floating_point() and bool(torch.isnan(t).any()))
+
+
 def tied_groups(model: Any) -> list[tuple[str, ...]]:
     """Names that refer to one shared parameter, for every parameter that has more than one name."""
     names: dict[int, list[str]] = {}

@@ -87,11 +87,16 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bo
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, _dtype_name(dtype))
-    model_dtype = dtype if dtype is not None else zero.torch_dtype()
+    model_dtype = _model_dtype(zero, dtype)
     skipped_init = compat.constructor_init_only() if constructors_init else compat.no_init_weights()
     with skipped_init, _default_dtype(model_dtype), _explicit_dtypes_kept(), \
             deepspeed.zero.Init(config_dict_or_path=ds_config):
         yield
+
+
+def _model_dtype(zero: ZeroConfig, dtype: Any) -> Any:
+    """The dtype asked for, else the one the ZeRO config's precision gives."""
+    return dtype if dtype is not None else zero.torch_dtype()
 
 
 @contextlib.contextmanager
@@ -201,7 +206,10 @@ def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
     if zero is None:
         return compat.concrete_class(model_class, config)._from_config(config, **compat.dtype_kwarg(dtype))
     model = _construct(compat.concrete_class(model_class, config), config, zero, dtype, constructors_init=True)
-    _initialize(model)
+    # Without ZeRO the model's init runs inside its constructor (post_init), under the model's dtype: a buffer
+    # it recomputes (a sinusoid table) is computed in that dtype.
+    with _default_dtype(_model_dtype(zero, dtype)):
+        _initialize(model)
     return model
 
 

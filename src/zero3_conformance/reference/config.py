@@ -11,7 +11,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..dsconfig import read_config_source
+from ..dsconfig import precision, read_config_source, torch_dtype
 
 _active: Optional["weakref.ref[ZeroConfig]"] = None
 
@@ -34,13 +34,7 @@ class ZeroConfig:
 
     def torch_dtype(self) -> Any:
         """The dtype partitioned floating parameters take: the config's fp16/bf16 section, else fp32."""
-        import torch
-
-        if self.config.get("bf16", {}).get("enabled") is True:
-            return torch.bfloat16
-        if self.config.get("fp16", {}).get("enabled") is True:
-            return torch.float16
-        return torch.float32
+        return torch_dtype(precision(self.config))
 
 
 def active_config() -> Optional[ZeroConfig]:
