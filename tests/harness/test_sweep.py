@@ -155,6 +155,20 @@ def test_coverage_counts_types_attempted_built_and_checked():
     assert architecture_coverage(records[-1:]) is None
 
 
+def test_tensors_left_uninitialized_without_zero_are_listed_once_per_class():
+    from zero3_conformance.summary import render
+
+    left = ["text_decoder.cls.predictions.bias"]
+    records = [_record("blip", "BlipForQuestionAnswering", clause, subject, "PASS")
+               for clause in ("G3", "N1") for subject in ("transformers", "reference")]
+    for record in records[:2]:
+        record.metrics["undefined_without_zero"] = left
+    text = render(records, len(records))
+    assert "| blip | BlipForQuestionAnswering | `text_decoder.cls.predictions.bias` |" in text
+    assert text.count("text_decoder.cls.predictions.bias") == 1
+    assert "uninitialized without ZeRO" not in render(records[2:], 2)
+
+
 def test_the_compatibility_report_shows_each_cells_coverage(tmp_path):
     from zero3_conformance.report.aggregate import aggregate
     from zero3_conformance.report.html import render_html

@@ -3,8 +3,9 @@
 Each check gives transformers' own from_pretrained options to the subject under ZeRO-3 and to transformers
 without ZeRO, on checkpoints derived from the case's own, and compares what the two calls give: the loading
 report, every gathered tensor (what was loaded bit for bit, in the dtype the config's precision gives it; what
-was initialized instead by the init's statistics) and the config attributes the options set. Where the call without ZeRO raises, the
-subject must raise too. Every baseline is loaded before the first ZeRO-3 config object exists.
+was initialized instead by the init's statistics) and the config attributes the options set. Where the call
+without ZeRO raises, the subject must raise too. Every baseline is loaded before the first ZeRO-3 config object
+exists.
 
 Derived checkpoints are written by every rank into its own scratch directory, byte for byte the same on
 each, so ranks on different nodes need no shared files.
