@@ -45,7 +45,8 @@ class Load:
     ds_config: Optional[dict[str, Any]] = None  # the case's own unless the options need another precision
     reader: Optional[CheckpointReader] = None  # the file the options select, to see the baseline read it
     baseline: Any = None
-    expected: Optional[dict[str, Any]] = None
+    expected: Optional[dict[str, Any]] = None  # the baseline's loading report
+    tensors: Optional[dict[str, Any]] = None  # the baseline's tensors as ZeRO-3 holds them (_as_partitioned)
     baseline_error: str = ""
 
 
@@ -123,6 +124,7 @@ def _load_baselines(case: Case, loads: list[Load]) -> None:
             load.baseline_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             continue
         case.keep(load.baseline)
+        load.tensors = _as_partitioned(load.baseline, load.ds_config or case.ds_config)
         if load.reader is not None:
             expected = full_parameters(load.baseline)
             try:
@@ -157,22 +159,46 @@ def _check_subject(case: Case, load: Load) -> None:
         problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
         return problem and f"{load.what}: {problem}"
 
-    compare_all(case, _as_partitioned(load.baseline, load.ds_config or case.ds_config), gathered_state(model),
-                compare, "tensors differ")
+    compare_all(case, load.tensors, gathered_state(model), compare, "tensors differ")
     del model, config_object  # ZeRO-3 ends with the config object, before the next load's config is made
 
 
 def _as_partitioned(baseline: Any, ds_config: dict[str, Any]) -> dict[str, Any]:
-    """The baseline's tensors in the dtypes ZeRO-3 gives them: with a precision in the config, every floating
-    parameter takes it (P5), those the model keeps in float32 without ZeRO (_keep_in_fp32_modules) too, since
-    ZeRO-3 partitions and trains them in one dtype. Rounding a value into that dtype is exact and the same on
-    both sides, so loaded tensors still compare bit for bit."""
+    """The baseline's tensors in the dtypes ZeRO-3 gives them under a precision in the config (P5): every floating
+    parameter takes it, those the model keeps in float32 without ZeRO (_keep_in_fp32_modules) too, since ZeRO-3
+    partitions and trains them in one dtype; an integer buffer keeps the dtype its module registers, which the
+    float32 upcast of a kept module changes without ZeRO (a batch norm's num_batches_tracked). Rounding a value
+    into that dtype is exact and the same on both sides, so loaded tensors still compare bit for bit."""
     expected = full_parameters(baseline)
+    if precision(ds_config) == "fp32":
+        return expected
     dtype = torch_dtype(precision(ds_config))
-    for name, param in baseline.named_parameters():
-        if name in expected and param.is_floating_point():
-            expected[name] = expected[name].to(dtype)
+    parameters = dict(baseline.named_parameters())
+    registered = _registered_dtypes(baseline)
+    for name, tensor in expected.items():
+        if not tensor.is_floating_point():
+            continue
+        if name in parameters:
+            expected[name] = tensor.to(dtype)
+        elif name in registered and not registered[name].is_floating_point:
+            expected[name] = tensor.to(registered[name])
     return expected
+
+
+def _registered_dtypes(model: Any) -> dict[str, Any]:
+    """Each state-dict tensor's dtype as the model's class registers it: the class built on the meta device."""
+    import copy
+
+    import torch
+
+    from ..compat import build_from_config
+
+    try:
+        with torch.device("meta"):
+            fresh = build_from_config(type(model), copy.deepcopy(model.config))
+    except Exception:  # noqa: BLE001 - without it integer buffers are compared as the baseline holds them
+        return {}
+    return {name: tensor.dtype for name, tensor in fresh.state_dict().items()}
 
 
 def _run(case: Case, loads: list[Load]) -> None:
