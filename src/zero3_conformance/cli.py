@@ -1,4 +1,4 @@
-"""zero3-conformance run | matrix | report | mutate | env | list."""
+"""zero3-conformance run | matrix | report | mutate | repro | env | list."""
 
 from __future__ import annotations
 
@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     architectures.add_argument("--types", default="", help="comma-separated model types (default: every type "
                                                            "with an AutoModel class)")
     architectures.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the survey as JSON")
+    repro = commands.add_parser("repro", help="a finding as a standalone script and a bug report (no harness "
+                                              "needed to run them)")
+    repro.add_argument("case_id", help="the case id as the reports print it, e.g. "
+                                       "G4-from_config_init_matches_baseline[transformers-llama-ws2-fp32]")
+    repro.add_argument("--from", dest="run_dir", type=Path, default=Path("runs/latest"),
+                       help="the run directory the case was recorded in (default runs/latest)")
+    repro.add_argument("--out", type=Path, required=True, help="where repro.py and report.md go")
     commands.add_parser("env", help="print the cell: versions, backend, device")
     commands.add_parser("list", help="list the checks and their clauses")
     return parser
@@ -361,6 +368,19 @@ def cmd_architectures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repro(args: argparse.Namespace) -> int:
+    from . import repro
+
+    made = repro.write(args.case_id, args.run_dir, args.out)
+    if made.script is None:
+        print(f"no standalone script for {args.case_id}: {made.why}; {args.out / 'report.md'} gives the harness "
+              f"command that reruns it")
+    else:
+        print(f"wrote {args.out / 'repro.py'} and {args.out / 'report.md'}; run: "
+              f"{repro.RUN_COMMAND.format(n=made.record.world_size)}")
+    return 0
+
+
 def _transformers_version() -> str:
     import transformers
 
@@ -384,6 +404,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_known_issues(args)
         if args.command == "architectures":
             return cmd_architectures(args)
+        if args.command == "repro":
+            return cmd_repro(args)
         return cmd_run(args)
     except UsageError as exc:
         print(f"zero3-conformance: error: {exc}", file=sys.stderr)

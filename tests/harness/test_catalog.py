@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from zero3_conformance import contract
 from zero3_conformance.catalog import build_cases
+from zero3_conformance.contract import clause_ids
 from zero3_conformance.errors import UsageError
 from zero3_conformance.registry import load_checks
 from zero3_conformance.zoo import FAMILIES
@@ -12,7 +14,11 @@ CONTRACT = Path(__file__).resolve().parents[2] / "CONTRACT.md"
 
 
 def contract_clauses() -> set[str]:
-    return set(re.findall(r"^- \*\*([A-Z]\d+)\*\*", CONTRACT.read_text(), flags=re.M))
+    return set(clause_ids())
+
+
+def test_the_contract_at_the_top_of_the_checkout_is_the_one_the_package_ships():
+    assert CONTRACT.resolve() == contract.CONTRACT.resolve()
 
 
 def test_every_check_names_a_contract_clause_and_says_what_it_checks():

@@ -1,0 +1,281 @@
+"""`zero3-conformance repro CASE_ID`: a finding as a script and a bug report that need no harness.
+
+repro.py is the prelude (prelude.py: a stand-in for the harness's case, world and checkpoint, importing only
+torch, deepspeed and transformers), the case's values as Python literals, and the check function itself with
+every harness function it calls, copied from the harness's source: the script checks exactly what the
+harness checked, and says so in the same words. report.md is ready to paste into an upstream issue.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import pprint
+import re
+import types
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import UsageError
+from ..results import read_records
+from . import prelude
+
+SUBJECT = "transformers"
+# Checks whose script has been seen to reproduce them (exit 0 where they hold, 1 naming the tensor where not).
+SCRIPTED = ("P1", "P2", "G1", "G3", "G4", "G6", "G7")
+# What the prelude supplies in the harness's place: copied functions call these names.
+SUPPLIED = {"Case", "NotApplicable", "SubjectRaised", "CheckpointReader"}
+RUN_COMMAND = "DS_ACCELERATOR=cpu torchrun --nproc-per-node {n} repro.py"
+
+
+class NoScript(Exception):
+    """No standalone script can be written for this case (the report then gives the harness command)."""
+
+
+@dataclasses.dataclass
+class Reproducer:
+    record: Any
+    script: Optional[str]  # None where no standalone script exists; `why` says so
+    why: str
+    report: str
+
+
+def write(case_id: str, run_dir: Path, out: Path) -> Reproducer:
+    """Writes repro.py (where a script can be made) and report.md for `case_id` of `run_dir` into `out`."""
+    record, selection = _find(case_id, run_dir)
+    try:
+        script, why = _script(record, selection), ""
+    except NoScript as exc:
+        script, why = None, str(exc)
+    report = _report(record, selection, script, why, run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if script is not None:
+        (out / "repro.py").write_text(script, encoding="utf-8")
+    (out / "report.md").write_text(report, encoding="utf-8")
+    return Reproducer(record, script, why, report)
+
+
+def _find(case_id: str, run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    results = run_dir / "results.jsonl"
+    if not results.is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no results.jsonl)")
+    matches = [r for r in read_records(results) if r.case_id == case_id]
+    if not matches:
+        raise UsageError(f"no case {case_id!r} in {results}")
+    record = matches[-1]
+    if record.subject != SUBJECT:
+        raise UsageError(f"{case_id} is a case of the {record.subject} subject: a reproducer is for the "
+                         f"{SUBJECT} subject's findings")
+    selection = json.loads((run_dir / "run.json").read_text()).get("selection", {}) \
+        if (run_dir / "run.json").is_file() else {}
+    return record, selection
+
+
+def _case_spec(record: Any) -> Any:
+    from ..catalog import build_cases
+    from ..zoo import FAMILIES
+
+    zoo = record.model in FAMILIES and FAMILIES[record.model].auto_class == record.head
+    try:
+        cases = build_cases(subjects=[SUBJECT], clauses=[record.clause], world_sizes=[record.world_size],
+                            models=[record.model] if zoo else None, architectures=None if zoo else [record.model])
+    except UsageError as exc:
+        raise NoScript(f"the installed harness does not make this case: {exc}") from None
+    for spec in cases:
+        if spec.id == record.case_id:
+            return spec
+    raise NoScript("the installed harness does not make this case (a checkpoint of your own, or a type this "
+                   "transformers lacks)")
+
+
+def _script(record: Any, selection: dict[str, Any]) -> str:
+    from ..checks.base import SEED
+    from ..dsconfig import with_dtype
+    from ..registry import load_checks
+    from ..zoo import CHECKPOINT_SEED, SHARD_SIZE
+
+    if record.clause not in SCRIPTED:
+        raise NoScript(f"no standalone script exists for {record.clause} yet (scripts cover "
+                       f"{', '.join(SCRIPTED)})")
+    spec = _case_spec(record)
+    if spec.skip:
+        raise NoScript(f"the case does not run here: {spec.skip}")
+    family = spec.family
+    config = family.make_config()
+    ds_config = with_dtype(selection.get("ds_config") or _default_ds_config(), spec.dtype)
+    values = {"CASE_ID": record.case_id, "MODEL_TYPE": config.model_type, "CONFIG": _config_literal(config),
+              "MODEL_CLASS": family.auto_class, "CHECKPOINT_CLASS": family.checkpoint_auto_class,
+              "LAYOUT": spec.layout or "safetensors", "WORLD_SIZE": spec.world_size, "DTYPE": spec.dtype,
+              "DS_CONFIG": ds_config, "SEED": SEED, "CHECKPOINT_SEED": CHECKPOINT_SEED, "SHARD_SIZE": SHARD_SIZE}
+    check = load_checks()[spec.check_id].fn
+    copied, imports = _closure([check, *_prelude_needs()])
+    return _assemble(record, values, copied, imports, check.__name__)
+
+
+def _default_ds_config() -> dict[str, Any]:
+    from ..dsconfig import DEFAULT_ZERO3_CONFIG
+
+    return DEFAULT_ZERO3_CONFIG
+
+
+def _config_literal(config: Any) -> dict[str, Any]:
+    """The fields in which the case's config differs from the type's default one (sub-configs likewise), if
+    the config rebuilds from them; else every field."""
+    import transformers
+
+    whole = _comparable(config.to_dict())
+    default = _comparable(type(config)().to_dict())
+    for candidate in (_difference(whole, default), whole):
+        try:
+            rebuilt = transformers.AutoConfig.for_model(config.model_type, **candidate)
+        except Exception:  # noqa: BLE001 - the next candidate, or no script
+            continue
+        if _comparable(rebuilt.to_dict()) == whole and _is_literal(candidate):
+            return candidate
+    raise NoScript(f"the tiny {config.model_type} config cannot be written as literal keyword arguments")
+
+
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _comparable(v) if isinstance(v, dict) else v for k, v in values.items()
+            if k not in ("transformers_version", "model_type", "_name_or_path")}
+
+
+def _difference(values: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(default.get(key), dict):
+            inner = _difference(value, default[key])
+            if inner:
+                out[key] = inner
+        elif key not in default or default[key] != value:
+            out[key] = value
+    return out
+
+
+def _is_literal(value: Any) -> bool:
+    try:
+        return ast.literal_eval(pprint.pformat(value)) == value
+    except (ValueError, SyntaxError):
+        return False
+
+
+def _prelude_needs() -> list[Any]:
+    """The harness functions the prelude itself calls (its HARNESS block imports them)."""
+    block = re.search(r"# --- HARNESS ---.*?# --- END HARNESS ---", inspect.getsource(prelude), flags=re.S)
+    names = re.findall(r"import ([\w, ]+)", block.group(0)) if block else []
+    return [getattr(prelude, name.strip()) for group in names for name in group.split(",")]
+
+
+def _closure(roots: list[Callable]) -> tuple[list[str], list[str]]:
+    """The source of the roots and of every harness function, class and constant they reach, and the
+    imports these need at module level."""
+    copied: dict[str, str] = {}
+    imports: dict[str, str] = {}
+    pending: list[Any] = list(roots)
+    seen: set[int] = set()
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        source = _source(obj)
+        if re.search(r"^\s*from \.", source, re.M):
+            raise NoScript(f"{obj.__name__} imports the harness's own modules inside it")
+        copied[obj.__name__] = source
+        for name, value in _globals_used(obj).items():
+            if name in SUPPLIED or name in copied:
+                continue
+            if isinstance(value, types.ModuleType):
+                imports[name] = f"import {value.__name__}" + (f" as {name}" if value.__name__ != name else "")
+            elif getattr(value, "__module__", "") == "typing":
+                imports[name] = f"from typing import {name}"
+            elif inspect.isfunction(value) or inspect.isclass(value):
+                if not value.__module__.startswith("zero3_conformance"):
+                    imports[name] = f"from {value.__module__} import {value.__name__}"
+                else:
+                    pending.append(value)
+            elif _is_literal(value):
+                copied[name] = f"{name} = {pprint.pformat(value, width=110)}\n"
+            else:
+                raise NoScript(f"{obj.__name__} uses {name}, which a script cannot hold as a literal")
+    return [copied[name] for name in sorted(copied)], sorted(set(imports.values()))
+
+
+def _source(obj: Any) -> str:
+    lines = inspect.getsource(obj).splitlines(keepends=True)
+    while lines and lines[0].lstrip().startswith("@check("):  # the registration: the script calls it directly
+        lines.pop(0)
+        while lines and not lines[0].lstrip().startswith(("def ", "class ", "@")):
+            lines.pop(0)
+    return "".join(lines)
+
+
+def _globals_used(obj: Any) -> dict[str, Any]:
+    functions = [obj] if inspect.isfunction(obj) else [v for v in vars(obj).values() if inspect.isfunction(v)]
+    names: dict[str, Any] = {}
+    for function in functions:
+        for code in _codes(function.__code__):
+            for name in code.co_names:
+                if name in function.__globals__:
+                    names[name] = function.__globals__[name]
+    return names
+
+
+def _codes(code: Any) -> list[Any]:
+    out = [code]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            out += _codes(const)
+    return out
+
+
+def _assemble(record: Any, values: dict[str, Any], copied: list[str], imports: list[str], check_name: str) -> str:
+    text = inspect.getsource(prelude)
+    body = text[text.index("import contextlib"):]
+    body = re.sub(r"# --- HARNESS ---.*?# --- END HARNESS ---\n", "", body, flags=re.S)
+    case_block = "".join(f"{name} = {pprint.pformat(value, width=110, sort_dicts=False)}\n"
+                         for name, value in values.items())
+    body = re.sub(r"# --- CASE ---\n.*?# --- END CASE ---\n", lambda _: "# The case, as the harness made it.\n"
+                  + case_block, body, flags=re.S)
+    stdlib = [line for line in imports if line not in body]
+    command = RUN_COMMAND.format(n=record.world_size)
+    header = (f'"""Reproduces {record.case_id}\nwith transformers, deepspeed and torch alone (no zero3-conformance).'
+              f"\n\nRun it on a CPU machine:   {command}\nOn GPUs (NCCL):            torchrun --nproc-per-node "
+              f"{record.world_size} repro.py\nExit status 1: the clause is broken here, with the evidence printed; "
+              f'0: it holds.\n"""\n\nfrom __future__ import annotations\n\nimport sys\n')
+    harness = ("\n\n# The harness's check and every helper it calls, as the harness has them.\n\n\n"
+               + "\n\n".join(copied))
+    return (header + "\n".join(stdlib) + ("\n" if stdlib else "") + body.rstrip() + harness.rstrip()
+            + f"\n\n\nif __name__ == \"__main__\":\n    sys.exit(main({check_name}))\n")
+
+
+def _report(record: Any, selection: dict[str, Any], script: Optional[str], why: str, run_dir: Path) -> str:
+    from ..contract import clause_text
+
+    cell = record.cell
+    versions = ", ".join(f"{k} {cell[k]}" for k in ("transformers", "deepspeed", "torch", "accelerate", "python")
+                         if k in cell)
+    title = f"ZeRO-3: {_first_line(record.message) or record.check} ({record.model}, {record.head})"
+    lines = [f"# {title}", "", f"**Environment:** {versions}; backend {cell.get('backend')}, device "
+             f"{cell.get('device')}, world size {record.world_size}.", "",
+             "**Contract clause** " + clause_text(record.clause), "",
+             f"**Case:** `{record.case_id}` (zero3-conformance {cell.get('harness', '')})", "",
+             "## Expected vs observed", "", "```", record.message.strip() or record.status, "```", ""]
+    if script is not None:
+        lines += ["## Reproduce", "", "```sh", RUN_COMMAND.format(n=record.world_size), "```", "",
+                  "<details><summary>repro.py</summary>", "", "```python", script.rstrip(), "```", "", "</details>",
+                  ""]
+    else:
+        rerun = (f"zero3-conformance run --subject {SUBJECT} --clauses {record.clause} --world-sizes "
+                 f"{record.world_size} " + (f"--models {record.model}" if not record.head or record.head.startswith(
+                     "Auto") else f"--architectures {record.model}") + f" --out {run_dir.name}-rerun")
+        lines += ["## Reproduce", "", f"No standalone script: {why}. The harness reruns the case:", "", "```sh",
+                  rerun, "```", ""]
+    return "\n".join(lines)
+
+
+def _first_line(message: str) -> str:
+    text = re.sub(r"^\[.*? on \S+, world size \d+\] (rank [\d,]+: )?", "", message.strip())
+    return text.splitlines()[0][:120] if text else ""

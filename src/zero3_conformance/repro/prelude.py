@@ -1,0 +1,272 @@
+"""The part of every reproducer that stands in for the harness: copied verbatim into repro.py.
+
+Nothing here imports zero3_conformance: a generated script runs where only torch, deepspeed and transformers
+are installed. The block between the CASE markers is replaced with the case's literals; the check function
+and the harness helpers it calls are appended after it, as the harness has them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+# --- HARNESS --- (in repro.py these are the harness's own functions, appended after the prelude)
+from ..checks.base import describe_value
+
+# --- END HARNESS ---
+
+# --- CASE ---
+CASE_ID = ""
+MODEL_TYPE = ""
+CONFIG: dict[str, Any] = {}
+MODEL_CLASS = ""
+CHECKPOINT_CLASS = ""
+LAYOUT = "safetensors"
+WORLD_SIZE = 2
+DTYPE = "fp32"
+DS_CONFIG: dict[str, Any] = {}
+SEED = 0
+CHECKPOINT_SEED = 0
+SHARD_SIZE = ""
+# --- END CASE ---
+
+
+class NotApplicable(Exception):
+    """The check does not apply to this case (the harness's SKIP)."""
+
+
+class SubjectRaised(Exception):
+    """transformers raised while doing what the clause asks (a finding)."""
+
+
+def make_config() -> Any:
+    import transformers
+
+    return transformers.AutoConfig.for_model(MODEL_TYPE, **CONFIG)
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """from_config / from_pretrained take `dtype` from 4.56 on and `torch_dtype` before."""
+    import transformers
+    from packaging.version import Version
+
+    if dtype is None:
+        return {}
+    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
+
+
+def build(model_class: Any, config: Any, dtype: Any = None) -> Any:
+    """from_config of an Auto class, _from_config of a concrete one, as transformers builds them."""
+    options = dtype_kwarg(dtype)
+    if hasattr(model_class, "_model_mapping"):
+        return model_class.from_config(config, **options)
+    return model_class._from_config(config, **options)
+
+
+def hf_deepspeed_config(ds_config: dict[str, Any]) -> Any:
+    """transformers' HfDeepSpeedConfig: ZeRO-3 is on while the object is alive."""
+    try:
+        from transformers.integrations import HfDeepSpeedConfig
+    except ImportError:  # releases before the integrations package
+        from transformers.deepspeed import HfDeepSpeedConfig
+    return HfDeepSpeedConfig(ds_config)
+
+
+@contextlib.contextmanager
+def uninitialized_memory_filled() -> Iterator[None]:
+    """Memory no init writes holds NaN inside (torch's deterministic fill), so a baseline shows it."""
+    import torch
+
+    fill = getattr(getattr(torch.utils, "deterministic", None), "fill_uninitialized_memory", None)
+    if fill is None:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def write_checkpoint(out: Path) -> Path:
+    """The harness's checkpoint: the model's own init under CHECKPOINT_SEED, every saved tensor moved off it by
+    0.05 * N(0, 1) (so a tensor left unloaded shows), saved by transformers in LAYOUT."""
+    import torch
+    import transformers
+
+    torch.manual_seed(CHECKPOINT_SEED)
+    model = build(getattr(transformers, CHECKPOINT_CLASS), make_config())
+    saved = set(model.state_dict())
+    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
+    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *buffers]:
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            tensor.add_((0.05 * noise).to(tensor.dtype))
+    model.save_pretrained(out, max_shard_size=SHARD_SIZE if LAYOUT == "sharded" else "1GB")
+    if LAYOUT == "bin":  # the legacy format, as older releases wrote it
+        from safetensors.torch import load_file
+
+        torch.save(load_file(str(out / "model.safetensors")), out / "pytorch_model.bin")
+        (out / "model.safetensors").unlink()
+    return out
+
+
+class CheckpointReader:
+    """The checkpoint's tensors as its files hold them, by key."""
+
+    def __init__(self, path: str):
+        import torch
+        from safetensors.torch import load_file
+
+        self.tensors: dict[str, Any] = {}
+        for file in sorted(Path(path).iterdir()):
+            if file.suffix == ".safetensors":
+                self.tensors.update(load_file(str(file)))
+            elif file.suffix == ".bin":
+                self.tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+
+    def keys(self) -> list[str]:
+        return sorted(self.tensors)
+
+    def get(self, key: str) -> Any:
+        return self.tensors[key]
+
+
+class Case:
+    """What the harness's check sees of its case, on this rank, with transformers as the subject."""
+
+    def __init__(self, rank: int, world_size: int, checkpoint_path: str):
+        self.rank, self.world_size = rank, world_size
+        self.checkpoint_path, self.layout, self.dtype, self.ds_config = checkpoint_path, LAYOUT, DTYPE, DS_CONFIG
+        self.findings: list[str] = []
+        self.agreed: dict[str, str] = {}
+        self.metrics: dict[str, Any] = {}
+        self._kept: list[Any] = []  # baselines live until the end, so their memory is never reused
+
+    def fail(self, message: str) -> None:
+        self.findings.append(message)
+
+    def expect(self, condition: bool, message: str) -> bool:
+        if not condition:
+            self.fail(message)
+        return bool(condition)
+
+    def agree(self, key: str, value: Any) -> None:
+        """Every rank must see the same value under `key`."""
+        self.agreed[key] = describe_value(value)
+
+    @contextlib.contextmanager
+    def subject_call(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (NotApplicable, SubjectRaised):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the exception is the finding
+            tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
+            raise SubjectRaised(f"transformers raised during {what}: {type(exc).__name__}: {exc}\n{tail}") from exc
+
+    def keep(self, obj: Any) -> Any:
+        self._kept.append(obj)
+        return obj
+
+    def seed(self, offset: int = 0) -> None:
+        import torch
+
+        torch.manual_seed(SEED + offset)
+
+    def model_class(self) -> Any:
+        import transformers
+
+        return getattr(transformers, MODEL_CLASS)
+
+    def model_config(self) -> Any:
+        return make_config()
+
+    def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
+        """The model built with no ZeRO config alive (the baseline)."""
+        self.seed(seed_offset)
+        try:
+            with uninitialized_memory_filled():
+                model = build(self.model_class(), self.model_config(), dtype)
+        except Exception as exc:  # noqa: BLE001 - without ZeRO there is nothing to compare with
+            raise NotApplicable(f"{MODEL_CLASS} does not build from this config even without ZeRO: {exc}") from None
+        return self.keep(model)
+
+    def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        self.seed()
+        options = dtype_kwarg(dtype)
+        try:
+            with uninitialized_memory_filled():
+                model, info = self.model_class().from_pretrained(self.checkpoint_path, output_loading_info=True,
+                                                                 **options)
+        except Exception as exc:  # noqa: BLE001 - without ZeRO there is nothing to compare with
+            raise NotApplicable(f"{MODEL_CLASS} does not load this checkpoint even without ZeRO: {exc}") from None
+        return self.keep(model), info
+
+    def zero3_from_config(self) -> tuple[Any, Any]:
+        """(config object, model): from_config while HfDeepSpeedConfig is alive."""
+        with self.subject_call("config construction"):
+            config_object = hf_deepspeed_config(self.ds_config)
+        self.seed()
+        with self.subject_call("from_config"):
+            model = build(self.model_class(), self.model_config())
+        return config_object, model
+
+    def zero3_from_pretrained(self, model_class: Any = None, path: Any = None, ds_config: Any = None,
+                              what: str = "", **options: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """(config object, model, loading report): from_pretrained while HfDeepSpeedConfig is alive."""
+        with self.subject_call("config construction"):
+            config_object = hf_deepspeed_config(self.ds_config if ds_config is None else ds_config)
+        self.seed()
+        with self.subject_call(f"from_pretrained({what or self.layout})"):
+            model, info = (model_class or self.model_class()).from_pretrained(
+                str(path or self.checkpoint_path), output_loading_info=True, **options)
+        return config_object, model, info
+
+
+def main(check: Callable[[Case], None]) -> int:
+    """Joins the world torchrun started, runs the check on this rank, and has rank 0 print every rank's
+    findings and any value the ranks disagree on. Every rank returns 1 where the clause is broken, else 0."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    with tempfile.TemporaryDirectory(prefix="repro-") as scratch:
+        # Each rank writes its own copy, before joining the world: transformers saves on rank 0 only once
+        # a process group exists, and ranks on other machines share no files.
+        checkpoint = write_checkpoint(Path(scratch) / "checkpoint")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        case = Case(rank, world_size, str(checkpoint))
+        skipped = ""
+        try:
+            check(case)
+        except NotApplicable as exc:
+            skipped = str(exc)
+        except SubjectRaised as exc:
+            case.fail(str(exc))
+        reports: list[Any] = [None] * world_size
+        dist.all_gather_object(reports, (case.findings, case.agreed, skipped))
+    findings = [f"rank {other}: {finding}" for other, (found, _, _) in enumerate(reports) for finding in found]
+    first = reports[0][1]
+    disagreements = [f"{key}: rank {other} saw {agreed.get(key)}, rank 0 saw {first.get(key)}"
+                     for other, (_, agreed, _) in enumerate(reports[1:], 1)
+                     for key in sorted(set(agreed) | set(first)) if agreed.get(key) != first.get(key)]
+    broken = bool(findings or disagreements)
+    if rank == 0:
+        print(f"{CASE_ID} at world size {world_size}")
+        for line in findings + disagreements[:20]:
+            print(line)
+        for other, (_, _, skip) in enumerate(reports):
+            if skip:
+                print(f"rank {other}: the check does not apply here: {skip}")
+        print("BROKEN: the clause does not hold" if broken else "HOLDS: no finding")
+    dist.barrier()
+    return 1 if broken else 0
