@@ -24,7 +24,7 @@ from . import prelude
 
 SUBJECT = "transformers"
 # Checks whose script has been seen to reproduce them (exit 0 where they hold, 1 naming the tensor where not).
-SCRIPTED = ("P1", "P2", "G1", "G3", "G4", "G6", "G7")
+SCRIPTED = ("P1", "P2", "P4", "P5", "G1", "G2", "G3", "G4", "G5", "G6", "G7")
 # What the prelude supplies in the harness's place: copied functions call these names.
 SUPPLIED = {"Case", "NotApplicable", "SubjectRaised", "CheckpointReader"}
 RUN_COMMAND = "DS_ACCELERATOR=cpu torchrun --nproc-per-node {n} repro.py"
@@ -126,14 +126,21 @@ def _config_literal(config: Any) -> dict[str, Any]:
     import transformers
 
     whole = _comparable(config.to_dict())
-    default = _comparable(type(config)().to_dict())
-    for candidate in (_difference(whole, default), whole):
+    candidate = _difference(whole, _comparable(type(config)().to_dict()))
+    for _ in range(3):  # a field derived from another one (a width from hidden_size) joins when it differs
         try:
-            rebuilt = transformers.AutoConfig.for_model(config.model_type, **candidate)
-        except Exception:  # noqa: BLE001 - the next candidate, or no script
-            continue
-        if _comparable(rebuilt.to_dict()) == whole and _is_literal(candidate):
-            return candidate
+            rebuilt = _comparable(transformers.AutoConfig.for_model(config.model_type, **candidate).to_dict())
+        except Exception:  # noqa: BLE001 - every field, as a last resort
+            break
+        off = [key for key in whole if rebuilt.get(key) != whole[key]]
+        if not off:
+            if _is_literal(candidate):
+                return candidate
+            break
+        candidate.update({key: whole[key] for key in off})
+    rebuilt = _comparable(transformers.AutoConfig.for_model(config.model_type, **whole).to_dict())
+    if rebuilt == whole and _is_literal(whole):
+        return whole
     raise NoScript(f"the tiny {config.model_type} config cannot be written as literal keyword arguments")
 
 

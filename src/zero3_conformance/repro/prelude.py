@@ -139,10 +139,31 @@ class CheckpointReader:
         return self.tensors[key]
 
 
+class Transformers:
+    """The subject: transformers' own HfDeepSpeedConfig, from_config and from_pretrained."""
+
+    name = "transformers"
+
+    def make_config(self, source: Any) -> Any:
+        return hf_deepspeed_config(source)
+
+    def is_zero3_enabled(self) -> bool:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        return bool(is_deepspeed_zero3_enabled())
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        return build(model_class, config, dtype)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None, **options: Any) -> Any:
+        return model_class.from_pretrained(path, output_loading_info=True, **dtype_kwarg(dtype), **options)
+
+
 class Case:
     """What the harness's check sees of its case, on this rank, with transformers as the subject."""
 
     def __init__(self, rank: int, world_size: int, checkpoint_path: str):
+        self.subject = Transformers()
         self.rank, self.world_size = rank, world_size
         self.checkpoint_path, self.layout, self.dtype, self.ds_config = checkpoint_path, LAYOUT, DTYPE, DS_CONFIG
         self.findings: list[str] = []
@@ -213,21 +234,21 @@ class Case:
     def zero3_from_config(self) -> tuple[Any, Any]:
         """(config object, model): from_config while HfDeepSpeedConfig is alive."""
         with self.subject_call("config construction"):
-            config_object = hf_deepspeed_config(self.ds_config)
+            config_object = self.subject.make_config(self.ds_config)
         self.seed()
         with self.subject_call("from_config"):
-            model = build(self.model_class(), self.model_config())
+            model = self.subject.from_config(self.model_class(), self.model_config())
         return config_object, model
 
     def zero3_from_pretrained(self, model_class: Any = None, path: Any = None, ds_config: Any = None,
                               what: str = "", **options: Any) -> tuple[Any, Any, dict[str, Any]]:
         """(config object, model, loading report): from_pretrained while HfDeepSpeedConfig is alive."""
         with self.subject_call("config construction"):
-            config_object = hf_deepspeed_config(self.ds_config if ds_config is None else ds_config)
+            config_object = self.subject.make_config(self.ds_config if ds_config is None else ds_config)
         self.seed()
         with self.subject_call(f"from_pretrained({what or self.layout})"):
-            model, info = (model_class or self.model_class()).from_pretrained(
-                str(path or self.checkpoint_path), output_loading_info=True, **options)
+            model, info = self.subject.from_pretrained(model_class or self.model_class(),
+                                                       str(path or self.checkpoint_path), **options)
         return config_object, model, info
 
 
