@@ -195,6 +195,8 @@ def _closure(roots: list[Callable]) -> tuple[list[str], list[str]]:
             if name in SUPPLIED or name in copied:
                 continue
             if isinstance(value, types.ModuleType):
+                if value.__name__.startswith("zero3_conformance"):
+                    raise NoScript(f"{obj.__name__} calls the harness's {value.__name__} module")
                 imports[name] = f"import {value.__name__}" + (f" as {name}" if value.__name__ != name else "")
             elif getattr(value, "__module__", "") == "typing":
                 imports[name] = f"from typing import {name}"
