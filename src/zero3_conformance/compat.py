@@ -279,8 +279,8 @@ class CheckpointConversion:
         collected: dict[str, dict[str, list[Any]]] = {}
         for key in sorted(tensors, key=_natural_key):  # experts in numeric order: 2 before 10
             target, pattern = self.target(key)
-            if pattern is None:
-                out[target] = tensors[key]
+            if pattern is None:  # two keys renamed onto one target: the first in order wins, as in transformers
+                out.setdefault(target, tensors[key])
             else:
                 collected.setdefault(target, {}).setdefault(pattern, []).append(tensors[key])
         for target, by_pattern in collected.items():
