@@ -14,6 +14,7 @@ each, so ranks on different nodes need no shared files.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -108,6 +109,11 @@ def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Pa
             from None
     if not (target / "config.json").is_file():
         raise RuntimeError(f"save_pretrained wrote no checkpoint to {target} on rank {case.rank}")
+    saved_type = json.loads((target / "config.json").read_text()).get("model_type")
+    if saved_type != config.model_type:  # another class loading it would be built from that config's defaults
+        raise NotApplicable(f"a {class_name} checkpoint holds a {saved_type} config, not the type's "
+                            f"{config.model_type} one: another class loading it is built at that config's "
+                            f"default (full) size, not tiny")
     return target
 
 
@@ -289,15 +295,17 @@ def use_safetensors_false_loads_like_baseline(case: Case) -> None:
 
 
 def _a_head(case: Case, config: Any, base: str) -> Optional[str]:
-    """The case's own class where it is a head, else the type's trained head, else its first head."""
-    from ..architectures import head_classes, loss_head
+    """The case's own class where it is a head, else the type's trained head, else its first head: one built
+    from the type's own config (a head with a config class of its own, e.g. a text-only head of a multimodal
+    type, is not, as the sweep does not build it from this config either)."""
+    from ..architectures import foreign_config_reason, head_classes, loss_head
     from ..compat import concrete_class
 
     own = concrete_class(case.model_class(), config).__name__
     if own != base:
         return own
     model_type = config.model_type
-    heads = [h for h in head_classes(model_type) if h != base]
+    heads = [h for h in head_classes(model_type) if h != base and not foreign_config_reason(model_type, h)]
     trained = loss_head(model_type)
     return trained if trained in heads else heads[0] if heads else None
 
