@@ -42,7 +42,8 @@ LIMITS: dict[str, int] = {
     **dict.fromkeys(("max_position_embeddings", "n_positions", "max_source_positions", "max_target_positions",
                      "original_max_position_embeddings", "n_ctx"), 128),
     **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts"), 4),
-    "num_experts_per_tok": 2, "vocab_size": VOCAB, "sliding_window": 64, "image_size": 32, "patch_size": 8,
+    **dict.fromkeys(("vocab_size", "decoder_vocab_size"), VOCAB),
+    "num_experts_per_tok": 2, "sliding_window": 64, "image_size": 32, "patch_size": 8,
 }
 # Lists of integers, by name: per-stage depths and widths shrink; geometry (kernels, strides, patches) stays.
 LIST_KEPT = re.compile(r"patch|kernel|stride|padding|image_size|dilation|ratio|indices|indexes|out_features")
