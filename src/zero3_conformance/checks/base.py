@@ -65,31 +65,18 @@ class SubjectRaised(Exception):
     """The subject raised while doing what the clause asks (becomes FAIL carrying that exception)."""
 
 
-class Case:
-    """One check applied to one (subject, model, layout, world size, dtype), as seen from one rank."""
+class Findings:
+    """What a check records on its rank (findings, values every rank must agree on, metrics) and the objects
+    it keeps alive until the case ends; a reproducer's stand-in for the case shares it."""
 
-    def __init__(self, ctx: RankContext, payload: dict[str, Any]):
-        from ..subjects import get_subject
-        from ..zoo import Family
-
-        self.ctx = ctx
-        self.rank, self.world_size = ctx.rank, ctx.world_size
-        self.subject_name: str = payload["subject"]
-        self.subject = get_subject(self.subject_name)
-        self.family: Optional[Family] = Family(**payload["family"]) if payload.get("family") else None
-        self.layout: Optional[str] = payload.get("layout")
-        self.dtype: str = payload["dtype"]
-        self.ds_config: dict[str, Any] = payload["ds_config"]
-        self.checkpoint_path: Optional[str] = payload.get("checkpoint")
+    def __init__(self) -> None:
         self.findings: list[str] = []
         self.agreed: dict[str, str] = {}
         self.metrics: dict[str, Any] = {}
         # Baseline models live until the case ends: freed, their memory could be handed to a subject's
         # uninitialized tensor, which would then hold exactly the baseline's values and pass.
         self._kept: list[Any] = []
-        self._closers: list[Callable[[], Any]] = []
 
-    # --- findings -------------------------------------------------------------------------------
     def fail(self, message: str) -> None:
         self.findings.append(message)
 
@@ -115,12 +102,32 @@ class Case:
             raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
                 from exc
 
-    # --- lifetime -------------------------------------------------------------------------------
     def keep(self, obj: Any) -> Any:
         """Keeps `obj` alive until the case ends (a config object, a baseline model)."""
         self._kept.append(obj)
         return obj
 
+
+class Case(Findings):
+    """One check applied to one (subject, model, layout, world size, dtype), as seen from one rank."""
+
+    def __init__(self, ctx: RankContext, payload: dict[str, Any]):
+        from ..subjects import get_subject
+        from ..zoo import Family
+
+        super().__init__()
+        self.ctx = ctx
+        self.rank, self.world_size = ctx.rank, ctx.world_size
+        self.subject_name: str = payload["subject"]
+        self.subject = get_subject(self.subject_name)
+        self.family: Optional[Family] = Family(**payload["family"]) if payload.get("family") else None
+        self.layout: Optional[str] = payload.get("layout")
+        self.dtype: str = payload["dtype"]
+        self.ds_config: dict[str, Any] = payload["ds_config"]
+        self.checkpoint_path: Optional[str] = payload.get("checkpoint")
+        self._closers: list[Callable[[], Any]] = []
+
+    # --- lifetime -------------------------------------------------------------------------------
     def on_close(self, closer: Callable[[], Any]) -> None:
         """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
         self._closers.append(closer)

@@ -14,6 +14,8 @@ import inspect
 import json
 import pprint
 import re
+import sys
+import textwrap
 import types
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -26,7 +28,7 @@ SUBJECT = "transformers"
 # Checks whose script has been seen to reproduce them (exit 0 where they hold, 1 naming the tensor where not).
 SCRIPTED = ("P1", "P2", "P4", "P5", "G1", "G2", "G3", "G4", "G5", "G6", "G7")
 # What the prelude supplies in the harness's place: copied functions call these names.
-SUPPLIED = {"Case", "NotApplicable", "SubjectRaised", "CheckpointReader"}
+SUPPLIED = {"Case", "CheckpointReader"}
 RUN_COMMAND = "DS_ACCELERATOR=cpu torchrun --nproc-per-node {n} repro.py"
 
 
@@ -169,10 +171,11 @@ def _is_literal(value: Any) -> bool:
 
 
 def _prelude_needs() -> list[Any]:
-    """The harness functions the prelude itself calls (its HARNESS block imports them)."""
+    """The harness functions and classes the prelude itself uses (its HARNESS block imports them)."""
     block = re.search(r"# --- HARNESS ---.*?# --- END HARNESS ---", inspect.getsource(prelude), flags=re.S)
-    names = re.findall(r"import ([\w, ]+)", block.group(0)) if block else []
-    return [getattr(prelude, name.strip()) for group in names for name in group.split(",")]
+    imported = ast.parse(block.group(0)).body if block else []
+    return [getattr(prelude, alias.name) for node in imported if isinstance(node, ast.ImportFrom)
+            for alias in node.names]
 
 
 def _closure(roots: list[Callable]) -> tuple[list[str], list[str]]:
@@ -222,42 +225,40 @@ def _source(obj: Any) -> str:
 
 
 def _globals_used(obj: Any) -> dict[str, Any]:
-    functions = [obj] if inspect.isfunction(obj) else [v for v in vars(obj).values() if inspect.isfunction(v)]
-    names: dict[str, Any] = {}
-    for function in functions:
-        for code in _codes(function.__code__):
-            for name in code.co_names:
-                if name in function.__globals__:
-                    names[name] = function.__globals__[name]
-    return names
-
-
-def _codes(code: Any) -> list[Any]:
-    out = [code]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            out += _codes(const)
-    return out
+    """The module-level names the object's source mentions (decorators and class bodies included)."""
+    namespace = vars(sys.modules[obj.__module__])
+    tree = ast.parse(textwrap.dedent(_source(obj)))
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    names -= {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))} - {
+        obj.__name__}
+    return {name: namespace[name] for name in sorted(names) if name in namespace and name != obj.__name__}
 
 
 def _assemble(record: Any, values: dict[str, Any], copied: list[str], imports: list[str], check_name: str) -> str:
+    """The script: the case's literals, the harness's check and helpers, then the prelude's stand-ins and main."""
     text = inspect.getsource(prelude)
-    body = text[text.index("import contextlib"):]
+    body = text.split("from __future__ import annotations\n", 1)[1].lstrip()
     body = re.sub(r"# --- HARNESS ---.*?# --- END HARNESS ---\n", "", body, flags=re.S)
+    top, rest = re.split(r"# --- CASE ---\n.*?# --- END CASE ---\n", body, flags=re.S)
     case_block = "".join(f"{name} = {pprint.pformat(value, width=110, sort_dicts=False)}\n"
                          for name, value in values.items())
-    body = re.sub(r"# --- CASE ---\n.*?# --- END CASE ---\n", lambda _: "# The case, as the harness made it.\n"
-                  + case_block, body, flags=re.S)
-    stdlib = [line for line in imports if line not in body]
+    typing_names = {name.strip() for line in [*imports, *top.splitlines()] if line.startswith("from typing import ")
+                    for name in line[len("from typing import "):].split(",")}
+    lines = {line for line in [*imports, *top.splitlines()] if line.strip() and not line.startswith("from typing ")}
+    lines.add(f"from typing import {', '.join(sorted(typing_names))}")
+    top = "\n".join(sorted(lines, key=lambda line: (line.startswith("from "), line)))
     command = RUN_COMMAND.format(n=record.world_size)
     header = (f'"""Reproduces {record.case_id}\nwith transformers, deepspeed and torch alone (no zero3-conformance).'
               f"\n\nRun it on a CPU machine:   {command}\nOn GPUs (NCCL):            torchrun --nproc-per-node "
               f"{record.world_size} repro.py\nExit status 1: the clause is broken here, with the evidence printed; "
               f'0: it holds.\n"""\n\nfrom __future__ import annotations\n\nimport sys\n')
-    harness = ("\n\n# The harness's check and every helper it calls, as the harness has them.\n\n\n"
-               + "\n\n".join(copied))
-    return (header + "\n".join(stdlib) + ("\n" if stdlib else "") + body.rstrip() + harness.rstrip()
-            + f"\n\n\nif __name__ == \"__main__\":\n    sys.exit(main({check_name}))\n")
+    parts = [header + top,
+             "# The case, as the harness made it.\n" + case_block.rstrip(),
+             "# The harness's check and every helper it calls, as the harness has them.\n\n\n"
+             + "\n\n".join(copied).rstrip(),
+             "# What stands in for the harness: the case, the subject (transformers), the world.\n\n\n" + rest.strip(),
+             f'if __name__ == "__main__":\n    sys.exit(main({check_name}))\n']
+    return "\n\n\n".join(parts)
 
 
 def _report(record: Any, selection: dict[str, Any], script: Optional[str], why: str, run_dir: Path) -> str:

@@ -7,14 +7,19 @@ and the harness helpers it calls are appended after it, as the harness has them.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 # --- HARNESS --- (in repro.py these are the harness's own functions, appended after the prelude)
-from ..checks.base import describe_value
+from ..checks.base import Findings, NotApplicable, SubjectRaised
+from ..compat import (
+    build_from_config,
+    dtype_kwarg,
+    hf_deepspeed_config_class,
+    hf_is_deepspeed_zero3_enabled,
+    uninitialized_memory_filled,
+)
 
 # --- END HARNESS ---
 
@@ -34,64 +39,10 @@ SHARD_SIZE = ""
 # --- END CASE ---
 
 
-class NotApplicable(Exception):
-    """The check does not apply to this case (the harness's SKIP)."""
-
-
-class SubjectRaised(Exception):
-    """transformers raised while doing what the clause asks (a finding)."""
-
-
 def make_config() -> Any:
     import transformers
 
     return transformers.AutoConfig.for_model(MODEL_TYPE, **CONFIG)
-
-
-def dtype_kwarg(dtype: Any) -> dict[str, Any]:
-    """from_config / from_pretrained take `dtype` from 4.56 on and `torch_dtype` before."""
-    import transformers
-    from packaging.version import Version
-
-    if dtype is None:
-        return {}
-    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
-
-
-def build(model_class: Any, config: Any, dtype: Any = None) -> Any:
-    """from_config of an Auto class, _from_config of a concrete one, as transformers builds them."""
-    options = dtype_kwarg(dtype)
-    if hasattr(model_class, "_model_mapping"):
-        return model_class.from_config(config, **options)
-    return model_class._from_config(config, **options)
-
-
-def hf_deepspeed_config(ds_config: dict[str, Any]) -> Any:
-    """transformers' HfDeepSpeedConfig: ZeRO-3 is on while the object is alive."""
-    try:
-        from transformers.integrations import HfDeepSpeedConfig
-    except ImportError:  # releases before the integrations package
-        from transformers.deepspeed import HfDeepSpeedConfig
-    return HfDeepSpeedConfig(ds_config)
-
-
-@contextlib.contextmanager
-def uninitialized_memory_filled() -> Iterator[None]:
-    """Memory no init writes holds NaN inside (torch's deterministic fill), so a baseline shows it."""
-    import torch
-
-    fill = getattr(getattr(torch.utils, "deterministic", None), "fill_uninitialized_memory", None)
-    if fill is None:
-        yield
-        return
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def write_checkpoint(out: Path) -> Path:
@@ -101,7 +52,7 @@ def write_checkpoint(out: Path) -> Path:
     import transformers
 
     torch.manual_seed(CHECKPOINT_SEED)
-    model = build(getattr(transformers, CHECKPOINT_CLASS), make_config())
+    model = build_from_config(getattr(transformers, CHECKPOINT_CLASS), make_config())
     saved = set(model.state_dict())
     buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
     generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
@@ -145,57 +96,26 @@ class Transformers:
     name = "transformers"
 
     def make_config(self, source: Any) -> Any:
-        return hf_deepspeed_config(source)
+        return hf_deepspeed_config_class()(source)
 
     def is_zero3_enabled(self) -> bool:
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        return bool(is_deepspeed_zero3_enabled())
+        return bool(hf_is_deepspeed_zero3_enabled()())
 
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
-        return build(model_class, config, dtype)
+        return build_from_config(model_class, config, dtype)
 
     def from_pretrained(self, model_class: Any, path: str, dtype: Any = None, **options: Any) -> Any:
         return model_class.from_pretrained(path, output_loading_info=True, **dtype_kwarg(dtype), **options)
 
 
-class Case:
+class Case(Findings):
     """What the harness's check sees of its case, on this rank, with transformers as the subject."""
 
     def __init__(self, rank: int, world_size: int, checkpoint_path: str):
+        super().__init__()
         self.subject = Transformers()
         self.rank, self.world_size = rank, world_size
         self.checkpoint_path, self.layout, self.dtype, self.ds_config = checkpoint_path, LAYOUT, DTYPE, DS_CONFIG
-        self.findings: list[str] = []
-        self.agreed: dict[str, str] = {}
-        self.metrics: dict[str, Any] = {}
-        self._kept: list[Any] = []  # baselines live until the end, so their memory is never reused
-
-    def fail(self, message: str) -> None:
-        self.findings.append(message)
-
-    def expect(self, condition: bool, message: str) -> bool:
-        if not condition:
-            self.fail(message)
-        return bool(condition)
-
-    def agree(self, key: str, value: Any) -> None:
-        """Every rank must see the same value under `key`."""
-        self.agreed[key] = describe_value(value)
-
-    @contextlib.contextmanager
-    def subject_call(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (NotApplicable, SubjectRaised):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the exception is the finding
-            tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
-            raise SubjectRaised(f"transformers raised during {what}: {type(exc).__name__}: {exc}\n{tail}") from exc
-
-    def keep(self, obj: Any) -> Any:
-        self._kept.append(obj)
-        return obj
 
     def seed(self, offset: int = 0) -> None:
         import torch
@@ -215,7 +135,7 @@ class Case:
         self.seed(seed_offset)
         try:
             with uninitialized_memory_filled():
-                model = build(self.model_class(), self.model_config(), dtype)
+                model = build_from_config(self.model_class(), self.model_config(), dtype)
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is nothing to compare with
             raise NotApplicable(f"{MODEL_CLASS} does not build from this config even without ZeRO: {exc}") from None
         return self.keep(model)
