@@ -102,6 +102,17 @@ class Findings:
             raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
                 from exc
 
+    @contextlib.contextmanager
+    def baseline_call(self, what: str) -> Iterator[None]:
+        """The same call without ZeRO: where it raises, the subject has nothing to be compared with (SKIP
+        saying so; every rank raises alike, so none is left waiting in a collective)."""
+        try:
+            yield
+        except (NotApplicable, SubjectRaised):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the baseline's own failure is not the subject's
+            raise NotApplicable(f"without ZeRO, {what} raises: {exception_line(exc)}") from None
+
     def keep(self, obj: Any) -> Any:
         """Keeps `obj` alive until the case ends (a config object, a baseline model)."""
         self._kept.append(obj)

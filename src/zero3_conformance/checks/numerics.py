@@ -119,7 +119,9 @@ def _baseline_gradients(case: Case, baseline: Any, step: int) -> tuple[dict[str,
     what one process backpropagating every rank's batch in turn gets, at 1/world of the cost."""
     torch = _torch()
     baseline.zero_grad(set_to_none=True)
-    baseline(**batch_for(case, step, case.rank)).loss.backward()
+    batch = batch_for(case, step, case.rank)
+    with case.baseline_call(f"{type(baseline).__name__}'s forward and backward ({case.dtype})"):
+        baseline(**batch).loss.backward()
     params = list(baseline.named_parameters())
     # One flat fp32 vector per rank, and which parameters got a gradient (MoE experts a batch skips do not).
     flat = torch.cat([(p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)).reshape(-1)
@@ -218,8 +220,9 @@ def forward_matches_baseline(case: Case) -> None:
     reference = _fp32_reference(case, baseline)
     batch = batch_for(case, 0, case.rank)
     with torch.no_grad():
-        expected = _outputs(baseline, batch)
-        exact = _outputs(reference, batch) if reference is not None else None
+        with case.baseline_call(f"{type(baseline).__name__}'s forward ({case.dtype})"):
+            expected = _outputs(baseline, batch)
+            exact = _outputs(reference, batch) if reference is not None else None
         with case.subject_call("engine forward"):
             got = _outputs(engine, batch)
     _compare(case, "forward", expected, got, exact)
@@ -367,7 +370,8 @@ def generate_matches_baseline(case: Case) -> None:
     prompt = _prompt(case)
     torch = _torch()
     with torch.no_grad():
-        expected = baseline.generate(**prompt, **options)
+        with case.baseline_call(f"{type(baseline).__name__}.generate"):
+            expected = baseline.generate(**prompt, **options)
         with case.subject_call("generate"):
             got = case.subject.generate(engine.module, **prompt, **options)
     case.metrics["new_tokens_by_rank_0"] = int(expected.shape[-1] - (0 if getattr(config, "is_encoder_decoder", False)
