@@ -15,7 +15,7 @@ import logging
 import traceback
 from typing import Any, Callable, Iterator, Optional
 
-from ..compat import NotConvertible
+from ..compat import NotConvertible, build_from_config, dtype_kwarg, torch_load_refusal, uninitialized_memory_filled
 from ..errors import exception_line
 from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
 from ..world import RankContext, TaskOutcome
@@ -66,8 +66,10 @@ class SubjectRaised(Exception):
 
 
 class Findings:
-    """What a check records on its rank (findings, values every rank must agree on, metrics) and the objects
-    it keeps alive until the case ends; a reproducer's stand-in for the case shares it."""
+    """What a check records on its rank (findings, values every rank must agree on, metrics), the objects it
+    keeps alive until the case ends, and the builds it compares: the baseline's and the subject's. A subclass
+    gives rank, world_size, subject, layout, dtype, ds_config, checkpoint_path, model_class() and
+    model_config(); a reproducer's stand-in for the case shares all the rest."""
 
     def __init__(self) -> None:
         self.findings: list[str] = []
@@ -117,6 +119,76 @@ class Findings:
         """Keeps `obj` alive until the case ends (a config object, a baseline model)."""
         self._kept.append(obj)
         return obj
+
+    # --- the baseline's and the subject's builds (a subclass gives model_class, model_config) ------
+    def seed(self, offset: int = 0) -> None:
+        import torch
+
+        torch.manual_seed(SEED + offset)
+
+    def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
+        """The case's model built with no ZeRO config alive (the baseline)."""
+        self.seed(seed_offset)
+        cls, config = self.model_class(), self.model_config()
+        try:
+            with uninitialized_memory_filled():
+                model = build_from_config(cls, config, dtype)
+        except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
+            raise NotApplicable(f"{cls.__name__} does not build from this config even without ZeRO: "
+                                f"{exception_line(exc)}") from None
+        return self.keep(model)
+
+    def require_loadable_layout(self) -> None:
+        """A layout the installed transformers refuses to read here cannot be checked: neither baseline
+        nor subject can load it (SKIP with transformers' own reason)."""
+        if self.layout == "bin":
+            self.require_bin_loading("the checkpoint is a .bin file")
+
+    def require_bin_loading(self, why: str) -> None:
+        """SKIP (saying `why` the check needs it) where transformers refuses to read .bin checkpoints."""
+        import torch
+        import transformers
+
+        refusal = torch_load_refusal()
+        if refusal:
+            raise NotApplicable(f"transformers {transformers.__version__} reads no .bin checkpoint with torch "
+                                f"{torch.__version__} ({why}): {refusal}")
+
+    def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        self.require_loadable_layout()
+        self.seed()
+        cls = self.model_class()
+        try:
+            with uninitialized_memory_filled():
+                model, info = cls.from_pretrained(self.checkpoint_path, output_loading_info=True,
+                                                  trust_remote_code=False, **dtype_kwarg(dtype))
+        except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
+            raise NotApplicable(f"{cls.__name__} does not load this checkpoint even without ZeRO: "
+                                f"{exception_line(exc)}") from None
+        return self.keep(model), info
+
+    def zero3_from_config(self) -> tuple[Any, Any]:
+        """(config object, model) built by the subject under its stage-3 config."""
+        with self.subject_call("config construction"):
+            config_object = self.subject.make_config(self.ds_config)
+        self.seed()
+        with self.subject_call("from_config"):
+            model = self.subject.from_config(self.model_class(), self.model_config())
+        return config_object, model
+
+    def zero3_from_pretrained(self, model_class: Any = None, path: Any = None,
+                              ds_config: Optional[dict[str, Any]] = None, what: str = "",
+                              **options: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """(config object, model, loading report) from the subject under its stage-3 config: the case's class,
+        checkpoint and config unless given; `options` are from_pretrained's, `what` names them in findings."""
+        self.require_loadable_layout()
+        with self.subject_call("config construction"):
+            config_object = self.subject.make_config(self.ds_config if ds_config is None else ds_config)
+        self.seed()
+        with self.subject_call(f"from_pretrained({what or self.layout})"):
+            model, info = self.subject.from_pretrained(model_class or self.model_class(),
+                                                       str(path or self.checkpoint_path), **options)
+        return config_object, model, info
 
 
 class Case(Findings):
@@ -170,81 +242,6 @@ class Case(Findings):
             return self.require_family().make_config()
         except FamilyUnavailable as exc:
             raise NotApplicable(str(exc)) from None
-
-    def seed(self, offset: int = 0) -> None:
-        import torch
-
-        torch.manual_seed(SEED + offset)
-
-    def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
-        """The same family built with no ZeRO config alive (the baseline)."""
-        from ..compat import build_from_config, uninitialized_memory_filled
-
-        self.seed(seed_offset)
-        cls, config = self.model_class(), self.model_config()
-        try:
-            with uninitialized_memory_filled():
-                model = build_from_config(cls, config, dtype)
-        except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
-            raise NotApplicable(f"{cls.__name__} does not build from this config even without ZeRO: "
-                                f"{exception_line(exc)}") from None
-        return self.keep(model)
-
-    def require_loadable_layout(self) -> None:
-        """A layout the installed transformers refuses to read here cannot be checked: neither baseline
-        nor subject can load it (SKIP with transformers' own reason)."""
-        if self.layout == "bin":
-            self.require_bin_loading("the checkpoint is a .bin file")
-
-    def require_bin_loading(self, why: str) -> None:
-        """SKIP (saying `why` the check needs it) where transformers refuses to read .bin checkpoints."""
-        import torch
-        import transformers
-
-        from ..compat import torch_load_refusal
-
-        refusal = torch_load_refusal()
-        if refusal:
-            raise NotApplicable(f"transformers {transformers.__version__} reads no .bin checkpoint with torch "
-                                f"{torch.__version__} ({why}): {refusal}")
-
-    def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        from ..compat import dtype_kwarg, uninitialized_memory_filled
-
-        self.require_loadable_layout()
-        self.seed()
-        cls = self.model_class()
-        try:
-            with uninitialized_memory_filled():
-                model, info = cls.from_pretrained(self.checkpoint_path, output_loading_info=True,
-                                                  trust_remote_code=False, **dtype_kwarg(dtype))
-        except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
-            raise NotApplicable(f"{cls.__name__} does not load this checkpoint even without ZeRO: "
-                                f"{exception_line(exc)}") from None
-        return self.keep(model), info
-
-    def zero3_from_config(self) -> tuple[Any, Any]:
-        """(config object, model) built by the subject under its stage-3 config."""
-        with self.subject_call("config construction"):
-            config_object = self.subject.make_config(self.ds_config)
-        self.seed()
-        with self.subject_call("from_config"):
-            model = self.subject.from_config(self.model_class(), self.model_config())
-        return config_object, model
-
-    def zero3_from_pretrained(self, model_class: Any = None, path: Any = None,
-                              ds_config: Optional[dict[str, Any]] = None, what: str = "",
-                              **options: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """(config object, model, loading report) from the subject under its stage-3 config: the case's class,
-        checkpoint and config unless given; `options` are from_pretrained's, `what` names them in findings."""
-        self.require_loadable_layout()
-        with self.subject_call("config construction"):
-            config_object = self.subject.make_config(self.ds_config if ds_config is None else ds_config)
-        self.seed()
-        with self.subject_call(f"from_pretrained({what or self.layout})"):
-            model, info = self.subject.from_pretrained(model_class or self.model_class(),
-                                                       str(path or self.checkpoint_path), **options)
-        return config_object, model, info
 
 
 def describe_value(value: Any) -> str:

@@ -93,7 +93,6 @@ def _case_spec(record: Any) -> Any:
 
 
 def _script(record: Any, selection: dict[str, Any]) -> str:
-    from ..checks.base import SEED
     from ..dsconfig import with_dtype
     from ..registry import load_checks
     from ..zoo import CHECKPOINT_SEED, SHARD_SIZE
@@ -110,7 +109,7 @@ def _script(record: Any, selection: dict[str, Any]) -> str:
     values = {"CASE_ID": record.case_id, "MODEL_TYPE": config.model_type, "CONFIG": _config_literal(config),
               "MODEL_CLASS": family.auto_class, "CHECKPOINT_CLASS": family.checkpoint_auto_class,
               "LAYOUT": spec.layout or "safetensors", "WORLD_SIZE": spec.world_size, "DTYPE": spec.dtype,
-              "DS_CONFIG": ds_config, "SEED": SEED, "CHECKPOINT_SEED": CHECKPOINT_SEED, "SHARD_SIZE": SHARD_SIZE}
+              "DS_CONFIG": ds_config, "CHECKPOINT_SEED": CHECKPOINT_SEED, "SHARD_SIZE": SHARD_SIZE}
     check = load_checks()[spec.check_id].fn
     copied, imports = _closure([check, *_prelude_needs()])
     return _assemble(record, values, copied, imports, check.__name__)

@@ -18,7 +18,6 @@ from ..compat import (
     dtype_kwarg,
     hf_deepspeed_config_class,
     hf_is_deepspeed_zero3_enabled,
-    uninitialized_memory_filled,
 )
 
 # --- END HARNESS ---
@@ -33,7 +32,6 @@ LAYOUT = "safetensors"
 WORLD_SIZE = 2
 DTYPE = "fp32"
 DS_CONFIG: dict[str, Any] = {}
-SEED = 0
 CHECKPOINT_SEED = 0
 SHARD_SIZE = ""
 # --- END CASE ---
@@ -117,11 +115,6 @@ class Case(Findings):
         self.rank, self.world_size = rank, world_size
         self.checkpoint_path, self.layout, self.dtype, self.ds_config = checkpoint_path, LAYOUT, DTYPE, DS_CONFIG
 
-    def seed(self, offset: int = 0) -> None:
-        import torch
-
-        torch.manual_seed(SEED + offset)
-
     def model_class(self) -> Any:
         import transformers
 
@@ -129,47 +122,6 @@ class Case(Findings):
 
     def model_config(self) -> Any:
         return make_config()
-
-    def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
-        """The model built with no ZeRO config alive (the baseline)."""
-        self.seed(seed_offset)
-        try:
-            with uninitialized_memory_filled():
-                model = build_from_config(self.model_class(), self.model_config(), dtype)
-        except Exception as exc:  # noqa: BLE001 - without ZeRO there is nothing to compare with
-            raise NotApplicable(f"{MODEL_CLASS} does not build from this config even without ZeRO: {exc}") from None
-        return self.keep(model)
-
-    def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
-        self.seed()
-        options = dtype_kwarg(dtype)
-        try:
-            with uninitialized_memory_filled():
-                model, info = self.model_class().from_pretrained(self.checkpoint_path, output_loading_info=True,
-                                                                 **options)
-        except Exception as exc:  # noqa: BLE001 - without ZeRO there is nothing to compare with
-            raise NotApplicable(f"{MODEL_CLASS} does not load this checkpoint even without ZeRO: {exc}") from None
-        return self.keep(model), info
-
-    def zero3_from_config(self) -> tuple[Any, Any]:
-        """(config object, model): from_config while HfDeepSpeedConfig is alive."""
-        with self.subject_call("config construction"):
-            config_object = self.subject.make_config(self.ds_config)
-        self.seed()
-        with self.subject_call("from_config"):
-            model = self.subject.from_config(self.model_class(), self.model_config())
-        return config_object, model
-
-    def zero3_from_pretrained(self, model_class: Any = None, path: Any = None, ds_config: Any = None,
-                              what: str = "", **options: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """(config object, model, loading report): from_pretrained while HfDeepSpeedConfig is alive."""
-        with self.subject_call("config construction"):
-            config_object = self.subject.make_config(self.ds_config if ds_config is None else ds_config)
-        self.seed()
-        with self.subject_call(f"from_pretrained({what or self.layout})"):
-            model, info = self.subject.from_pretrained(model_class or self.model_class(),
-                                                       str(path or self.checkpoint_path), **options)
-        return config_object, model, info
 
 
 def main(check: Callable[[Case], None]) -> int:
