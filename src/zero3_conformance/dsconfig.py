@@ -99,11 +99,20 @@ def precision(config: dict[str, Any]) -> str:
     return "fp32"
 
 
-def torch_dtype(dtype: str) -> Any:
-    """torch's dtype for a training dtype's name ('fp32', 'bf16', 'fp16')."""
+def _torch_dtypes() -> dict[str, Any]:
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def torch_dtype(dtype: str) -> Any:
+    """torch's dtype for a training dtype's name ('fp32', 'bf16', 'fp16')."""
+    return _torch_dtypes()[dtype]
+
+
+def dtype_name(dtype: Any) -> str:
+    """A training dtype's name for torch's dtype (torch.bfloat16 -> 'bf16')."""
+    return {value: name for name, value in _torch_dtypes().items()}[dtype]
 
 
 def with_stage(config: dict[str, Any], stage: int) -> dict[str, Any]:

@@ -63,9 +63,10 @@ class MalformedConfigs(unittest.TestCase):
 def test_precision_names_the_enabled_training_dtype():
     import torch
 
-    from zero3_conformance.dsconfig import precision, torch_dtype, with_dtype
+    from zero3_conformance.dsconfig import dtype_name, precision, torch_dtype, with_dtype
 
     base = {"zero_optimization": {"stage": 3}}
     assert [precision(with_dtype(base, d)) for d in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
     assert precision({**base, "bf16": {"enabled": False}}) == "fp32"
     assert torch_dtype(precision(with_dtype(base, "bf16"))) is torch.bfloat16
+    assert [dtype_name(torch_dtype(d)) for d in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]

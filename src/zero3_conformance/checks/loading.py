@@ -176,9 +176,10 @@ def _as_partitioned(baseline: Any, ds_config: dict[str, Any]) -> dict[str, Any]:
     float32 upcast of a kept module changes without ZeRO (a batch norm's num_batches_tracked). Rounding a value
     into that dtype is exact and the same on both sides, so loaded tensors still compare bit for bit."""
     expected = full_parameters(baseline)
-    if precision(ds_config) == "fp32":
+    trained_in = precision(ds_config)
+    if trained_in == "fp32":
         return expected
-    dtype = torch_dtype(precision(ds_config))
+    dtype = torch_dtype(trained_in)
     parameters = dict(baseline.named_parameters())
     registered = _registered_dtypes(baseline)
     for name, tensor in expected.items():

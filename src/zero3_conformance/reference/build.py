@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .. import compat
-from ..dsconfig import with_dtype
+from ..dsconfig import dtype_name, with_dtype
 from .checkpoint import CheckpointReader
 from .config import ZeroConfig, active_config
 
@@ -70,12 +70,6 @@ def _explicit_dtypes_kept() -> Iterator[None]:
         torch.nn.Module.register_parameter = registered
 
 
-def _dtype_name(dtype: Any) -> str:
-    import torch
-
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
-
-
 @contextlib.contextmanager
 def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bool = False) -> Iterator[None]:
     """Modules constructed inside are partitioned as each one's __init__ ends, without the model-level init;
@@ -86,7 +80,7 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bo
 
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
-    ds_config = zero.config if dtype is None else with_dtype(zero.config, _dtype_name(dtype))
+    ds_config = zero.config if dtype is None else with_dtype(zero.config, dtype_name(dtype))
     model_dtype = _model_dtype(zero, dtype)
     skipped_init = compat.constructor_init_only() if constructors_init else compat.no_init_weights()
     with skipped_init, _default_dtype(model_dtype), _explicit_dtypes_kept(), \
