@@ -37,10 +37,22 @@ def _held_whole_bytes(params: dict[str, Any]) -> int:
     return sum(p.numel() * p.element_size() for p in params.values() if not hasattr(p, "ds_id"))
 
 
+def _added_token_inputs(model: Any, new_vocab: int) -> dict[str, Any]:
+    """Token ids that include two of the added tokens (and decoder ids for an encoder-decoder)."""
+    import torch
+
+    new_tokens = torch.tensor([[3, new_vocab - 1, 4, new_vocab - 2]])
+    inputs = {"input_ids": new_tokens}
+    if getattr(model.config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = new_tokens
+    return inputs
+
+
 @check("S2", "resize_token_embeddings", layouts=("safetensors",), world_sizes=(2, 3))
 def resize_token_embeddings(case: Case) -> None:
-    """resize_token_embeddings(V + k): config, old rows, new rows equal on every rank, tied head, partitioned
-    with V + k rows once the engine is built, logits V + k wide."""
+    """resize_token_embeddings(V + k) gives what it gives without ZeRO (config, rows of embedding and head,
+    logits as wide), with the old rows kept, new rows equal on every rank, tied groups still one parameter,
+    and embedding and head partitioned once the engine is built."""
     import deepspeed
     import torch
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
@@ -54,8 +66,18 @@ def resize_token_embeddings(case: Case) -> None:
         raise NotApplicable(f"{type(baseline).__name__} has no token embeddings to resize")
     groups = tied_groups(baseline)
     old_rows = {what: module.weight.detach().clone() for what, module in _vocabulary_modules(baseline).items()}
-    vocab = int(embeddings.weight.shape[0])
-    new_vocab = vocab + ADDED_TOKENS
+    new_vocab = int(embeddings.weight.shape[0]) + ADDED_TOKENS
+    # The same resize without ZeRO says what to expect: the config's vocabulary, each module's rows (a model
+    # may size its head otherwise than its embedding) and the logits' width.
+    with torch.no_grad(), case.baseline_call(f"{type(baseline).__name__}: resize_token_embeddings({new_vocab}) and "
+                                             f"a forward over the added tokens"):
+        baseline.resize_token_embeddings(new_vocab)
+        expected_logits = baseline(**_added_token_inputs(baseline, new_vocab)).logits.shape[-1] \
+            if baseline.get_output_embeddings() is not None else None
+    expected_vocab = compat.text_config(baseline.config).vocab_size
+    expected_rows = {what: int(module.weight.shape[0]) for what, module in _vocabulary_modules(baseline).items()}
+    del baseline
+
     config_object, model, _ = case.zero3_from_pretrained()
     case.keep(config_object)
     # Each rank's random state differs, as in data-parallel code that seeds per rank: new rows must not
@@ -64,49 +86,50 @@ def resize_token_embeddings(case: Case) -> None:
     with case.subject_call(f"resize_token_embeddings({new_vocab})"):
         case.subject.resize_token_embeddings(model, new_vocab)
     vocab_size = compat.text_config(model.config).vocab_size
-    case.expect(vocab_size == new_vocab, f"config.vocab_size expected {new_vocab}, got {vocab_size}")
+    case.expect(vocab_size == expected_vocab, f"config.vocab_size expected {expected_vocab} (as resized without "
+                                              f"ZeRO), got {vocab_size}")
     params = _vocabulary_params(model)
     case.metrics["partitioned_at_resize"] = all(hasattr(p, "ds_id") for p in params.values())
     case.metrics["whole_bytes_per_rank_after_resize"] = _held_whole_bytes(params)
 
     engine = deepspeed_engine(case, model, optimizer=None)
     modules = _vocabulary_modules(engine.module)
-    params = _vocabulary_params(engine.module)
-    for name, param in params.items():
-        where = f"{name} after the engine is built (rank {case.rank})"
-        if not case.expect(hasattr(param, "ds_id"), f"{where}: not partitioned (no ds_id)"):
-            continue
-        case.expect(param.ds_status == ZeroParamStatus.NOT_AVAILABLE and param.numel() == 0,
-                    f"{where}: expected released (NOT_AVAILABLE, empty), got {param.ds_status}, {param.numel()} "
-                    f"elements held")
-        case.expect(int(param.ds_shape[0]) == new_vocab, f"{where}: ds_shape {tuple(param.ds_shape)}, expected "
-                                                         f"{new_vocab} rows")
+    for what, module in modules.items():
+        for name, param in module.named_parameters(recurse=False):
+            where = f"{what}.{name} after the engine is built (rank {case.rank})"
+            if not case.expect(hasattr(param, "ds_id"), f"{where}: not partitioned (no ds_id)"):
+                continue
+            case.expect(param.ds_status == ZeroParamStatus.NOT_AVAILABLE and param.numel() == 0,
+                        f"{where}: expected released (NOT_AVAILABLE, empty), got {param.ds_status}, "
+                        f"{param.numel()} elements held")
+            rows = expected_rows.get(what)
+            case.expect(int(param.ds_shape[0]) == rows, f"{where}: ds_shape {tuple(param.ds_shape)}, expected "
+                                                        f"{rows} rows (as resized without ZeRO)")
     named = dict(engine.module.named_parameters(remove_duplicate=False))
     for group in groups:  # e.g. a tied head, or an encoder's and a decoder's embed_tokens
         shared = {id(named[name]) for name in group if name in named}
         case.expect(len(shared) == 1 and all(name in named for name in group),
                     f"tied group {group} is no longer one parameter after resizing: {len(shared)} separate "
                     f"parameters (rank {case.rank})")
-    zero_params = [p for p in params.values() if hasattr(p, "ds_id")]
+    zero_params = [p for p in _vocabulary_params(engine.module).values() if hasattr(p, "ds_id")]
     with deepspeed.zero.GatheredParameters(zero_params):
         for what, module in modules.items():
             weight = module.weight.detach().clone()
-            if weight.shape[0] != new_vocab:
-                case.fail(f"{what}.weight has {weight.shape[0]} rows after resizing, expected {new_vocab}")
+            if weight.shape[0] != expected_rows.get(what):
+                case.fail(f"{what}.weight has {weight.shape[0]} rows after resizing, expected "
+                          f"{expected_rows.get(what)} (as resized without ZeRO)")
                 continue
-            problem = exact_mismatch(f"{what}.weight[:{vocab}]", old_rows[what], weight[:vocab])
+            kept = min(int(old_rows[what].shape[0]), int(weight.shape[0]))
+            problem = exact_mismatch(f"{what}.weight[:{kept}]", old_rows[what][:kept], weight[:kept])
             case.expect(problem is None, f"old rows changed by resizing: {problem} (rank {case.rank})")
-            added = weight[vocab:]
+            added = weight[kept:]
             case.expect(bool(torch.isfinite(added).all()), f"{what}.weight: added rows hold non-finite values")
             case.agree(f"{what}.weight added rows", added)
-    if "output embeddings" in modules:
-        new_token = torch.tensor([[3, new_vocab - 1, 4, new_vocab - 2]])
-        inputs = {"input_ids": new_token}
-        if getattr(engine.module.config, "is_encoder_decoder", False):
-            inputs["decoder_input_ids"] = new_token
+    if expected_logits is not None:
         with torch.no_grad(), case.subject_call("forward with added tokens"):
-            logits = engine(**inputs).logits
-        case.expect(logits.shape[-1] == new_vocab, f"logits {tuple(logits.shape)}, expected {new_vocab} wide")
+            logits = engine(**_added_token_inputs(engine.module, new_vocab)).logits
+        case.expect(logits.shape[-1] == expected_logits, f"logits {tuple(logits.shape)}, expected {expected_logits} "
+                                                         f"wide (as resized without ZeRO)")
         case.expect(bool(torch.isfinite(logits).all()), "logits over the added tokens are not finite")
 
 
@@ -157,9 +180,13 @@ def saved_checkpoints_reload_exactly(case: Case) -> None:
     import deepspeed
 
     case.require_bin_loading("the 16-bit and zero_to_fp32 checkpoints reloaded here are .bin files")
+    batch = batch_for(case, 0, case.rank)
+    baseline, _ = case.baseline_from_pretrained()
+    with case.baseline_call(f"{type(baseline).__name__}'s forward and backward"):
+        baseline(**batch).loss.backward()
+    del baseline
     config_object, model, _ = case.zero3_from_pretrained()
     engine = deepspeed_engine(case, model, "sgd_momentum", stage3_gather_16bit_weights_on_model_save=True)
-    batch = batch_for(case, 0, case.rank)
     with case.subject_call("training step"):
         engine.backward(engine(**batch).loss)
         engine.step()

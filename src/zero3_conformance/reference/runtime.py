@@ -5,9 +5,9 @@
 - resize_token_embeddings: the new embedding (and untied head) is created under `zero.Init`, so it is
   partitioned at once and no rank holds the whole new vocabulary; old rows are copied and new rows set
   to the mean of the old ones on rank 0, which re-partitions them to every rank (no per-rank randomness).
-  The model's own tie_weights then points every alias (a tied head, an encoder's copy) at the new
-  embedding, so a tied group stays one ZeRO parameter; a tied head's own bias is padded with zeros, as
-  transformers pads it when it ties.
+  Every alias of a replaced parameter (a tied head, an encoder's copy, a head's bias tied to its
+  decoder's) is pointed at the new one, so a tied group stays one ZeRO parameter; a tied head's own bias
+  is padded with zeros, as transformers pads it when it ties.
 """
 
 from __future__ import annotations
@@ -40,8 +40,16 @@ def _grown(old: Any, new: Any, old_rows: int) -> None:
     new[old_rows:].copy_(old.float().mean(dim=0, keepdim=True).expand_as(new[old_rows:]).to(new.dtype))
 
 
-def _resized(module: Any, new_rows: int, zero: Any) -> None:
-    """Swaps `module`'s weight (and bias) for partitioned ones with `new_rows` rows."""
+def _rebind(model: Any, old: Any, new: Any) -> None:
+    """Every module attribute holding the parameter `old` holds `new` instead (the aliases of a tied group)."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is old:
+                module._parameters[name] = new
+
+
+def _resized(model: Any, module: Any, new_rows: int, zero: Any) -> None:
+    """Swaps `module`'s weight (and bias), and every alias of them, for partitioned ones with `new_rows` rows."""
     import deepspeed
     import torch
 
@@ -56,15 +64,14 @@ def _resized(module: Any, new_rows: int, zero: Any) -> None:
     with deepspeed.zero.GatheredParameters([p for pair in pairs for p in pair], modifier_rank=0), torch.no_grad():
         for old, new in pairs:
             _grown(old, new, old_rows)
-    module.weight = new_weight
-    if bias is not None:
-        module.bias = new_bias
+    for old, new in pairs:
+        _rebind(model, old, new)
     for attribute in ("num_embeddings", "out_features"):
         if hasattr(module, attribute):
             setattr(module, attribute, new_rows)
 
 
-def _zero_padded_bias(module: Any, new_rows: int, zero: Any) -> None:
+def _zero_padded_bias(model: Any, module: Any, new_rows: int, zero: Any) -> None:
     """A tied head's own bias grown to the new vocabulary with zeros, as transformers pads it when it ties the
     head to the embedding (there it pads `bias.data`, which under ZeRO-3 is an empty partition)."""
     import deepspeed
@@ -77,7 +84,7 @@ def _zero_padded_bias(module: Any, new_rows: int, zero: Any) -> None:
     with deepspeed.zero.GatheredParameters([bias, new_bias], modifier_rank=0), torch.no_grad():
         new_bias[:old_rows].copy_(bias)
         new_bias[old_rows:].zero_()
-    module.bias = new_bias
+    _rebind(model, bias, new_bias)
 
 
 def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
@@ -86,16 +93,16 @@ def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
         return model.resize_token_embeddings(new_num_tokens)
     embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and head.weight is embeddings.weight
-    _resized(embeddings, new_num_tokens, zero)
+    _resized(model, embeddings, new_num_tokens, zero)
     if head is not None and not tied:
-        _resized(head, new_num_tokens, zero)
+        _resized(model, head, new_num_tokens, zero)
     compat.text_config(model.config).vocab_size = new_num_tokens
     if hasattr(model, "vocab_size"):
         model.vocab_size = new_num_tokens
     model.tie_weights()  # every alias of the embedding (a tied head, an encoder's copy) takes the new one
     bias = getattr(head, "bias", None) if tied else None
     if bias is not None and hasattr(bias, "ds_shape") and int(bias.ds_shape[0]) != new_num_tokens:
-        _zero_padded_bias(head, new_num_tokens, zero)
+        _zero_padded_bias(model, head, new_num_tokens, zero)
     if head is not None and hasattr(head, "out_features"):
         head.out_features = new_num_tokens
     return embeddings
