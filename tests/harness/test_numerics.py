@@ -100,3 +100,24 @@ def test_split_baseline_gradients_are_bit_for_bit_one_process(model, dtype):
     for rank, reply in outcome.replies.items():
         assert reply.ok, reply.traceback
         assert reply.value == [], f"rank {rank}: {reply.value}"
+
+
+def test_fp32_allows_the_baselines_own_error_against_fp64_only_where_the_fixed_tolerance_fails():
+    exact = {"w": torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)}
+    baseline = {"w": torch.tensor([1.0, -2.0 + 4e-4, 3.0])}  # an ill-conditioned tensor: its own fp32 error 4e-4
+    calls = []
+
+    def in_fp64():
+        calls.append(1)
+        return exact
+
+    case, findings = _case("fp32")
+    case.world_size = 1
+    _compare(case, "gradients", baseline, {"w": baseline["w"] * (1 + 1e-6)}, in_fp64=in_fp64)
+    assert findings == [] and calls == []  # within the fixed tolerance: no fp64 computation
+    _compare(case, "gradients", baseline, {"w": baseline["w"] + torch.tensor([0.0, 5e-4, 0.0])}, in_fp64=in_fp64)
+    assert findings == [] and calls == [1]  # within 2 x the baseline's own error
+    _compare(case, "gradients", baseline, {"w": baseline["w"] + torch.tensor([0.0, 2e-3, 0.0])}, in_fp64=in_fp64)
+    assert len(findings) == 1 and "the baseline's own fp32 max error against an fp64 computation" in findings[0]
+    _compare(case, "gradients", baseline, {"w": baseline["w"] + torch.tensor([0.0, 5e-4, 0.0])}, in_fp64=lambda: None)
+    assert len(findings) == 2 and "an fp64 computation to measure the baseline's own fp32 error raised" in findings[1]
