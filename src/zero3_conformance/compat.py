@@ -221,6 +221,19 @@ def module_initializer(owner: Any) -> Callable[[Any], None]:
     return owner._init_weights
 
 
+def declared_ties(model: Any) -> dict[str, str]:
+    """The model's tied parameters as the installed transformers records them after construction (target ->
+    source); {} where it records none (4.x ties by tie_weights alone and has no such record)."""
+    return getattr(model, "all_tied_weights_keys", None) or {}
+
+
+def untie_recorded(model: Any, target: str) -> None:
+    """Drops `target` from the model's record of its ties, as transformers does when it leaves a pair untied."""
+    ties = getattr(model, "all_tied_weights_keys", None)
+    if ties:
+        ties.pop(target, None)
+
+
 def whole_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """Every parameter's (under each of its names) and buffer's shape as without ZeRO: a partitioned parameter's
     `ds_shape`, not its empty local tensor (which state_dict() returns, without ds_shape)."""
@@ -272,6 +285,16 @@ class CheckpointConversion:
         if len(patterns) == 1:
             return [target]
         return _split_targets(target, patterns)
+
+    def renamed_sources(self, keys: Any) -> dict[str, str]:
+        """Module key -> the checkpoint key renamed onto it (keys a converter combines left out); where two
+        keys are renamed onto one module key, the first in order, as transformers loads it."""
+        sources: dict[str, str] = {}
+        for key in sorted(keys, key=_natural_key):
+            target, pattern = self.target(key)
+            if pattern is None:
+                sources.setdefault(target, key)
+        return sources
 
     def convert(self, tensors: dict[str, Any]) -> dict[str, Any]:
         """Checkpoint tensors -> module tensors, for every module key these tensors fully provide."""
@@ -328,8 +351,9 @@ def _split_targets(target: str, patterns: list[str]) -> list[str]:
     return [target.replace(patterns[0], p, 1) for p in patterns]
 
 
-def _natural_key(key: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in key.split(".")]
+def _natural_key(key: str) -> list[tuple[int, int, str]]:
+    """Numbers in numeric order (2 before 10); a number and a name at one position compare too."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split(".")]
 
 
 def checkpoint_conversion(model: Any) -> Optional[CheckpointConversion]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from ..compat import checkpoint_conversion
 from ..reference.checkpoint import CheckpointReader
 from ..zoo import LAYOUTS
 from .base import Case, NotApplicable, ceil_div, check
@@ -53,11 +54,16 @@ def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
     _report(case, problems, what)
 
 
-def baseline_matches_file(reader: Any, expected: dict[str, Any], base_prefix: str) -> None:
-    """The expected tensors come from the non-ZeRO loader; where a checkpoint key names a model key directly
-    (or with the base model's prefix), they must equal the file's bytes, or the baseline itself is broken."""
-    for key in reader.keys():
-        target = key if key in expected else f"{base_prefix}.{key}"
+def baseline_matches_file(reader: Any, expected: dict[str, Any], model: Any) -> None:
+    """The expected tensors come from the non-ZeRO loader; where a checkpoint key names a model key (directly,
+    with the base model's prefix, or renamed by the model type's declared conversion), they must equal the
+    file's bytes, or the baseline itself is broken (e.g. an init that writes over a loaded value)."""
+    keys = reader.keys()
+    sources = {key if key in expected else f"{model.base_model_prefix}.{key}": key for key in keys}
+    conversion = checkpoint_conversion(model)
+    if conversion is not None:
+        sources.update(conversion.renamed_sources(keys))
+    for target, key in sources.items():
         if target in expected:
             problem = exact_mismatch(target, reader.get(key).to(expected[target].dtype), expected[target])
             if problem:  # transformers' own loading without ZeRO changed it: nothing faithful to compare with
@@ -71,7 +77,7 @@ def gathered_equals_checkpoint(case: Case) -> None:
     baseline, info = case.baseline_from_pretrained()
     not_from_checkpoint = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
     expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
-    baseline_matches_file(CheckpointReader(case.checkpoint_path), expected, baseline.base_model_prefix)
+    baseline_matches_file(CheckpointReader(case.checkpoint_path), expected, baseline)
     config_object, model, _ = case.zero3_from_pretrained()
     compare_all(case, expected, gathered_state(model), exact_mismatch, "tensors differ")
     case.metrics["tensors_compared"] = len(expected)

@@ -117,6 +117,11 @@ def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Pa
     return target
 
 
+def _initialized_keys(report: dict[str, Any]) -> set[str]:
+    """Keys a load initializes instead of reading: missing from the checkpoint, or of another size."""
+    return {*map(str, report.get("missing_keys", [])), *(str(key) for key, *_ in report.get("mismatched_keys", []))}
+
+
 def _load_baselines(case: Case, loads: list[Load]) -> None:
     """Every call without ZeRO, first; a baseline that does not read the file its options select leaves
     nothing faithful to compare with (SKIP saying so)."""
@@ -132,9 +137,10 @@ def _load_baselines(case: Case, loads: list[Load]) -> None:
         case.keep(load.baseline)
         load.tensors = _as_partitioned(load.baseline, load.ds_config or case.ds_config)
         if load.reader is not None:
-            expected = full_parameters(load.baseline)
+            initialized = _initialized_keys(load.expected)
+            expected = {k: v for k, v in full_parameters(load.baseline).items() if k not in initialized}
             try:
-                baseline_matches_file(load.reader, expected, load.baseline.base_model_prefix)
+                baseline_matches_file(load.reader, expected, load.baseline)
             except NotApplicable as exc:
                 raise NotApplicable(f"with {load.what}: {exc}") from None
 
@@ -158,8 +164,7 @@ def _check_subject(case: Case, load: Load) -> None:
         if hasattr(load.baseline.config, key):
             want, have = getattr(load.baseline.config, key), getattr(model.config, key, None)
             case.expect(want == have, f"{load.what}: config.{key} expected {want!r} (without ZeRO), got {have!r}")
-    initialized = {*map(str, load.expected.get("missing_keys", [])),
-                   *(str(key) for key, *_ in load.expected.get("mismatched_keys", []))}
+    initialized = _initialized_keys(load.expected)
 
     def compare(key: str, want: Any, have: Any) -> Optional[str]:
         problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
@@ -229,9 +234,11 @@ def dtype_options_load_like_baseline(case: Case) -> None:
     halved = _derived_checkpoint(case, "bf16", {"model.safetensors": stored},
                                  {"dtype": "bfloat16", "torch_dtype": "bfloat16"})
     cls = case.model_class()
-    _run(case, [Load("dtype='auto' on a bfloat16 checkpoint", cls, halved, dtype_kwarg("auto"), bf16),
-                Load("dtype=torch.bfloat16 on a float32 checkpoint", cls, Path(case.checkpoint_path),
-                     dtype_kwarg(torch.bfloat16), bf16)])
+    original = Path(case.checkpoint_path)
+    _run(case, [Load("dtype='auto' on a bfloat16 checkpoint", cls, halved, dtype_kwarg("auto"), bf16,
+                     reader=CheckpointReader(halved)),
+                Load("dtype=torch.bfloat16 on a float32 checkpoint", cls, original, dtype_kwarg(torch.bfloat16), bf16,
+                     reader=CheckpointReader(original))])
 
 
 @check("G8", "label_options_load_like_baseline", layouts=("safetensors",), world_sizes=(2,))
@@ -325,6 +332,8 @@ def base_and_head_checkpoints_cross_load(case: Case) -> None:
         raise NotApplicable(f"{config.model_type} has no class but its base model {base}")
     base_checkpoint = _saved_checkpoint(case, "base", base, config)
     head_checkpoint = _saved_checkpoint(case, "head", head, config)
-    _run(case, [Load(f"a {base} checkpoint into {head}", auto_class(head), base_checkpoint, {}),
-                Load(f"a {head} checkpoint into {base}", auto_class(base), head_checkpoint, {})])
+    _run(case, [Load(f"a {base} checkpoint into {head}", auto_class(head), base_checkpoint, {},
+                     reader=CheckpointReader(base_checkpoint)),
+                Load(f"a {head} checkpoint into {base}", auto_class(base), head_checkpoint, {},
+                     reader=CheckpointReader(head_checkpoint))])
 

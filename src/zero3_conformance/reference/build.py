@@ -294,6 +294,29 @@ def _module_tensors(reader: CheckpointReader, plan: _Plan, keys: list[str],
     return {key: raw[plan.sources[key][0]] for key in keys if key in plan.sources}
 
 
+def _untie_where_the_checkpoint_differs(model: Any, reader: CheckpointReader, plan: _Plan, zero: ZeroConfig) -> None:
+    """A declared tie whose two names the checkpoint holds with different values stays untied, as without ZeRO
+    (transformers compares the two loaded tensors and does not tie them): the target gets a partitioned
+    parameter of its own, and each name loads its own tensor."""
+    import torch
+
+    class _Holder(torch.nn.Module):  # only parameters of modules built inside zero.Init are partitioned
+        def __init__(self, shape: tuple[int, ...], dtype: Any):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(shape, dtype=dtype))
+
+    for target, source in list(compat.declared_ties(model).items()):
+        held = [plan.sources.get(target, []), plan.sources.get(source, [])]
+        if any(len(keys) != 1 for keys in held) or torch.equal(reader.get(held[0][0]), reader.get(held[1][0])):
+            continue
+        tied = model.get_parameter(target)
+        with partitioned_construction(zero, tied.dtype):
+            own = _Holder(tuple(getattr(tied, "ds_shape", tied.shape)), tied.dtype).weight
+        owner, _, name = target.rpartition(".")
+        model.get_submodule(owner)._parameters[name] = own
+        compat.untie_recorded(model, target)
+
+
 def _resolved_dtype(dtype: Any, config: Any, reader: CheckpointReader) -> Any:
     """`dtype="auto"` (or its name as a string) as transformers resolves it: the config's dtype, else the
     checkpoint's first floating tensor's."""
@@ -337,6 +360,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: 
     model = _construct(compat.concrete_class(model_class, config), config, zero, dtype, constructors_init=False)
     conversion = compat.checkpoint_conversion(model)
     plan = _Plan(model, reader, conversion, ignore_mismatched_sizes)
+    _untie_where_the_checkpoint_differs(model, reader, plan, zero)
     _initialize(model, only={*plan.missing, *(key for key, *_ in plan.mismatched)})
     is_writer = _rank() == 0
     for name, module in _post_order(model):
