@@ -158,14 +158,49 @@ def functions_wrapped(sites: list[tuple[Any, str, Callable[..., Any]]],
 
 
 @contextlib.contextmanager
-def constructor_init_only() -> Iterator[None]:
+def constructor_init_only(nested: Optional[Callable[[Any], None]] = None) -> Iterator[None]:
     """transformers' no_init_weights (the model-level init that post_init runs is skipped), except that torch's
     init functions still run on a tensor ZeRO-3 has not partitioned yet. Inside zero.Init a module's parameters
     stay whole until its own __init__ ends, so the init its constructor runs (Conv1D's normal_, a conv's
-    reset_parameters) is the one it runs without ZeRO; on a partition they do nothing, as inside no_init_weights."""
+    reset_parameters) is the one it runs without ZeRO; on a partition they do nothing, as inside no_init_weights.
+    With `nested`, a model built inside another model's constructor is passed to it where its own post_init
+    initializes it (see _nested_models_initialized)."""
     originals = [(module, name, getattr(module, name)) for module, name in _torch_init_functions()]
-    with no_init_weights(), functions_wrapped(originals, _on_whole_tensors):
+    with no_init_weights(), functions_wrapped(originals, _on_whole_tensors), \
+            _nested_models_initialized(nested, originals):
         yield
+
+
+@contextlib.contextmanager
+def _nested_models_initialized(nested: Optional[Callable[[Any], None]],
+                               originals: list[tuple[Any, str, Callable[..., Any]]]) -> Iterator[None]:
+    """Without ZeRO a sub-model that a composite builds in its constructor (a vision tower from its own config)
+    initializes itself in its own post_init, before the composite builds its other parts, so the random
+    draws come in that order. Here its post_init's init_weights calls `nested(sub_model)`, with torch's init
+    functions as they are outside the construction; the outermost model's stays skipped."""
+    if nested is None:
+        yield
+        return
+    model_type = _first_attr([("transformers.modeling_utils", "PreTrainedModel")])
+    constructing: list[Any] = []
+    constructor, skipped = model_type.__init__, model_type.init_weights
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        constructing.append(self)
+        constructor(self, *args, **kwargs)
+
+    def init_weights(self: Any) -> None:
+        if constructing and self is not constructing[0]:
+            with functions_wrapped(originals, lambda function: function):
+                nested(self)
+        else:
+            skipped(self)
+
+    model_type.__init__, model_type.init_weights = __init__, init_weights
+    try:
+        yield
+    finally:
+        model_type.__init__, model_type.init_weights = constructor, skipped
 
 
 def _on_whole_tensors(init: Callable[..., Any]) -> Callable[..., Any]:

@@ -82,7 +82,7 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bo
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, dtype_name(dtype))
     model_dtype = _model_dtype(zero, dtype)
-    skipped_init = compat.constructor_init_only() if constructors_init else compat.no_init_weights()
+    skipped_init = compat.constructor_init_only(nested=_initialize) if constructors_init else compat.no_init_weights()
     with skipped_init, _default_dtype(model_dtype), _explicit_dtypes_kept(), \
             deepspeed.zero.Init(config_dict_or_path=ds_config):
         yield
