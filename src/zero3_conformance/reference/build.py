@@ -53,11 +53,14 @@ def _explicit_dtypes_kept() -> Iterator[None]:
         keep = original(fn, None, *args, **kwargs)
         return lambda *a, **kw: (keep if kw.get("dtype") is not None else cast)(*a, **kw)
 
+    model_dtype = torch.get_default_dtype()  # the model's, set before this context is entered
+
     def register_parameter(module: Any, name: str, param: Any) -> None:
         # A parameter takes the model's dtype whatever its data was created in, as zero.Init casts it: the
-        # kept dtype is for buffers (a parameter's fp32 data would otherwise stay fp32 in a bf16 model).
-        if param is not None and param.is_floating_point() and param.dtype != torch.get_default_dtype():
-            param.data = param.data.to(torch.get_default_dtype())
+        # kept dtype is for buffers (a parameter's fp32 data would otherwise stay fp32 in a bf16 model). Not the
+        # default dtype at the time: a sub-model built with `from_config(..., dtype=config.dtype)` changes it.
+        if param is not None and param.is_floating_point() and param.dtype != model_dtype:
+            param.data = param.data.to(model_dtype)
         registered(module, name, param)
 
     registered = torch.nn.Module.register_parameter
