@@ -1,4 +1,4 @@
-"""zero3-conformance run | matrix | report | mutate | repro | env | list."""
+"""zero3-conformance run | matrix | report | mutate | repro | findings | env | list."""
 
 from __future__ import annotations
 
@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--from", dest="run_dir", type=Path, default=Path("runs/latest"),
                        help="the run directory the case was recorded in (default runs/latest)")
     repro.add_argument("--out", type=Path, required=True, help="where repro.py and report.md go")
+    findings = commands.add_parser("findings", help="every new finding of the known-issues file in a folder of its "
+                                                    "own: where it was seen, a reproducer, a bug report")
+    findings.add_argument("--from", dest="run_dirs", type=Path, action="append", required=True, metavar="RUN_DIR",
+                          help="a run directory to look for the findings in (repeat for several)")
+    findings.add_argument("--out", type=Path, default=Path("findings"), help="where the folders go (default "
+                                                                             "findings)")
+    findings.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE, metavar="FILE")
     commands.add_parser("env", help="print the cell: versions, backend, device")
     commands.add_parser("list", help="list the checks and their clauses")
     return parser
@@ -381,6 +388,14 @@ def cmd_repro(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_findings(args: argparse.Namespace) -> int:
+    from .repro import findings
+
+    for written in findings.write_all(args.run_dirs, args.out, known_issues.load(args.known_issues)):
+        print(f"{args.out / written.short_name}: {written.sightings} cases seen; reproducer: {written.reproducer}")
+    return 0
+
+
 def _transformers_version() -> str:
     import transformers
 
@@ -406,6 +421,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_architectures(args)
         if args.command == "repro":
             return cmd_repro(args)
+        if args.command == "findings":
+            return cmd_findings(args)
         return cmd_run(args)
     except UsageError as exc:
         print(f"zero3-conformance: error: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ import inspect
 import math
 from typing import Any
 
-from . import compat
+from .compat import concrete_class, text_config
 
 SEQUENCE_LENGTH = 8
 FIRST_ORDINARY_TOKEN = 3  # ids below are padding / bos / eos in some families: draw from ordinary tokens only
@@ -35,7 +35,7 @@ def training_batch(model_class: Any, config: Any, seed: int, length: int = SEQUE
     next tokens for language-model heads (encoder-decoders: a target half as long), a class for classifiers."""
     import torch
 
-    cls = compat.concrete_class(model_class, config)
+    cls = concrete_class(model_class, config)
     arguments = forward_arguments(cls)
     generator = torch.Generator().manual_seed(seed)
     batch = main_inputs(cls, config, arguments, generator, length)
@@ -88,7 +88,7 @@ def main_inputs(cls: Any, config: Any, arguments: dict[str, inspect.Parameter], 
 
 
 def vocabulary(config: Any) -> int:
-    vocab = getattr(compat.text_config(config), "vocab_size", None)
+    vocab = getattr(text_config(config), "vocab_size", None)
     if not isinstance(vocab, int) or vocab <= FIRST_ORDINARY_TOKEN:
         raise InputsUnavailable("token ids: the config gives no vocab_size")
     return vocab

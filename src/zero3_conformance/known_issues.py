@@ -25,8 +25,9 @@ without running it again.
 
 Two kinds of entry. A *known upstream* entry links an issue or pull request upstream (`/issues/N` or
 `/pull/N`). A *new finding* (`upstream = false`) is not reported upstream yet: it describes the finding in
-full (`tensor`, `expected_value`, `observed_value`, `seen_in`, `not_seen_in`) and links to the tracker
-where it should be reported.
+full (`short_name`, `tensor`, `expected_value`, `observed_value`, `seen_in`, `not_seen_in`) and links to
+the tracker where it should be reported; `zero3-conformance findings` writes each one's reproducer and bug
+report under findings/<short_name>/.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ EXPECTABLE = (PASS, FAIL, ERROR, TIMEOUT, CRASH)
 # Record fields an entry may narrow by.
 NARROWING = ("check", "model", "head", "layout", "world_size", "dtype", "backend")
 VERSIONED = ("python", "torch", "deepspeed", "transformers", "accelerate")  # the cell's versions
-FINDING = ("tensor", "expected_value", "observed_value", "seen_in", "not_seen_in")  # a new finding, in full
+# A new finding, in full; its short name names its folder of reproducer and report (`findings` command), and
+# entries that record one finding for several clauses share it.
+FINDING = ("short_name", "tensor", "expected_value", "observed_value", "seen_in", "not_seen_in")
+SHORT_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 FIELDS = ("clause", "subject", "reason", "link", "expected", "message", "upstream", "versions", *NARROWING,
           *FINDING)
 UPSTREAM_LINK = re.compile(r"^https://\S+/(issues|pull)/\d+(#\S*)?$")
@@ -80,6 +84,11 @@ class KnownIssue:
     finding: tuple[tuple[str, str], ...] = ()  # a new finding's description, field by field
     name: str = ""  # how messages and reports name the entry: file and position
     message: str = ""  # a regular expression the record's message must match; empty: any message
+
+    @property
+    def short_name(self) -> str:
+        """A new finding's folder name; empty for a known upstream entry."""
+        return dict(self.finding).get("short_name", "")
 
     @property
     def kind(self) -> str:
@@ -166,6 +175,9 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
                 raise UsageError(f"{where}: a new finding (upstream = false) describes itself in full: field "
                                  f"'{field}' is required ({', '.join(FINDING)})")
             finding.append((field, entry[field]))
+        if not SHORT_NAME.match(entry["short_name"]):
+            raise UsageError(f"{where}: short_name {entry['short_name']!r} must be lower-case words joined by '-' "
+                             f"(it names the finding's folder)")
     narrowing = []
     for field in NARROWING:
         if field in entry:
@@ -199,6 +211,14 @@ def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[Optional[Kn
     if met:
         return met[0], True
     return (applying[0], False) if applying else (None, False)
+
+
+def meeting(record: Record, issues: Iterable[KnownIssue]) -> Optional[KnownIssue]:
+    """The entry the record's raw outcomes meet (the one its triage names), else None."""
+    if record.raw_status in (SKIP, PASS):
+        return None
+    issue, met = _applying(dataclasses.replace(record, status=record.raw_status, expected=None), issues)
+    return issue if met else None
 
 
 def apply(record: Record, issues: Iterable[KnownIssue]) -> Record:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from .compat import build_from_config
 from .errors import UsageError, exception_line
 
 LAYOUTS = ("safetensors", "sharded", "bin")
@@ -176,8 +177,6 @@ def checkpoint_model(family: Family, config: Any = None) -> Any:
     floating persistent buffers) moved off it deterministically, so a loader that skips a tensor (or leaves
     it at its init, ones or zeros) cannot pass by accident. `config` replaces the family's own."""
     import torch
-
-    from .compat import build_from_config
 
     torch.manual_seed(CHECKPOINT_SEED)
     model = build_from_config(auto_class(family.checkpoint_auto_class), config or family.make_config())

@@ -78,6 +78,7 @@ clause = "N1"
 subject = "transformers"
 upstream = false
 reason = "logits differ"
+short_name = "blame-logits"
 tensor = "logits"
 expected_value = "the baseline's logits"
 observed_value = "logits off by 1e-3"

@@ -114,6 +114,7 @@ clause = "P5"
 subject = "transformers"
 upstream = false
 reason = "buffers cast"
+short_name = "rotary-inv-freq-dtype"
 tensor = "model.rotary_emb.inv_freq"
 expected_value = "float32 (baseline)"
 observed_value = "bfloat16"

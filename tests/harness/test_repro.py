@@ -36,8 +36,9 @@ def _run_dir(tmp_path, cases, status="PASS", message=""):
 
 
 def _scripted_cases(**selection):
-    return [c for c in build_cases(subjects=["transformers"], clauses=list(repro.SCRIPTED), world_sizes=[2],
-                                   **selection) if not c.skip]
+    clauses = sorted({entry.split("-")[0] for entry in repro.SCRIPTED})
+    return [c for c in build_cases(subjects=["transformers"], clauses=clauses, world_sizes=[2], **selection)
+            if not c.skip and repro.scripted(c.clause, c.check)]
 
 
 def _imported_modules(script):
@@ -56,7 +57,7 @@ def _imported_modules(script):
 def test_every_scripted_check_makes_a_script_that_imports_only_the_stack(tmp_path, selection):
     cases = _scripted_cases(**selection)
     zoo_only = set() if "models" in selection else {"G5"}  # G5 runs on the zoo's llama alone
-    assert {c.clause for c in cases} == set(repro.SCRIPTED) - zoo_only
+    assert {c.clause for c in cases} == {entry.split("-")[0] for entry in repro.SCRIPTED} - zoo_only
     run_dir = _run_dir(tmp_path, cases)
     for spec in cases:
         made = repro.write(spec.id, run_dir, tmp_path / "out" / str(abs(hash(spec.id))))
@@ -88,7 +89,7 @@ def test_a_check_without_a_script_gets_a_report_with_the_harness_command(tmp_pat
     made = repro.write(spec.id, run_dir, tmp_path / "out")
     assert made.script is None and not (tmp_path / "out" / "repro.py").exists()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "No standalone script: no standalone script exists for N2 yet" in report
+    assert "No standalone script: no standalone script exists for N2-gradients_match_baseline yet" in report
     assert "zero3-conformance run --subject transformers --clauses N2 --world-sizes 2 --models llama" in report
 
 

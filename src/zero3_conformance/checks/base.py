@@ -68,8 +68,8 @@ class SubjectRaised(Exception):
 class Findings:
     """What a check records on its rank (findings, values every rank must agree on, metrics), the objects it
     keeps alive until the case ends, and the builds it compares: the baseline's and the subject's. A subclass
-    gives rank, world_size, subject, layout, dtype, ds_config, checkpoint_path, model_class() and
-    model_config(); a reproducer's stand-in for the case shares all the rest."""
+    gives rank, world_size, device (where collectives put tensors), subject, layout, dtype, ds_config,
+    checkpoint_path, model_class() and model_config(); a reproducer's stand-in for the case shares all the rest."""
 
     def __init__(self) -> None:
         self.findings: list[str] = []
@@ -78,6 +78,20 @@ class Findings:
         # Baseline models live until the case ends: freed, their memory could be handed to a subject's
         # uninitialized tensor, which would then hold exactly the baseline's values and pass.
         self._kept: list[Any] = []
+        self._closers: list[Callable[[], Any]] = []
+
+    def on_close(self, closer: Callable[[], Any]) -> None:
+        """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - the case's verdict is already decided
+                pass
+        self._closers.clear()
+        self._kept.clear()
 
     def fail(self, message: str) -> None:
         self.findings.append(message)
@@ -208,21 +222,7 @@ class Case(Findings):
         self.dtype: str = payload["dtype"]
         self.ds_config: dict[str, Any] = payload["ds_config"]
         self.checkpoint_path: Optional[str] = payload.get("checkpoint")
-        self._closers: list[Callable[[], Any]] = []
-
-    # --- lifetime -------------------------------------------------------------------------------
-    def on_close(self, closer: Callable[[], Any]) -> None:
-        """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
-        self._closers.append(closer)
-
-    def close(self) -> None:
-        for closer in reversed(self._closers):
-            try:
-                closer()
-            except Exception:  # noqa: BLE001 - the case's verdict is already decided
-                pass
-        self._closers.clear()
-        self._kept.clear()
+        self.device = ctx.device
 
     # --- models ---------------------------------------------------------------------------------
     def model_class(self) -> Any:

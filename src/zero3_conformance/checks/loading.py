@@ -20,10 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from ..compat import uninitialized_memory_filled
-from ..dsconfig import precision, torch_dtype
+from ..architectures import base_class, foreign_config_reason, head_classes, labelled_head, loss_head
+from ..compat import build_from_config, concrete_class, dtype_kwarg, uninitialized_memory_filled
+from ..dsconfig import precision, torch_dtype, with_dtype
 from ..errors import exception_line
 from ..reference.checkpoint import CheckpointReader, with_variant
+from ..zoo import auto_class, checkpoint_model
 from .base import Case, NotApplicable, SubjectRaised, check
 from .gathered import baseline_matches_file, compare_all, gathered_state, report_differences
 from .tensors import exact_mismatch, full_parameters, init_mismatch
@@ -92,7 +94,6 @@ def _derived_checkpoint(case: Case, name: str, files: dict[str, dict[str, Any]],
 
 def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Path:
     """A checkpoint of another class of the case's type, written as the harness writes every checkpoint."""
-    from ..zoo import checkpoint_model
 
     family = dataclasses.replace(case.require_family(), checkpoint_auto_class=class_name)
     target = _scratch(case) / name
@@ -203,8 +204,6 @@ def _registered_dtypes(model: Any) -> dict[str, Any]:
 
     import torch
 
-    from ..compat import build_from_config
-
     try:
         with torch.device("meta"):
             fresh = build_from_config(type(model), copy.deepcopy(model.config))
@@ -226,9 +225,6 @@ def dtype_options_load_like_baseline(case: Case) -> None:
     (the ZeRO config's precision is bf16, agreeing with the dtype asked for)."""
     import torch
 
-    from ..compat import dtype_kwarg
-    from ..dsconfig import with_dtype
-
     bf16 = with_dtype(case.ds_config, "bf16")
     stored = {k: t.to(torch.bfloat16) if t.is_floating_point() else t for k, t in _original_tensors(case).items()}
     halved = _derived_checkpoint(case, "bf16", {"model.safetensors": stored},
@@ -245,8 +241,6 @@ def dtype_options_load_like_baseline(case: Case) -> None:
 def label_options_load_like_baseline(case: Case) -> None:
     """A label head loaded with more labels (with and without ignore_mismatched_sizes) and with relabelled
     id2label behaves as without ZeRO: the same mismatched keys, re-initialized heads, errors and config."""
-    from ..architectures import labelled_head
-    from ..zoo import auto_class
 
     config = case.model_config()
     head = labelled_head(config.model_type)
@@ -306,8 +300,6 @@ def _a_head(case: Case, config: Any, base: str) -> Optional[str]:
     """The case's own class where it is a head, else the type's trained head, else its first head: one built
     from the type's own config (a head with a config class of its own, e.g. a text-only head of a multimodal
     type, is not, as the sweep does not build it from this config either)."""
-    from ..architectures import foreign_config_reason, head_classes, loss_head
-    from ..compat import concrete_class
 
     own = concrete_class(case.model_class(), config).__name__
     if own != base:
@@ -322,8 +314,6 @@ def _a_head(case: Case, config: Any, base: str) -> Optional[str]:
 def base_and_head_checkpoints_cross_load(case: Case) -> None:
     """A base model's checkpoint loaded into a head class, and a head's checkpoint into the base class, give
     the loading report and weights they give without ZeRO."""
-    from ..architectures import base_class
-    from ..zoo import auto_class
 
     config = case.model_config()
     base = base_class(config.model_type)

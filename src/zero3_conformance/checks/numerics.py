@@ -35,14 +35,22 @@ TOLERANCES = {"fp32": (1e-5, 1e-6)}
 LOW_PRECISION_FACTOR = 2.0
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "bf16": 2.0**-8}  # half the gap between 1 and the next number
 STEPS = 3  # optimizer steps compared by N3
-OPTIMIZERS: dict[str, Callable[[Any], Any]] = {
-    "sgd_momentum": lambda params: _torch().optim.SGD(params, lr=0.05, momentum=0.9),
+
+
+def optimizer_for(name: str, params: Any) -> Any:
+    """The client optimizer both sides step with."""
+    torch = _torch()
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9)
     # AdamW's update lr * m / (sqrt(v) + eps) amplifies a gradient difference by up to lr / (4 * eps). Where the
     # ranks' gradients nearly cancel, their sum keeps fp32 noise of about 1e-8 from the large terms; eps 1e-4
     # keeps that below 3e-8 in the parameters (eps 1e-8 would make it O(lr)), while a wrong optimizer state,
     # step count or weight decay still moves parameters by O(lr) = 1e-3.
-    "adamw": lambda params: _torch().optim.AdamW(params, lr=1e-3, eps=1e-4, weight_decay=0.01),
-}
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-3, eps=1e-4, weight_decay=0.01)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
 # Config sections that change the arithmetic on one side only; the checks run without them (everything
 # else in a user's config — buckets, persistence thresholds, offload — is kept, and is what is checked).
 NEUTRALIZED = ("optimizer", "scheduler", "train_batch_size")
@@ -80,7 +88,7 @@ def deepspeed_engine(case: Case, model: Any, optimizer: Optional[str], **zero_op
     # A client optimizer other than Adam(W) needs DeepSpeed's explicit consent under ZeRO.
     config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, zero_allow_untested_optimizer=True,
                   gradient_clipping=_clipping(case))
-    client_optimizer = OPTIMIZERS[optimizer](model.parameters()) if optimizer else None
+    client_optimizer = optimizer_for(optimizer, model.parameters()) if optimizer else None
     with case.subject_call("deepspeed.initialize"):
         engine, *_ = deepspeed.initialize(model=model, optimizer=client_optimizer, config=config)
     engine.eval()
@@ -161,7 +169,7 @@ def _gathered(case: Case, tensor: Any) -> list[Any]:
 
     if case.world_size == 1:
         return [tensor]
-    local = tensor.to(case.ctx.device)
+    local = tensor.to(case.device)
     everyone = [_torch().empty_like(local) for _ in range(case.world_size)]
     dist.all_gather(everyone, local)
     return [t.cpu() for t in everyone]
@@ -184,7 +192,7 @@ def _any_rank(case: Case, flag: bool) -> bool:
     if case.world_size == 1:
         return flag
     torch = _torch()
-    held = torch.tensor([int(flag)], device=case.ctx.device)
+    held = torch.tensor([int(flag)], device=case.device)
     dist.all_reduce(held, op=dist.ReduceOp.MAX)
     return bool(held.item())
 
@@ -320,7 +328,7 @@ def _baseline_steps(case: Case, baseline: Any, optimizer: str, stepped: Optional
     torch = _torch()
     master = {name: p.detach().to(_accumulation_dtype(baseline)).clone().requires_grad_(True)
               for name, p in baseline.named_parameters()}
-    baseline_optimizer = OPTIMIZERS[optimizer](list(master.values()))
+    baseline_optimizer = optimizer_for(optimizer, list(master.values()))
     clipping = _clipping(case)
     for step in range(STEPS):
         gradients, _ = _baseline_gradients(case, baseline, step)

@@ -67,27 +67,6 @@ def write_checkpoint(out: Path) -> Path:
     return out
 
 
-class CheckpointReader:
-    """The checkpoint's tensors as its files hold them, by key."""
-
-    def __init__(self, path: str):
-        import torch
-        from safetensors.torch import load_file
-
-        self.tensors: dict[str, Any] = {}
-        for file in sorted(Path(path).iterdir()):
-            if file.suffix == ".safetensors":
-                self.tensors.update(load_file(str(file)))
-            elif file.suffix == ".bin":
-                self.tensors.update(torch.load(file, map_location="cpu", weights_only=True))
-
-    def keys(self) -> list[str]:
-        return sorted(self.tensors)
-
-    def get(self, key: str) -> Any:
-        return self.tensors[key]
-
-
 class Transformers:
     """The subject: transformers' own HfDeepSpeedConfig, from_config and from_pretrained."""
 
@@ -110,9 +89,12 @@ class Case(Findings):
     """What the harness's check sees of its case, on this rank, with transformers as the subject."""
 
     def __init__(self, rank: int, world_size: int, checkpoint_path: str):
+        import torch
+
         super().__init__()
         self.subject = Transformers()
         self.rank, self.world_size = rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
         self.checkpoint_path, self.layout, self.dtype, self.ds_config = checkpoint_path, LAYOUT, DTYPE, DS_CONFIG
 
     def model_class(self) -> Any:
@@ -145,6 +127,8 @@ def main(check: Callable[[Case], None]) -> int:
             skipped = str(exc)
         except SubjectRaised as exc:
             case.fail(str(exc))
+        finally:
+            case.close()
         reports: list[Any] = [None] * world_size
         dist.all_gather_object(reports, (case.findings, case.agreed, skipped))
     findings = [f"rank {other}: {finding}" for other, (found, _, _) in enumerate(reports) for finding in found]
