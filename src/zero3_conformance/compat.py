@@ -304,7 +304,12 @@ class CheckpointConversion:
     def target(self, key: str) -> tuple[str, Optional[str]]:
         """(module key, the converter source pattern it matched or None)."""
         prefix = {self._prefix_keyword: self._model.base_model_prefix}
-        return self._rename(key, self._renamings, self._converters, **prefix, meta_state_dict=self._meta)
+        target, pattern = self._rename(key, self._renamings, self._converters, **prefix, meta_state_dict=self._meta)
+        if target not in self._meta and key in self._meta:
+            # As transformers' loader without ZeRO: a key the model has under its own name was not meant to be
+            # renamed (deepseek_v4's `.norm.` -> `.kv_norm.` also matches model.norm.weight).
+            return self._rename(key, [], [], **prefix, meta_state_dict=self._meta)
+        return target, pattern
 
     def renames_only(self, key: str) -> bool:
         """Whether the checkpoint key reaches its module key by renaming alone (no operation on the tensor)."""
