@@ -1,20 +1,27 @@
-"""The oldest transformers and deepspeed the harness declares, run for real: A1, P1, G1 and S2 on gpt2 in the
+"""The oldest transformers and deepspeed the harness declares, run for real: A1, P1, G1, G4 and S2 on gpt2 in the
 minimum profile's tox environment over this machine's torch. The checks import transformers inside the
 ranks, so only a run catches a use of an API newer than the declared range, before a user on an older
-stack gets the harness's own fault reported as a finding."""
+stack gets the harness's own fault reported as a finding. There G4 meets a known finding (GPT-2's scaled
+c_proj init skipped before transformers 4.57), whose standalone reproducer must fail in that cell and pass
+on this environment."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
 from packaging.version import Version
 
-from zero3_conformance import cli
+from zero3_conformance import cli, repro
 from zero3_conformance.matrix import load
 from zero3_conformance.matrix_runner import CELL_FILE, COMPLETE
 
 ROOT = Path(__file__).resolve().parents[2]
-CLAUSES = ("A1", "P1", "G1", "S2")
+CLAUSES = ("A1", "P1", "G1", "G4", "S2")
+FINDING = "G4-from_config_init_matches_baseline[transformers-gpt2-ws2-fp32]"  # known before transformers 4.57
 SUBJECTS = ("reference", "transformers")
 
 
@@ -49,3 +56,24 @@ def test_checks_run_on_the_oldest_supported_transformers_and_deepspeed(tmp_path,
             ran = [r for r in records if r["clause"] == clause and r["subject"] == subject
                    and r["status"] != "SKIP"]
             assert ran, f"{clause} did not run for {subject} on {cell.name}"
+
+    _the_known_finding_reproduces_in_the_cell_only(cell, out / cell.name, records, tmp_path)
+
+
+def _the_known_finding_reproduces_in_the_cell_only(cell, run_dir, records, tmp_path):
+    (record,) = [r for r in records if r["case_id"] == FINDING]
+    assert record["status"] == "XFAIL", record
+    tensor = re.search(r"\] rank [\d,]+: ([\w.]+): ", record["message"]).group(1)
+    made = repro.write(FINDING, run_dir, tmp_path / "repro")
+    assert made.script is not None, made.why
+    cell_python = ROOT / ".tox" / cell.name / "bin" / "python"
+    assert cell_python.is_file(), f"no tox environment for {cell.name} at {cell_python}"
+    outcomes = {}
+    for where, python in (("cell", cell_python), ("here", Path(sys.executable))):
+        done = subprocess.run([str(python), "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                               str(29600 + len(outcomes)), "repro.py"], cwd=tmp_path / "repro", capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        outcomes[where] = (done.returncode, done.stdout + done.stderr)
+    assert outcomes["cell"][0] == 1 and f"{tensor}: init statistics differ" in outcomes["cell"][1], \
+        (tensor, outcomes["cell"][1][-3000:])
+    assert outcomes["here"][0] == 0 and "HOLDS: no finding" in outcomes["here"][1], outcomes["here"][1][-3000:]
