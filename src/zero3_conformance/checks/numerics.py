@@ -439,8 +439,17 @@ def generate_matches_baseline(case: Case) -> None:
     prompt = _prompt(case)
     torch = _torch()
     with torch.no_grad():
-        with case.baseline_call(f"{type(baseline).__name__}.generate"):
-            expected = baseline.generate(**prompt, **options)
+        # Every rank learns whether any baseline raised (a prompt longer than the model's positions, on the rank
+        # with the longest one) before the subject's generate, whose collectives need every rank.
+        try:
+            with case.baseline_call(f"{type(baseline).__name__}.generate"):
+                expected = baseline.generate(**prompt, **options)
+            raised = None
+        except NotApplicable as exc:
+            raised = exc
+        if _any_rank(case, raised is not None):
+            raise raised or NotApplicable(f"without ZeRO, {type(baseline).__name__}.generate raises on another rank "
+                                          f"(a longer prompt or more new tokens there)")
         with case.subject_call("generate"):
             got = case.subject.generate(engine.module, **prompt, **options)
     case.metrics["new_tokens_by_rank_0"] = int(expected.shape[-1] - (0 if getattr(config, "is_encoder_decoder", False)

@@ -27,9 +27,12 @@ def _vocabulary_modules(model: Any) -> dict[str, Any]:
     return modules
 
 
+VOCABULARY_SIZED = ("weight", "bias")  # an embedding module may hold more (t5gemma2's eoi_embedding), not resized
+
+
 def _vocabulary_params(model: Any) -> dict[str, Any]:
     return {f"{what}.{name}": param for what, module in _vocabulary_modules(model).items()
-            for name, param in module.named_parameters(recurse=False)}
+            for name, param in module.named_parameters(recurse=False) if name in VOCABULARY_SIZED}
 
 
 def _held_whole_bytes(params: dict[str, Any]) -> int:
@@ -96,6 +99,8 @@ def resize_token_embeddings(case: Case) -> None:
     modules = _vocabulary_modules(engine.module)
     for what, module in modules.items():
         for name, param in module.named_parameters(recurse=False):
+            if name not in VOCABULARY_SIZED:
+                continue
             where = f"{what}.{name} after the engine is built (rank {case.rank})"
             if not case.expect(hasattr(param, "ds_id"), f"{where}: not partitioned (no ds_id)"):
                 continue
