@@ -103,6 +103,12 @@ def build_from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
     return model_class._from_config(config, **dtype_kwarg(dtype))
 
 
+def loading_makes_parameters_trainable() -> bool:
+    """transformers 5's loader replaces each loaded parameter with a new nn.Parameter that requires grad (a
+    frozen sinusoidal table included); 4.x copied into the existing one, keeping its requires_grad."""
+    return transformers_version() >= Version("5.0.0.dev0")
+
+
 def no_init_weights() -> contextlib.AbstractContextManager:
     """transformers' switch that skips weight initialization while a model is constructed."""
     return _first_attr([

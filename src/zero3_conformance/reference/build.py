@@ -388,6 +388,9 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: 
                         raise ValueError(f"checkpoint tensor {prefix + n} has shape {tuple(tensor.shape)}, "
                                          f"the model expects {tuple(param.shape)}")
                     param.copy_(tensor)
+        if compat.loading_makes_parameters_trainable():
+            for param in loaded.values():
+                param.requires_grad_(param.is_floating_point())
     report = {"missing_keys": plan.missing, "unexpected_keys": plan.unexpected,
               "mismatched_keys": plan.mismatched, "error_msgs": []}
     return model, report
