@@ -36,7 +36,7 @@ class Sighting:
 class Written:
     short_name: str
     sightings: int
-    reproducer: str  # "script", "report only" or "not seen"
+    reproducer: str  # "script", "report only", "not seen", or none where only the reference met it
 
 
 def sightings(run_dirs: Iterable[Path], issues: list[known_issues.KnownIssue]) -> dict[str, list[Sighting]]:
@@ -81,7 +81,8 @@ def write_all(run_dirs: list[Path], out: Path, issues: list[known_issues.KnownIs
         chosen = _chosen(found)
         made = write(chosen.record.case_id, chosen.run_dir, folder) if chosen else None
         (folder / README).write_text(_readme(name, entries, found, chosen, made), encoding="utf-8")
-        reproducer = "not seen" if made is None else "script" if made.script is not None else "report only"
+        reproducer = ("not seen" if not found else f"none: {SUBJECT} never met it" if made is None
+                      else "script" if made.script is not None else "report only")
         written.append(Written(name, len(found), reproducer))
     (out / README).write_text(_index(written, run_dirs), encoding="utf-8")
     return written

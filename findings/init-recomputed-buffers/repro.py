@@ -1,0 +1,491 @@
+"""Reproduces P5-dtype_follows_config[transformers-codegen.CodeGenModel-ws2-bf16]
+with transformers, deepspeed and torch alone (no zero3-conformance).
+
+Run it on a CPU machine:   DS_ACCELERATOR=cpu torchrun --nproc-per-node 2 repro.py
+On GPUs (NCCL):            torchrun --nproc-per-node 2 repro.py
+Exit status 1: the clause is broken here, with the evidence printed; 0: it holds.
+"""
+
+from __future__ import annotations
+
+import sys
+import contextlib
+import hashlib
+import importlib
+import tempfile
+import traceback
+from packaging.version import Version
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+
+# The case, as the harness made it.
+CASE_ID = 'P5-dtype_follows_config[transformers-codegen.CodeGenModel-ws2-bf16]'
+MODEL_TYPE = 'codegen'
+CONFIG = {'vocab_size': 131,
+ 'n_positions': 128,
+ 'n_ctx': 128,
+ 'n_embd': 64,
+ 'n_layer': 2,
+ 'n_head': 4,
+ 'bos_token_id': 130,
+ 'eos_token_id': 129}
+MODEL_CLASS = 'CodeGenModel'
+CHECKPOINT_CLASS = 'CodeGenModel'
+LAYOUT = 'safetensors'
+WORLD_SIZE = 2
+DTYPE = 'bf16'
+DS_CONFIG = {'train_micro_batch_size_per_gpu': 1,
+ 'gradient_accumulation_steps': 1,
+ 'zero_optimization': {'stage': 3, 'stage3_param_persistence_threshold': 128},
+ 'bf16': {'enabled': True}}
+CHECKPOINT_SEED = 1234
+SHARD_SIZE = '40KB'
+
+
+# The harness's check and every helper it calls, as the harness has them.
+
+
+class Findings:
+    """What a check records on its rank (findings, values every rank must agree on, metrics), the objects it
+    keeps alive until the case ends, and the builds it compares: the baseline's and the subject's. A subclass
+    gives rank, world_size, device (where collectives put tensors), subject, layout, dtype, ds_config,
+    checkpoint_path, model_class() and model_config(); a reproducer's stand-in for the case shares all the rest."""
+
+    def __init__(self) -> None:
+        self.findings: list[str] = []
+        self.agreed: dict[str, str] = {}
+        self.metrics: dict[str, Any] = {}
+        # Baseline models live until the case ends: freed, their memory could be handed to a subject's
+        # uninitialized tensor, which would then hold exactly the baseline's values and pass.
+        self._kept: list[Any] = []
+        self._closers: list[Callable[[], Any]] = []
+
+    def on_close(self, closer: Callable[[], Any]) -> None:
+        """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - the case's verdict is already decided
+                pass
+        self._closers.clear()
+        self._kept.clear()
+
+    def fail(self, message: str) -> None:
+        self.findings.append(message)
+
+    def expect(self, condition: bool, message: str) -> bool:
+        if not condition:
+            self.fail(message)
+        return bool(condition)
+
+    def agree(self, key: str, value: Any) -> None:
+        """Every rank must record the same value under `key` (tensors are compared by content)."""
+        self.agreed[key] = describe_value(value)
+
+    @contextlib.contextmanager
+    def subject_call(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (NotApplicable, SubjectRaised):
+            raise
+        except NotConvertible as exc:
+            raise NotApplicable(f"{self.subject.name} cannot load this checkpoint: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any exception from the subject is the finding
+            tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
+            raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
+                from exc
+
+    @contextlib.contextmanager
+    def baseline_call(self, what: str) -> Iterator[None]:
+        """The same call without ZeRO: where it raises, the subject has nothing to be compared with (SKIP
+        saying so; every rank raises alike, so none is left waiting in a collective)."""
+        try:
+            yield
+        except (NotApplicable, SubjectRaised):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the baseline's own failure is not the subject's
+            raise NotApplicable(f"without ZeRO, {what} raises: {exception_line(exc)}") from None
+
+    def keep(self, obj: Any) -> Any:
+        """Keeps `obj` alive until the case ends (a config object, a baseline model)."""
+        self._kept.append(obj)
+        return obj
+
+    # --- the baseline's and the subject's builds (a subclass gives model_class, model_config) ------
+    def seed(self, offset: int = 0) -> None:
+        import torch
+
+        torch.manual_seed(SEED + offset)
+
+    def baseline_from_config(self, seed_offset: int = 0, dtype: Any = None) -> Any:
+        """The case's model built with no ZeRO config alive (the baseline)."""
+        self.seed(seed_offset)
+        cls, config = self.model_class(), self.model_config()
+        try:
+            with uninitialized_memory_filled():
+                model = build_from_config(cls, config, dtype)
+        except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
+            raise NotApplicable(f"{cls.__name__} does not build from this config even without ZeRO: "
+                                f"{exception_line(exc)}") from None
+        return self.keep(model)
+
+    def require_loadable_layout(self) -> None:
+        """A layout the installed transformers refuses to read here cannot be checked: neither baseline
+        nor subject can load it (SKIP with transformers' own reason)."""
+        if self.layout == "bin":
+            self.require_bin_loading("the checkpoint is a .bin file")
+
+    def require_bin_loading(self, why: str) -> None:
+        """SKIP (saying `why` the check needs it) where transformers refuses to read .bin checkpoints."""
+        import torch
+        import transformers
+
+        refusal = torch_load_refusal()
+        if refusal:
+            raise NotApplicable(f"transformers {transformers.__version__} reads no .bin checkpoint with torch "
+                                f"{torch.__version__} ({why}): {refusal}")
+
+    def baseline_from_pretrained(self, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+        self.require_loadable_layout()
+        self.seed()
+        cls = self.model_class()
+        try:
+            with uninitialized_memory_filled():
+                model, info = cls.from_pretrained(self.checkpoint_path, output_loading_info=True,
+                                                  trust_remote_code=False, **dtype_kwarg(dtype))
+        except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
+            raise NotApplicable(f"{cls.__name__} does not load this checkpoint even without ZeRO: "
+                                f"{exception_line(exc)}") from None
+        return self.keep(model), info
+
+    def zero3_from_config(self) -> tuple[Any, Any]:
+        """(config object, model) built by the subject under its stage-3 config."""
+        with self.subject_call("config construction"):
+            config_object = self.subject.make_config(self.ds_config)
+        self.seed()
+        with self.subject_call("from_config"):
+            model = self.subject.from_config(self.model_class(), self.model_config())
+        return config_object, model
+
+    def zero3_from_pretrained(self, model_class: Any = None, path: Any = None,
+                              ds_config: Optional[dict[str, Any]] = None, what: str = "",
+                              **options: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """(config object, model, loading report) from the subject under its stage-3 config: the case's class,
+        checkpoint and config unless given; `options` are from_pretrained's, `what` names them in findings."""
+        self.require_loadable_layout()
+        with self.subject_call("config construction"):
+            config_object = self.subject.make_config(self.ds_config if ds_config is None else ds_config)
+        self.seed()
+        with self.subject_call(f"from_pretrained({what or self.layout})"):
+            model, info = self.subject.from_pretrained(model_class or self.model_class(),
+                                                       str(path or self.checkpoint_path), **options)
+        return config_object, model, info
+
+
+class NotApplicable(Exception):
+    """The check does not apply to this case (becomes SKIP with this reason)."""
+
+
+class NotConvertible(NotImplementedError):
+    """A conversion the installed transformers declares that the reference does not re-implement: the
+    reference cannot load that checkpoint (a SKIP that says so, not a finding about the subject)."""
+
+
+SEED = 20260101
+
+
+class SubjectRaised(Exception):
+    """The subject raised while doing what the clause asks (becomes FAIL carrying that exception)."""
+
+
+def _first_attr(candidates: list[tuple[str, str]]) -> Any:
+    errors = []
+    for module, name in candidates:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            errors.append(f"{module}.{name}: {exc}")
+    raise ImportError("none of these exist in the installed version: " + "; ".join(errors))
+
+
+def _torch_dtypes() -> dict[str, Any]:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
+    """`from_config` of an Auto class, `_from_config` of a concrete one (which has no public from_config):
+    the model the installed transformers builds from `config` in the current context."""
+    if hasattr(model_class, "_model_mapping"):
+        return model_class.from_config(config, **dtype_kwarg(dtype))
+    return model_class._from_config(config, **dtype_kwarg(dtype))
+
+
+def describe_value(value: Any) -> str:
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors cannot be viewed as bytes
+            digest = hashlib.sha1(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()[:12]
+            total = float(data.double().sum()) if data.numel() else 0.0
+            return f"tensor{tuple(value.shape)} {data.dtype} sum={total:.9g} sha1={digest}"
+    except ImportError:
+        pass
+    return repr(value)
+
+
+def dtype_follows_config(case: Case) -> None:
+    """With fp16/bf16 enabled in the config, partitioned floating parameters take that dtype, integer
+    buffers keep theirs, and computed buffers equal the baseline's."""
+    import deepspeed
+
+    target = torch_dtype(case.dtype)
+    baseline = case.baseline_from_config(dtype=target)
+    baseline_buffers = {k: v.detach().clone() for k, v in baseline.named_buffers()}
+    unwritten = undefined(baseline_buffers)
+    if unwritten:
+        case.metrics["undefined_without_zero"] = unwritten
+    config_object, model = case.zero3_from_config()
+    for name, param in model.named_parameters():
+        if param.is_floating_point():
+            got = param.ds_tensor.dtype if hasattr(param, "ds_tensor") else param.dtype
+            case.expect(got == target, f"{name}: partitioned dtype expected {target}, got {got}")
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        for name, buffer in model.named_buffers():
+            expected = baseline_buffers.get(name)
+            if expected is None:
+                case.fail(f"buffer {name}: not in the baseline model")
+                continue
+            if name in unwritten:  # undefined without ZeRO (listed in the metrics): nothing to compare with
+                case.agree(f"buffer {name}", buffer)
+                continue
+            if buffer.dtype != expected.dtype:
+                case.fail(f"buffer {name}: dtype expected {expected.dtype} (baseline), got {buffer.dtype}")
+            elif not identical(buffer, expected):
+                diff = (buffer.double() - expected.double()).abs().max()
+                case.fail(f"buffer {name}: values differ from the baseline's (max |diff| {float(diff):.3g})")
+            case.agree(f"buffer {name}", buffer)
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """from_config / from_pretrained take `dtype` from 4.56 on and `torch_dtype` before."""
+    if dtype is None:
+        return {}
+    return {"dtype" if transformers_version() >= Version("4.56") else "torch_dtype": dtype}
+
+
+def exception_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def hf_deepspeed_config_class() -> type:
+    return _first_attr([
+        ("transformers.integrations", "HfDeepSpeedConfig"),
+        ("transformers.integrations.deepspeed", "HfDeepSpeedConfig"),
+        ("transformers.deepspeed", "HfDeepSpeedConfig"),
+    ])
+
+
+def hf_is_deepspeed_zero3_enabled() -> Callable[[], bool]:
+    return _first_attr([
+        ("transformers.integrations", "is_deepspeed_zero3_enabled"),
+        ("transformers.integrations.deepspeed", "is_deepspeed_zero3_enabled"),
+        ("transformers.deepspeed", "is_deepspeed_zero3_enabled"),
+    ])
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Equal element for element, NaN matching NaN in the same place (a bit-for-bit copy of a NaN is exact)."""
+    import torch
+
+    if a.is_floating_point() and b.is_floating_point():
+        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+    return torch.equal(a, b)
+
+
+def torch_dtype(dtype: str) -> Any:
+    """torch's dtype for a training dtype's name ('fp32', 'bf16', 'fp16')."""
+    return _torch_dtypes()[dtype]
+
+
+def torch_load_refusal() -> Optional[str]:
+    """Why the installed transformers refuses to read `.bin` checkpoints (torch.load) with the installed
+    torch, or None: from 4.57 (at the latest) it requires torch >= 2.6 there (CVE-2025-32434)."""
+    try:
+        check = _first_attr([("transformers.utils.import_utils", "check_torch_load_is_safe")])
+    except ImportError:
+        return None
+    try:
+        check()
+    except ValueError as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+def transformers_version() -> Version:
+    import transformers
+
+    return Version(transformers.__version__)
+
+
+def undefined(tensors: dict[str, Any]) -> list[str]:
+    """Floating tensors holding NaN. Baselines are built with uninitialized memory filled with NaN
+    (compat.uninitialized_memory_filled), so in a baseline these hold memory no init wrote: without ZeRO their
+    values are undefined, and a ZeRO-3 model's cannot be compared with them."""
+    import torch
+
+    return sorted(k for k, t in tensors.items() if t.is_floating_point() and bool(torch.isnan(t).any()))
+
+
+@contextlib.contextmanager
+def uninitialized_memory_filled() -> Iterator[None]:
+    """Memory a tensor is created in without values (torch.empty, to_empty) holds NaN inside, integers their
+    maximum (torch's deterministic fill, from 2.1): a baseline tensor that no init writes shows as NaN instead
+    of whatever the allocator handed back, which a subject could match or miss by chance."""
+    import warnings
+
+    import torch
+
+    deterministic = getattr(torch.utils, "deterministic", None)
+    if deterministic is None or not hasattr(deterministic, "fill_uninitialized_memory"):
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              deterministic.fill_uninitialized_memory)
+    # The fill is on only while deterministic algorithms are; warn_only keeps every op available.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic.fill_uninitialized_memory = True
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+            deterministic.fill_uninitialized_memory = before[2]
+
+
+# What stands in for the harness: the case, the subject (transformers), the world.
+
+
+def make_config() -> Any:
+    import transformers
+
+    return transformers.AutoConfig.for_model(MODEL_TYPE, **CONFIG)
+
+
+def write_checkpoint(out: Path) -> Path:
+    """The harness's checkpoint: the model's own init under CHECKPOINT_SEED, every saved tensor moved off it by
+    0.05 * N(0, 1) (so a tensor left unloaded shows), saved by transformers in LAYOUT."""
+    import torch
+    import transformers
+
+    torch.manual_seed(CHECKPOINT_SEED)
+    model = build_from_config(getattr(transformers, CHECKPOINT_CLASS), make_config())
+    saved = set(model.state_dict())
+    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
+    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *buffers]:
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            tensor.add_((0.05 * noise).to(tensor.dtype))
+    model.save_pretrained(out, max_shard_size=SHARD_SIZE if LAYOUT == "sharded" else "1GB")
+    if LAYOUT == "bin":  # the legacy format, as older releases wrote it
+        from safetensors.torch import load_file
+
+        torch.save(load_file(str(out / "model.safetensors")), out / "pytorch_model.bin")
+        (out / "model.safetensors").unlink()
+    return out
+
+
+class Transformers:
+    """The subject: transformers' own HfDeepSpeedConfig, from_config and from_pretrained."""
+
+    name = "transformers"
+
+    def make_config(self, source: Any) -> Any:
+        return hf_deepspeed_config_class()(source)
+
+    def is_zero3_enabled(self) -> bool:
+        return bool(hf_is_deepspeed_zero3_enabled()())
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        return build_from_config(model_class, config, dtype)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None, **options: Any) -> Any:
+        return model_class.from_pretrained(path, output_loading_info=True, **dtype_kwarg(dtype), **options)
+
+
+class Case(Findings):
+    """What the harness's check sees of its case, on this rank, with transformers as the subject."""
+
+    def __init__(self, rank: int, world_size: int, checkpoint_path: str):
+        import torch
+
+        super().__init__()
+        self.subject = Transformers()
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        self.checkpoint_path, self.layout, self.dtype, self.ds_config = checkpoint_path, LAYOUT, DTYPE, DS_CONFIG
+
+    def model_class(self) -> Any:
+        import transformers
+
+        return getattr(transformers, MODEL_CLASS)
+
+    def model_config(self) -> Any:
+        return make_config()
+
+
+def main(check: Callable[[Case], None]) -> int:
+    """Joins the world torchrun started, runs the check on this rank, and has rank 0 print every rank's
+    findings and any value the ranks disagree on. Every rank returns 1 where the clause is broken, else 0."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    with tempfile.TemporaryDirectory(prefix="repro-") as scratch:
+        # Each rank writes its own copy, before joining the world: transformers saves on rank 0 only once
+        # a process group exists, and ranks on other machines share no files.
+        checkpoint = write_checkpoint(Path(scratch) / "checkpoint")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        case = Case(rank, world_size, str(checkpoint))
+        skipped = ""
+        try:
+            check(case)
+        except NotApplicable as exc:
+            skipped = str(exc)
+        except SubjectRaised as exc:
+            case.fail(str(exc))
+        finally:
+            case.close()
+        reports: list[Any] = [None] * world_size
+        dist.all_gather_object(reports, (case.findings, case.agreed, skipped))
+    findings = [f"rank {other}: {finding}" for other, (found, _, _) in enumerate(reports) for finding in found]
+    first = reports[0][1]
+    disagreements = [f"{key}: rank {other} saw {agreed.get(key)}, rank 0 saw {first.get(key)}"
+                     for other, (_, agreed, _) in enumerate(reports[1:], 1)
+                     for key in sorted(set(agreed) | set(first)) if agreed.get(key) != first.get(key)]
+    broken = bool(findings or disagreements)
+    if rank == 0:
+        print(f"{CASE_ID} at world size {world_size}")
+        for line in findings + disagreements[:20]:
+            print(line)
+        for other, (_, _, skip) in enumerate(reports):
+            if skip:
+                print(f"rank {other}: the check does not apply here: {skip}")
+        print("BROKEN: the clause does not hold" if broken else "HOLDS: no finding")
+    dist.barrier()
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(dtype_follows_config))
