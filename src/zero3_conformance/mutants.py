@@ -161,7 +161,17 @@ class ResizeLeavesAliases(Mutant):
     family = "gpt2"
 
     def resize_token_embeddings(self, model: Any, new_num_tokens: int) -> Any:
-        with _patched(model, "tie_weights", lambda *args, **kwargs: None):
+        from .reference import runtime
+
+        def own_attribute_only(model: Any, old: Any, new: Any) -> None:  # the first holder, not its aliases
+            for module in model.modules():
+                for name, param in list(module._parameters.items()):
+                    if param is old:
+                        module._parameters[name] = new
+                        return
+
+        with _patched(model, "tie_weights", lambda *args, **kwargs: None), \
+                _patched(runtime, "_rebind", own_attribute_only):
             return super().resize_token_embeddings(model, new_num_tokens)
 
 
