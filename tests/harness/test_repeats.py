@@ -106,7 +106,7 @@ def test_a_fault_that_fails_on_some_tries_only_is_intermittent_in_real_worlds(mo
         records = runner.run(cases, writer)
     theirs, ours = sorted(records, key=lambda r: r.subject, reverse=True)
     assert len(theirs.outcomes) == 3 and theirs.intermittent == intermittent
-    assert ours.outcomes == [PASS] * 3  # the reference, tried again because the subjects differed
+    assert ours.outcomes == [PASS] * 3, ours.message  # the reference, tried again because the subjects differed
     (tmp_path / "run" / "summary.md").write_text("done")
     report = write_report([tmp_path / "run"], tmp_path / "report")
     assert [(f["subject"], f["likely_fault"]) for f in report["failures"]] == [("transformers", fault)]
