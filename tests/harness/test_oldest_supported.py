@@ -70,9 +70,12 @@ def _the_known_finding_reproduces_in_the_cell_only(cell, run_dir, records, tmp_p
     assert cell_python.is_file(), f"no tox environment for {cell.name} at {cell_python}"
     outcomes = {}
     for where, python in (("cell", cell_python), ("here", Path(sys.executable))):
+        # As tox.ini gives each cell: DeepSpeed's ops built by one release must not be loaded by another.
+        extensions = tmp_path / "torch_extensions" / where
         done = subprocess.run([str(python), "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                                str(29600 + len(outcomes)), "repro.py"], cwd=tmp_path / "repro", capture_output=True,
-                              text=True, timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+                              text=True, timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu",
+                                                           "TORCH_EXTENSIONS_DIR": str(extensions)})
         outcomes[where] = (done.returncode, done.stdout + done.stderr)
     assert outcomes["cell"][0] == 1 and f"{tensor}: init statistics differ" in outcomes["cell"][1], \
         (tensor, outcomes["cell"][1][-3000:])
