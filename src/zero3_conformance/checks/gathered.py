@@ -54,6 +54,11 @@ def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
     _report(case, problems, what)
 
 
+def initialized_keys(report: dict[str, Any]) -> set[str]:
+    """Keys a load initializes instead of reading: missing from the checkpoint, or of another size."""
+    return {*map(str, report.get("missing_keys", [])), *(str(key) for key, *_ in report.get("mismatched_keys", []))}
+
+
 def baseline_matches_file(reader: Any, expected: dict[str, Any], model: Any) -> None:
     """The expected tensors come from the non-ZeRO loader; where a checkpoint key names a model key (directly,
     with the base model's prefix, or renamed by the model type's declared conversion), they must equal the
@@ -75,7 +80,7 @@ def baseline_matches_file(reader: Any, expected: dict[str, Any], model: Any) -> 
 def gathered_equals_checkpoint(case: Case) -> None:
     """Inside GatheredParameters, every checkpoint tensor equals the gathered parameter or buffer bit for bit."""
     baseline, info = case.baseline_from_pretrained()
-    not_from_checkpoint = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
+    not_from_checkpoint = initialized_keys(info)
     expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
     baseline_matches_file(CheckpointReader(case.checkpoint_path), expected, baseline)
     config_object, model, _ = case.zero3_from_pretrained()

@@ -27,7 +27,7 @@ from ..errors import exception_line
 from ..reference.checkpoint import CheckpointReader, with_variant
 from ..zoo import auto_class, checkpoint_model
 from .base import Case, NotApplicable, SubjectRaised, check
-from .gathered import baseline_matches_file, compare_all, gathered_state, report_differences
+from .gathered import baseline_matches_file, compare_all, gathered_state, initialized_keys, report_differences
 from .tensors import exact_mismatch, full_parameters, init_mismatch
 
 # The variant and .bin copies hold the default file's values moved by this much: exactly representable in
@@ -118,11 +118,6 @@ def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Pa
     return target
 
 
-def _initialized_keys(report: dict[str, Any]) -> set[str]:
-    """Keys a load initializes instead of reading: missing from the checkpoint, or of another size."""
-    return {*map(str, report.get("missing_keys", [])), *(str(key) for key, *_ in report.get("mismatched_keys", []))}
-
-
 def _load_baselines(case: Case, loads: list[Load]) -> None:
     """Every call without ZeRO, first; a baseline that does not read the file its options select leaves
     nothing faithful to compare with (SKIP saying so)."""
@@ -138,7 +133,7 @@ def _load_baselines(case: Case, loads: list[Load]) -> None:
         case.keep(load.baseline)
         load.tensors = _as_partitioned(load.baseline, load.ds_config or case.ds_config)
         if load.reader is not None:
-            initialized = _initialized_keys(load.expected)
+            initialized = initialized_keys(load.expected)
             expected = {k: v for k, v in full_parameters(load.baseline).items() if k not in initialized}
             try:
                 baseline_matches_file(load.reader, expected, load.baseline)
@@ -165,7 +160,7 @@ def _check_subject(case: Case, load: Load) -> None:
         if hasattr(load.baseline.config, key):
             want, have = getattr(load.baseline.config, key), getattr(model.config, key, None)
             case.expect(want == have, f"{load.what}: config.{key} expected {want!r} (without ZeRO), got {have!r}")
-    initialized = _initialized_keys(load.expected)
+    initialized = initialized_keys(load.expected)
 
     def compare(key: str, want: Any, have: Any) -> Optional[str]:
         problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
