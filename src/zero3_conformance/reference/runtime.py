@@ -2,9 +2,11 @@
 
 - generate: every forward pass gathers parameters with collectives, so a rank that is done generating
   must keep stepping until every rank is done (`synced_gpus`), or the others wait for it forever.
-- resize_token_embeddings: the new embedding (and untied head) is created under `zero.Init`, so it is
-  partitioned at once and no rank holds the whole new vocabulary; old rows are copied and new rows set
-  to the mean of the old ones on rank 0, which re-partitions them to every rank (no per-rank randomness).
+- resize_token_embeddings: the model's own method runs (it may resize more than the embedding), with the
+  base-class steps it calls working on partitioned parameters. The new embedding (and untied head) is
+  created under `zero.Init`, so it is partitioned at once; old rows are copied and new rows set to the
+  mean of the old ones on rank 0, which re-partitions them to every rank (no per-rank randomness). The
+  new embedding is held whole only while the model's own method runs, as that method may read its shape.
   Every alias of a replaced parameter (a tied head, an encoder's copy, a head's bias tied to its
   decoder's) is pointed at the new one, so a tied group stays one ZeRO parameter; a tied head's own bias
   is padded with zeros, as transformers pads it when it ties.
@@ -12,7 +14,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator, Optional
 
 from .. import compat
 from .build import active_zero3, partitioned_construction
@@ -34,10 +37,12 @@ def generate(model: Any, **kwargs: Any) -> Any:
     return model.generate(**kwargs)
 
 
-def _grown(old: Any, new: Any, old_rows: int) -> None:
-    """new[:old_rows] = old; the added rows = the mean of the old rows (in fp32, then cast)."""
-    new[:old_rows].copy_(old[:old_rows])
-    new[old_rows:].copy_(old.float().mean(dim=0, keepdim=True).expand_as(new[old_rows:]).to(new.dtype))
+def _grown(old: Any, new: Any, dim: int) -> None:
+    """new keeps old's rows along `dim`; the added ones = the mean of the old ones (in fp32, then cast)."""
+    kept = min(old.shape[dim], new.shape[dim])
+    new.narrow(dim, 0, kept).copy_(old.narrow(dim, 0, kept))
+    added = new.narrow(dim, kept, new.shape[dim] - kept)
+    added.copy_(old.float().mean(dim=dim, keepdim=True).expand_as(added).to(new.dtype))
 
 
 def _rebind(model: Any, old: Any, new: Any) -> None:
@@ -48,25 +53,26 @@ def _rebind(model: Any, old: Any, new: Any) -> None:
                 module._parameters[name] = new
 
 
-def _resized(model: Any, module: Any, new_rows: int, zero: Any) -> None:
-    """Swaps `module`'s weight (and bias), and every alias of them, for partitioned ones with `new_rows` rows."""
+def _resized(model: Any, module: Any, new_rows: int, zero: Any, dim: int = 0) -> None:
+    """Swaps `module`'s weight, and every alias of it, for a partitioned one with `new_rows` along `dim` (1 for
+    a transposed head, whose input is the vocabulary); so too its bias where the bias is vocabulary-sized."""
     import deepspeed
     import torch
 
     weight = module.weight
-    old_rows, width = weight.ds_shape
-    bias = getattr(module, "bias", None)
+    shape = list(weight.ds_shape)
+    shape[dim] = new_rows
+    bias = getattr(module, "bias", None) if dim == 0 else None
     with partitioned_construction(zero, weight.dtype):
         # Only parameters of a module constructed inside zero.Init are partitioned: build one to take them from.
-        grown = torch.nn.Linear(width, new_rows, bias=bias is not None, dtype=weight.dtype)
-    new_weight, new_bias = grown.weight, grown.bias
-    pairs = [(weight, new_weight)] + ([(bias, new_bias)] if bias is not None else [])
+        grown = torch.nn.Linear(shape[1], shape[0], bias=bias is not None, dtype=weight.dtype)
+    pairs = [(weight, grown.weight)] + ([(bias, grown.bias)] if bias is not None else [])
     with deepspeed.zero.GatheredParameters([p for pair in pairs for p in pair], modifier_rank=0), torch.no_grad():
         for old, new in pairs:
-            _grown(old, new, old_rows)
+            _grown(old, new, dim)
     for old, new in pairs:
         _rebind(model, old, new)
-    for attribute in ("num_embeddings", "out_features"):
+    for attribute in ("num_embeddings", "out_features") if dim == 0 else ("in_features",):
         if hasattr(module, attribute):
             setattr(module, attribute, new_rows)
 
@@ -87,10 +93,8 @@ def _zero_padded_bias(model: Any, module: Any, new_rows: int, zero: Any) -> None
     _rebind(model, bias, new_bias)
 
 
-def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
-    zero = active_zero3()
-    if zero is None or not _partitioned(model):
-        return model.resize_token_embeddings(new_num_tokens)
+def _resize_partitioned(model: Any, new_num_tokens: int, zero: Any) -> Any:
+    """The base class's resize_token_embeddings on partitioned parameters: embedding, untied head, config."""
     embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and head.weight is embeddings.weight
     _resized(model, embeddings, new_num_tokens, zero)
@@ -106,3 +110,58 @@ def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
     if head is not None and hasattr(head, "out_features"):
         head.out_features = new_num_tokens
     return embeddings
+
+
+def _padded(new_num_tokens: Optional[int], pad_to_multiple_of: Optional[int], old_rows: int) -> int:
+    rows = old_rows if new_num_tokens is None else new_num_tokens
+    return rows if pad_to_multiple_of is None else -(-rows // pad_to_multiple_of) * pad_to_multiple_of
+
+
+@contextlib.contextmanager
+def _partitioned_base_steps(zero: Any) -> Iterator[None]:
+    """While a model's own resize_token_embeddings runs, the base-class steps it calls work on partitioned
+    parameters. A model may resize more than its embedding and head (a `final_logits_bias`, a second output
+    matrix), so its own method runs; only the steps that touch partitioned parameters are the reference's."""
+    import deepspeed
+    from transformers import PreTrainedModel
+
+    def resize(self: Any, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+               mean_resizing: bool = True) -> Any:
+        embeddings = self.get_input_embeddings()
+        rows = _padded(new_num_tokens, pad_to_multiple_of, int(embeddings.weight.ds_shape[0]))
+        embeddings = _resize_partitioned(self, rows, zero)
+        # The model's own method may read the returned weight's shape (`new_embeddings.weight.shape[0]`), which
+        # is empty on a partitioned parameter: the weight stays gathered until that method returns.
+        held.enter_context(deepspeed.zero.GatheredParameters([embeddings.weight]))
+        return embeddings
+
+    def resized_embeddings(self: Any, old: Any, new_num_tokens: Optional[int] = None,
+                           pad_to_multiple_of: Optional[int] = None, mean_resizing: bool = True) -> Any:
+        _resized(self, old, _padded(new_num_tokens, pad_to_multiple_of, int(old.weight.ds_shape[0])), zero)
+        return old
+
+    def resized_lm_head(self: Any, old: Any, new_num_tokens: Optional[int] = None, transposed: bool = False,
+                        mean_resizing: bool = True) -> Any:
+        dim = 1 if transposed else 0
+        _resized(self, old, _padded(new_num_tokens, None, int(old.weight.ds_shape[dim])), zero, dim)
+        return old
+
+    steps = {"resize_token_embeddings": resize, "_get_resized_embeddings": resized_embeddings,
+             "_get_resized_lm_head": resized_lm_head}
+    originals = {name: PreTrainedModel.__dict__[name] for name in steps}
+    with contextlib.ExitStack() as held:
+        try:
+            for name, step in steps.items():
+                setattr(PreTrainedModel, name, step)
+            yield
+        finally:
+            for name, original in originals.items():
+                setattr(PreTrainedModel, name, original)
+
+
+def resize_token_embeddings(model: Any, new_num_tokens: int) -> Any:
+    zero = active_zero3()
+    if zero is None or not _partitioned(model):
+        return model.resize_token_embeddings(new_num_tokens)
+    with _partitioned_base_steps(zero):
+        return model.resize_token_embeddings(new_num_tokens)
