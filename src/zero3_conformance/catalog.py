@@ -24,6 +24,7 @@ SWEEP_ROLES = {"base": ("P1", "P2", "P5", "G1", "G4", "G6", "G8"), "every class"
 # Layouts are the zoo's concern (its families load each of them); the sweep's is the architecture.
 SWEEP_LAYOUTS = ("safetensors",)
 SWEEP_WORLD_SIZES = (2,)
+MAX_WORLD_SIZE = 8  # of a world the harness starts on this machine
 ALL_ARCHITECTURES = "all"
 
 
@@ -129,7 +130,9 @@ def chosen_architectures(wanted: Sequence[str]) -> list[str]:
 
 def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
                 clauses: Optional[Sequence[str]] = None, world_sizes: Optional[Sequence[int]] = None,
-                user_model: Optional[Family] = None, architectures: Optional[Sequence[str]] = None) -> list[CaseSpec]:
+                user_model: Optional[Family] = None, architectures: Optional[Sequence[str]] = None,
+                launched_size: Optional[int] = None) -> list[CaseSpec]:
+    """The cases of a selection; `launched_size`: every case at the size of the launched world it runs in."""
     registry = load_checks()
     # Mutants (broken variants of the reference, for the harness's self-tests) only run when named.
     known_subjects = [*SUBJECTS, *(f"mutant:{m}" for m in MUTANTS)]
@@ -142,16 +145,26 @@ def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Seque
         families = []  # the sweep alone; the zoo joins it when --models names families too
     else:
         families = [FAMILIES[n] for n in _choose("model", models, FAMILIES)]
-    sizes = tuple(world_sizes) if world_sizes else DEFAULT_WORLD_SIZES
-    bad = [n for n in sizes if not 1 <= n <= 8]
+    bad = [n for n in world_sizes or () if not 1 <= n <= MAX_WORLD_SIZE]
     if bad:
-        raise UsageError(f"invalid world size {bad[0]}: must be between 1 and 8")
+        raise UsageError(f"invalid world size {bad[0]}: must be between 1 and {MAX_WORLD_SIZE}")
+    sizes = (launched_size,) if launched_size else tuple(world_sizes or ())
     cases = _zoo_cases(registry, chosen_subjects, chosen_clauses, families, sizes, user_model)
     if architectures:
         sweep = sweep_targets(chosen_architectures(architectures))
-        cases += _sweep_cases(registry, chosen_subjects, chosen_clauses, sweep,
-                              tuple(world_sizes) if world_sizes else SWEEP_WORLD_SIZES)
+        cases += _sweep_cases(registry, chosen_subjects, chosen_clauses, sweep, sizes)
     return cases
+
+
+def _world_sizes(entry: Any, asked: tuple[int, ...], default: tuple[int, ...]) -> list[tuple[int, str]]:
+    """(world size, why it cannot run there or "") for a check. A check's own sizes are its default; sizes
+    asked for (or a launched world's) run every check that can run at that size: one whose smallest size is 2
+    compares ranks with each other. Where none asked for can, one SKIP says so."""
+    if not asked:
+        return [(size, "") for size in entry.world_sizes if size in default]
+    smallest = min(entry.world_sizes)
+    fitting = [(size, "") for size in asked if size >= smallest]
+    return fitting or [(min(asked), f"{entry.id} needs a world of at least {smallest} ranks")]
 
 
 def _sweep_cases(registry: dict[str, Any], subjects: list[str], clauses: set[str], targets: list[SweepTarget],
@@ -162,11 +175,10 @@ def _sweep_cases(registry: dict[str, Any], subjects: list[str], clauses: set[str
             if entry.clause not in clauses or entry.clause not in target.clauses or entry.families == ():
                 continue
             layouts = [layout for layout in entry.layouts if layout is None or layout in SWEEP_LAYOUTS]
-            for subject, layout, world_size, dtype in itertools.product(subjects, layouts, entry.world_sizes,
-                                                                        entry.dtypes):
-                if world_size in sizes:
-                    cases.append(CaseSpec(entry.id, entry.clause, entry.name, subject, target.family, layout,
-                                          world_size, dtype, entry.timeout_s, target.skip))
+            for subject, layout, (world_size, unfit), dtype in itertools.product(
+                    subjects, layouts, _world_sizes(entry, sizes, SWEEP_WORLD_SIZES), entry.dtypes):
+                cases.append(CaseSpec(entry.id, entry.clause, entry.name, subject, target.family, layout,
+                                      world_size, dtype, entry.timeout_s, target.skip or unfit))
     return cases
 
 
@@ -190,10 +202,8 @@ def _zoo_cases(registry: dict[str, Any], chosen_subjects: list[str], chosen_clau
                 layouts = [detect_layout(user_model.source_dir)]  # a user's checkpoint has one layout
             for subject in chosen_subjects:
                 for layout in layouts:
-                    for world_size in entry.world_sizes:
-                        if world_size not in sizes:
-                            continue
+                    for world_size, unfit in _world_sizes(entry, sizes, DEFAULT_WORLD_SIZES):
                         for dtype in entry.dtypes:
                             cases.append(CaseSpec(entry.id, entry.clause, entry.name, subject, family, layout,
-                                                  world_size, dtype, entry.timeout_s))
+                                                  world_size, dtype, entry.timeout_s, unfit))
     return cases

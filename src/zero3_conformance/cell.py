@@ -41,7 +41,10 @@ def visible_gpus() -> int:
 
 
 def cell_label(cell: dict[str, Any]) -> str:
+    """The cell's name; a launched world's shape is part of it, so that a launched cell and a self-started one
+    of the same stack are two cells of a report."""
+    topology = f"-{cell['nodes']}x{cell['ranks_per_node']}ranks" if "nodes" in cell else ""
     return (
         f"py{cell['python']}-torch{cell['torch']}-ds{cell['deepspeed']}-tf{cell['transformers']}"
-        f"-acc{cell['accelerate']}-{cell['backend']}"
+        f"-acc{cell['accelerate']}-{cell['backend']}{topology}"
     )

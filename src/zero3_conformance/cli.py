@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from . import known_issues, summary
 from .catalog import build_cases
@@ -174,8 +175,44 @@ def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """A run in worlds the harness starts; inside a world a launcher started, a run in that world."""
+    from . import launched
+
+    launch = launched.detect()
+    return _run(args) if launch is None else _run_launched(args, launch)
+
+
+def _run_launched(args: argparse.Namespace, launch: Any) -> int:
+    """Every rank joins; rank 0 runs the cases and writes the run directory, the others serve its tasks, and
+    every rank exits with rank 0's status."""
+    from . import launched
+    from .runner import quiet_environment
+    from .world import WorldStartError
+
+    quiet_environment()
+    warnings.simplefilter("ignore")  # as a self-started world's ranks do (PYTHONWARNINGS): they are its output
+    try:
+        ctx = launched.join(launch, local_device()[0])
+    except WorldStartError as exc:
+        raise UsageError(str(exc)) from None
+    if launch.rank != 0:
+        return launched.leave(*launched.serve(ctx))
+    world = launched.LaunchedWorld(ctx, launch)
+    try:
+        status = _run(args, world)
+    except UsageError:
+        world.stop(2)
+        raise
+    except BaseException:
+        world.stop(1)
+        raise
+    world.stop(status)
+    return launched.leave(status, world.stuck)
+
+
+def _run(args: argparse.Namespace, world: Any = None) -> int:
     from .results import write_records
-    from .runner import Runner, default_parallel_worlds, prepare_checkpoints
+    from .runner import NOT_RUN, Runner, default_parallel_worlds, prepare_checkpoints
     from .zoo import detect_layout, user_family
 
     if args.repeat < 0:
@@ -190,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                              f"{', '.join(given)}")
         out: Path = args.resume
         selection, finished = _resumed(out)
+        finished = [r for r in finished if not r.metrics.get(NOT_RUN)]  # run now
     else:
         out, selection, finished = args.out, _selection(args), []
     user_model = None
@@ -197,9 +235,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         detect_layout(Path(selection["model"]))
         user_model = user_family(Path(selection["model"]))
     issues = known_issues.load(Path(selection["known_issues"]))
+    asked_sizes = _world_sizes(selection["world_sizes"]) if selection["world_sizes"] else None
+    if world is not None and asked_sizes and asked_sizes != [world.world_size]:
+        raise UsageError(f"--world-sizes {selection['world_sizes']}: the launched world has {world.world_size} "
+                         f"ranks, and every case runs at its size")
     cases = build_cases(_csv(selection["subject"]), _csv(selection["models"]), _csv(selection["clauses"]),
-                        _world_sizes(selection["world_sizes"]) if selection["world_sizes"] else None, user_model,
-                        _csv(selection["architectures"]))
+                        asked_sizes, user_model, _csv(selection["architectures"]),
+                        launched_size=world.world_size if world is not None else None)
     try:
         out.mkdir(parents=True, exist_ok=True)
         if args.resume is None:
@@ -212,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     remaining = [case for case in cases if case.id not in done]
     prepare_checkpoints(remaining)
     runner = Runner(selection["ds_config"], timeout_s=selection["timeout"], known_issues=issues,
-                    repeat=selection["repeat"])
+                    repeat=selection["repeat"], launched=world)
     other_cells = {json.dumps(r.cell, sort_keys=True) for r in finished} - {json.dumps(runner.cell, sort_keys=True)}
     if other_cells:
         raise UsageError(f"cannot resume {out}: it was run on another cell ({sorted(other_cells)[0]}), this "
@@ -230,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if finished and not args.quiet:
         print(f"resuming {out}: {len(finished)} of {len(cases)} results kept, {len(remaining)} to run", flush=True)
-    parallel_worlds = args.parallel_worlds or default_parallel_worlds(runner.backend)
+    parallel_worlds = 1 if world is not None else args.parallel_worlds or default_parallel_worlds(runner.backend)
     with RecordWriter(out / "results.jsonl") as writer:
         runner.run(remaining, writer, progress, parallel_worlds)
     notes = [f"possibly stale known issue {i.name}: it applies to cases that ran here and none met it "

@@ -252,6 +252,7 @@ PROBE_TIMEOUT_S = 300.0
 # own, kept for the next measurement; and the baseline's figures, measured once per build and checkpoint.
 _probe: Optional[ProbeProcess] = None
 _baseline_peaks: dict[tuple[str, str], dict[str, Any]] = {}
+_warmed_here: set[tuple[str, str]] = set()  # build paths a rank that measures itself has warmed up
 
 
 def _probe_everywhere_alive(rank: int, world_size: int) -> ProbeProcess:
@@ -281,25 +282,40 @@ def _retire_probe() -> None:
         _probe = None
 
 
+def _fixed_mmap_threshold() -> None:
+    """What ALLOCATOR_ENV gives a probe, for this process once it is running (glibc's mallopt)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, int(ALLOCATOR_ENV["MALLOC_MMAP_THRESHOLD_"]))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator's own policy holds
+
+
+def _measured_here(spec: dict[str, Any]) -> dict[str, Any]:
+    _fixed_mmap_threshold()
+    return measure(spec, _warmed_here)
+
+
 def probe_everywhere(rank: int, world_size: int, backend: str, subject: str, build: str, ds_config: dict[str, Any],
-                     family: Any, warmup_family: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                     family: Any, warmup_family: Any, in_process: bool = False
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Called in every rank of a world: each rank's probe process builds `family` once with `subject`, the
     probes forming a process group of their own. Then rank 0's probe measures the baseline's build (no
     ZeRO). Returns (every rank's figures, the baseline's; {} on ranks other than 0). After any failure every
-    rank's probe is retired, so the next measurement starts from fresh processes in a fresh group."""
+    rank's probe is retired, so the next measurement starts from fresh processes in a fresh group.
+    `in_process`: the ranks measure themselves, in their own process group (a world a launcher started,
+    whose ranks may not start processes that form groups of their own)."""
     import torch.distributed as dist
 
     from .zoo import ensure_checkpoint
 
-    paths: list[Any] = [None, None]
-    if rank == 0:
-        paths = [str(ensure_checkpoint(family, "safetensors")), str(ensure_checkpoint(warmup_family, "safetensors"))]
-    dist.broadcast_object_list(paths, src=0)
-    checkpoint, warmup_checkpoint = paths
+    # Each rank's own copy: in a launched world a node may share no files with rank 0's.
+    checkpoint = str(ensure_checkpoint(family, "safetensors"))
     spec = {"subject": subject, "build": build, "checkpoint": checkpoint, "ds_config": ds_config, "backend": backend,
-            "auto_class": family.auto_class, "warmup_checkpoint": warmup_checkpoint}
+            "auto_class": family.auto_class,
+            "warmup_checkpoint": str(ensure_checkpoint(warmup_family, "safetensors"))}
     try:
-        figures: dict[str, Any] = _probe_everywhere_alive(rank, world_size).measure(spec, PROBE_TIMEOUT_S)
+        figures: dict[str, Any] = _measured_here(spec) if in_process else \
+            _probe_everywhere_alive(rank, world_size).measure(spec, PROBE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - reported once every rank is back, so none waits forever
         figures = {"error": str(exc)}
     everyone: list[Any] = [None] * world_size
@@ -312,7 +328,8 @@ def probe_everywhere(rank: int, world_size: int, backend: str, subject: str, bui
         if key not in _baseline_peaks:
             baseline_spec = {**spec, "subject": "baseline"}
             live = _probe is not None and _probe.alive()
-            _baseline_peaks[key] = _probe.measure(baseline_spec, PROBE_TIMEOUT_S) if live else \
+            _baseline_peaks[key] = _measured_here(baseline_spec) if in_process else \
+                _probe.measure(baseline_spec, PROBE_TIMEOUT_S) if live else \
                 run_probe(baseline_spec, timeout_s=PROBE_TIMEOUT_S)
         baseline = _baseline_peaks[key]
     return everyone, baseline

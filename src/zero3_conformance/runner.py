@@ -17,11 +17,15 @@ from .checks.base import gave_up, verdict
 from .dsconfig import with_dtype
 from .known_issues import KnownIssue
 from .known_issues import apply as apply_known_issues
+from .launched import LaunchedPool, LaunchedWorld
 from .results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
 from .world import WorldPool, WorldStartError
 from .zoo import FamilyUnavailable, ensure_checkpoint
 
 CHECK_TIMEOUT_S = 180.0
+# A record's metric for a case that never ran (its world could not start, or a launched world broke
+# earlier): `run --resume` runs it.
+NOT_RUN = "not_run"
 RANK_PRELOAD = ("transformers", "zero3_conformance.registry", "zero3_conformance.warm")
 # Inherited by rank processes: no hub, no progress bars, no per-load chatter in the run's output.
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
@@ -43,6 +47,10 @@ class Attempt:
     seconds: float
     fresh: bool
 
+    @property
+    def ran(self) -> bool:
+        return not self.metrics.get(NOT_RUN)
+
 
 class Runner:
     """Runs cases, tries again those that neither pass nor skip, and turns every case's tries into one
@@ -50,16 +58,20 @@ class Runner:
 
     def __init__(self, ds_config: dict[str, Any], backend: Optional[str] = None,
                  timeout_s: float = CHECK_TIMEOUT_S, known_issues: Sequence[KnownIssue] = (),
-                 repeat: int = DEFAULT_REPEAT):
+                 repeat: int = DEFAULT_REPEAT, launched: Optional[LaunchedWorld] = None):
+        """`launched`: run every case in this world, which a launcher started (see launched.py)."""
         quiet_environment()
         detected_backend, device = local_device()
-        self.backend = backend or detected_backend
+        self.backend = launched.backend if launched else backend or detected_backend
         self.cell = describe_cell(self.backend, device)
+        if launched:
+            self.cell.update(launched.launch.topology())
         self.ds_config = ds_config
         self.timeout_s = timeout_s
         self.known_issues = list(known_issues)
         self.repeat = repeat  # further tries of a case that neither passed nor skipped
-        self.pool = WorldPool(self.backend, RANK_PRELOAD)
+        self.pool: WorldPool | LaunchedPool = LaunchedPool(launched) if launched else WorldPool(self.backend,
+                                                                                               RANK_PRELOAD)
         self.gpus = visible_gpus() if self.backend == "nccl" else None  # NCCL: one rank per GPU
         self.unstartable: dict[int, str] = {}  # world size -> why its world would not start
         for lock in clear_stale_build_locks():
@@ -85,7 +97,9 @@ class Runner:
         that differ, and the last try runs in a freshly started world, so that state one world carried from
         case to case cannot decide every try."""
         first = [self._try(case, fresh=False)]
-        return first if first[0].status in SETTLED else first + self._again(case, first, self.repeat)
+        if first[0].status in SETTLED or not first[0].ran:
+            return first
+        return first + self._again(case, first, self.repeat)
 
     def _again(self, case: CaseSpec, tries: list[Attempt], more: int) -> list[Attempt]:
         """Up to `more` further tries, the last in a fresh world. A TIMEOUT is tried again once at most: a hang
@@ -96,7 +110,10 @@ class Runner:
             if TIMEOUT in so_far and so_far.index(TIMEOUT) < len(so_far) - 1:
                 break
             last = number == more - 1 or so_far[-1] == TIMEOUT
-            added.append(self._try(case, fresh=last))
+            again = self._try(case, fresh=last)
+            if not again.ran:  # the world broke since: what ran is the record
+                break
+            added.append(again)
             if last:
                 break
         return added
@@ -105,7 +122,7 @@ class Runner:
         started = time.monotonic()
 
         def attempt(status: str, message: str, metrics: Optional[dict[str, Any]] = None) -> Attempt:
-            return Attempt(status, message, metrics or {}, time.monotonic() - started, fresh)
+            return Attempt(status, message, metrics or {}, time.monotonic() - started, fresh and self.pool.restarts)
 
         if case.skip:
             return attempt(SKIP, case.skip)
@@ -118,12 +135,12 @@ class Runner:
             return attempt(SKIP, str(exc))
         payload = case.payload(with_dtype(self.ds_config, case.dtype), checkpoint)
         if case.world_size in self.unstartable:  # one wait per run for a world that cannot start, not one per case
-            return attempt(ERROR, f"not run: {self.unstartable[case.world_size]}")
+            return attempt(ERROR, f"not run: {self.unstartable[case.world_size]}", {NOT_RUN: True})
         try:
             world = self.pool.get(case.world_size, fresh=fresh)
         except WorldStartError as exc:
             self.unstartable[case.world_size] = str(exc)
-            return attempt(ERROR, str(exc))
+            return attempt(ERROR, f"not run: {exc}", {NOT_RUN: True})
         timeout_s = min(self.timeout_s, case.timeout_s or self.timeout_s)
         outcome = world.run("zero3_conformance.checks.base:execute", payload, timeout_s, gave_up)
         return attempt(*verdict(outcome, case.world_size))
@@ -137,7 +154,8 @@ class Runner:
         if message and status not in (PASS, SKIP):  # a skip's reason reads the same for every case
             message = f"[{case.id} on {self.cell['backend']}, world size {case.world_size}] {message}"
         if len(tries) > 1:
-            fresh = " (the last in a freshly started world)" if tries[-1].fresh else ""
+            fresh = " (the last in a freshly started world)" if tries[-1].fresh else \
+                "" if self.pool.restarts else " (all in the launched world, which cannot be started again)"
             tried = f"outcomes of {len(tries)} tries: {', '.join(outcomes)}{fresh}"
             message = f"{message}\n{tried}" if message else tried
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,

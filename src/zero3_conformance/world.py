@@ -36,6 +36,7 @@ class RankContext:
     world_size: int
     backend: str
     device: str  # "cpu" or "cuda:N"
+    launched: bool = False  # a launcher started this world, not the harness (see launched.py)
 
 
 @dataclasses.dataclass
@@ -180,16 +181,52 @@ def _rank_main(
             if message is None:
                 break
             task_id, fn_path, payload = message
-            try:
-                reply = RankReply(rank, True, value=resolve(fn_path)(ctx, payload))
-            except BaseException as exc:  # noqa: BLE001
-                reply = RankReply(rank, False, error=_describe(exc), traceback=traceback.format_exc())
-            set_aside_survivors()
-            replies.put((task_id, rank, reply))
+            replies.put((task_id, rank, run_task(ctx, fn_path, payload)))
         try:
             torch.distributed.destroy_process_group()
         except Exception:  # noqa: BLE001 - shutting down anyway
             pass
+
+
+def run_task(ctx: RankContext, fn_path: str, payload: Any) -> RankReply:
+    """One rank's part of a task: its return value, or what it raised."""
+    try:
+        reply = RankReply(ctx.rank, True, value=resolve(fn_path)(ctx, payload))
+    except BaseException as exc:  # noqa: BLE001 - the parent decides what a rank's exception means
+        reply = RankReply(ctx.rank, False, error=_describe(exc), traceback=traceback.format_exc())
+    set_aside_survivors()
+    return reply
+
+
+def collect(world_size: int, deadline: float, gave_up: Callable[[Any], bool],
+            receive: Callable[[float], Optional[tuple[int, RankReply]]],
+            dead: Callable[[set[int]], dict[int, int]],
+            dump_stacks: Callable[[set[int]], dict[int, str]]) -> TaskOutcome:
+    """Every rank's reply to one task, until `deadline`. `receive(wait_s)`: a reply that came, or None after
+    waiting; `dead(replied)`: exit codes of ranks that died without replying; `dump_stacks(ranks)` on a
+    timeout. Once a rank raised or gave up (`gave_up`), the others get STRAGGLER_GRACE_S more at most."""
+    outcome = TaskOutcome(replies={})
+    first_give_up: Optional[float] = None
+    while len(outcome.replies) < world_size:
+        now = time.monotonic()
+        if first_give_up is not None:
+            deadline = min(deadline, first_give_up + STRAGGLER_GRACE_S)
+        if now >= deadline:
+            if first_give_up is None:
+                outcome.timed_out = True
+                outcome.stacks = dump_stacks(set(range(world_size)) - set(outcome.replies))
+            return outcome
+        got = receive(min(0.2, deadline - now))
+        if got is None:
+            outcome.exit_codes.update(dead(set(outcome.replies)))
+            if outcome.exit_codes:
+                return outcome
+            continue
+        rank, reply = got
+        if first_give_up is None and (not reply.ok or gave_up(reply.value)):
+            first_give_up = time.monotonic()
+        outcome.replies[rank] = reply
+    return outcome
 
 
 def set_aside_survivors() -> None:
@@ -263,33 +300,18 @@ class World:
 
     def _collect(self, task_id: Any, deadline: float,
                  gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
-        outcome = TaskOutcome(replies={})
-        first_give_up: float | None = None
-        while len(outcome.replies) < self.world_size:
-            now = time.monotonic()
-            if first_give_up is not None:
-                deadline = min(deadline, first_give_up + STRAGGLER_GRACE_S)
-            if now >= deadline:
-                if first_give_up is None:
-                    outcome.timed_out = True
-                    outcome.stacks = self._dump_stacks(set(range(self.world_size)) - set(outcome.replies))
-                return outcome
+        def receive(wait_s: float) -> Optional[tuple[int, RankReply]]:
             try:
-                got_id, rank, reply = self._replies.get(timeout=min(0.2, deadline - now))
+                got_id, rank, reply = self._replies.get(timeout=wait_s)
             except queue.Empty:
-                outcome.exit_codes.update({
-                    rank: proc.exitcode for rank, proc in enumerate(self._procs)
-                    if proc.exitcode is not None and rank not in outcome.replies
-                })
-                if outcome.exit_codes:
-                    return outcome
-                continue
-            if got_id != task_id:
-                continue  # a late reply to an earlier task
-            if first_give_up is None and (not reply.ok or gave_up(reply.value)):
-                first_give_up = time.monotonic()
-            outcome.replies[rank] = reply
-        return outcome
+                return None
+            return (rank, reply) if got_id == task_id else None  # not a late reply to an earlier task
+
+        def dead(replied: set[int]) -> dict[int, int]:
+            return {rank: proc.exitcode for rank, proc in enumerate(self._procs)
+                    if proc.exitcode is not None and rank not in replied}
+
+        return collect(self.world_size, deadline, gave_up, receive, dead, self._dump_stacks)
 
     def _stack_file(self, rank: int) -> str:
         return str(Path(self._tmp.name) / f"stack-rank{rank}.txt")
@@ -326,6 +348,8 @@ class World:
 
 class WorldPool:
     """One live world per world size, started on first use and replaced when broken."""
+
+    restarts = True  # a fresh world can replace one
 
     def __init__(self, backend: str = "gloo", preload: tuple[str, ...] = (), start_method: Optional[str] = None):
         self.backend = backend

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -141,11 +142,15 @@ def ensure_checkpoint(family: Family, layout: str) -> Path:
     target = checkpoint_dir(family, layout)
     if (target / "config.json").exists():
         return target
+    if _distributed_rank_other_than_0():
+        return _written_elsewhere(family, layout, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{layout}-", dir=target.parent))
     try:
         try:
             _write_checkpoint(family, layout, staging)
+            if not (staging / "config.json").exists():
+                raise RuntimeError(f"save_pretrained wrote no config.json for {family.name} in {staging}")
         except FamilyUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - a sweep type that cannot be saved without ZeRO is not checkable
@@ -160,6 +165,29 @@ def ensure_checkpoint(family: Family, layout: str) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _distributed_rank_other_than_0() -> bool:
+    """transformers' save_pretrained writes only on rank 0 of an initialized process group (5.x)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
+def _written_elsewhere(family: Family, layout: str, target: Path) -> Path:
+    """The checkpoint written by a fresh process outside the process group: a rank other than 0, on a node
+    that shares no files with rank 0's (a launched world), writes its own copy that way."""
+    import pickle
+    import subprocess
+
+    writer = "import pickle, sys; from zero3_conformance.zoo import ensure_checkpoint; " \
+             "ensure_checkpoint(*pickle.load(sys.stdin.buffer))"
+    done = subprocess.run([sys.executable, "-c", writer], input=pickle.dumps((family, layout)),
+                          capture_output=True, check=False)
+    if done.returncode != 0 or not (target / "config.json").exists():
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise FamilyUnavailable(f"{family.name}: its {layout} checkpoint could not be written here: {last}")
     return target
 
 

@@ -221,8 +221,18 @@ class Case(Findings):
         self.layout: Optional[str] = payload.get("layout")
         self.dtype: str = payload["dtype"]
         self.ds_config: dict[str, Any] = payload["ds_config"]
-        self.checkpoint_path: Optional[str] = payload.get("checkpoint")
+        self.checkpoint_path: Optional[str] = self._checkpoint_here(payload.get("checkpoint"))
         self.device = ctx.device
+
+    def _checkpoint_here(self, path: Optional[str]) -> Optional[str]:
+        """The case's checkpoint in this rank's cache: in a launched world a node may share no files with rank
+        0's, and writes the same checkpoint itself (a zoo or sweep checkpoint is the same wherever it is
+        written); elsewhere it is there already. A user's checkpoint is the path given, on every node."""
+        if path is None or self.family is None or not self.layout:
+            return path
+        from ..zoo import ensure_checkpoint
+
+        return str(ensure_checkpoint(self.family, self.layout))
 
     # --- models ---------------------------------------------------------------------------------
     def model_class(self) -> Any:

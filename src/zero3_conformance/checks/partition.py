@@ -178,7 +178,8 @@ def _peak_memory_within_bound(case: Case, build: str) -> None:
     from ..zoo import MEMORY_FAMILY, MEMORY_WARMUP_FAMILY
 
     everyone, baseline = probe_everywhere(case.rank, case.world_size, case.ctx.backend, case.subject_name, build,
-                                          case.ds_config, MEMORY_FAMILY, MEMORY_WARMUP_FAMILY)
+                                          case.ds_config, MEMORY_FAMILY, MEMORY_WARMUP_FAMILY,
+                                          in_process=case.ctx.launched)
     mine = everyone[case.rank]
     if "error" in mine:
         raise RuntimeError(mine["error"])

@@ -1,0 +1,38 @@
+"""Started by torchrun in the tests: every rank joins the launched world; rank 0 runs the tasks named on the
+command line (faults.py's) in it and prints, as JSON, each task's outcome; every rank then exits with the
+status rank 0 hands out (3, so that the tests can tell it from a crash)."""
+
+import json
+import sys
+
+from zero3_conformance import launched
+
+STATUS = 3
+
+
+def main(tasks: list[str]) -> int:
+    launch = launched.detect()
+    ctx = launched.join(launch, "gloo")
+    if launch.rank != 0:
+        return launched.leave(*launched.serve(ctx))
+    world = launched.LaunchedWorld(ctx, launch)
+    pool = launched.LaunchedPool(world)
+    outcomes = []
+    for task in tasks:
+        name, _, argument = task.partition("=")
+        try:
+            outcome = pool.get(ctx.world_size).run(f"zero3_conformance.faults:{name}", int(argument or 0), 20.0)
+        except launched.WorldStartError as exc:
+            outcomes.append({"task": task, "not_run": str(exc)})
+            continue
+        outcomes.append({"task": task, "timed_out": outcome.timed_out, "seconds": outcome.seconds,
+                         "stacks": outcome.stacks, "replies": {rank: {"value": r.value, "error": r.error,
+                                                                      "traceback": r.traceback}
+                                                               for rank, r in outcome.replies.items()}})
+    print("OUTCOMES " + json.dumps(outcomes), flush=True)
+    world.stop(STATUS)
+    return launched.leave(STATUS, world.stuck)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
