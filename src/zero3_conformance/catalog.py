@@ -9,6 +9,7 @@ import dataclasses
 import itertools
 from typing import Any, Iterable, Optional, Sequence
 
+from .dsconfig import PLAIN, VARIANTS
 from .errors import UsageError
 from .mutants import MUTANTS
 from .registry import load_checks
@@ -40,6 +41,7 @@ class CaseSpec:
     dtype: str
     timeout_s: Optional[float] = None  # the check's own limit, if tighter than the run's
     skip: str = ""  # why the case cannot run here (a type that does not build tiny): SKIP without a world
+    variant: str = PLAIN  # the ZeRO-3 configuration variant (dsconfig.VARIANTS)
 
     @property
     def model(self) -> str:
@@ -54,12 +56,14 @@ class CaseSpec:
     def id(self) -> str:
         model = self.family.label if self.family else "none"
         parts = [self.subject, model] + ([self.layout] if self.layout else []) + [f"ws{self.world_size}", self.dtype]
+        parts += [self.variant] if self.variant != PLAIN else []
         return f"{self.check_id}[{'-'.join(parts)}]"
 
     def payload(self, ds_config: dict[str, Any], checkpoint: Optional[str]) -> dict[str, Any]:
         return {"check": self.check_id, "subject": self.subject,
                 "family": dataclasses.asdict(self.family) if self.family else None,
-                "layout": self.layout, "dtype": self.dtype, "ds_config": ds_config, "checkpoint": checkpoint}
+                "layout": self.layout, "dtype": self.dtype, "ds_config": ds_config, "checkpoint": checkpoint,
+                "variant": self.variant}
 
 
 def _choose(kind: str, wanted: Optional[Sequence[str]], known: Iterable[str]) -> list[str]:
@@ -131,8 +135,9 @@ def chosen_architectures(wanted: Sequence[str]) -> list[str]:
 def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
                 clauses: Optional[Sequence[str]] = None, world_sizes: Optional[Sequence[int]] = None,
                 user_model: Optional[Family] = None, architectures: Optional[Sequence[str]] = None,
-                launched_size: Optional[int] = None) -> list[CaseSpec]:
-    """The cases of a selection; `launched_size`: every case at the size of the launched world it runs in."""
+                launched_size: Optional[int] = None, variants: Optional[Sequence[str]] = None) -> list[CaseSpec]:
+    """The cases of a selection, once per ZeRO-3 configuration variant (default: the plain one);
+    `launched_size`: every case at the size of the launched world it runs in."""
     registry = load_checks()
     # Mutants (broken variants of the reference, for the harness's self-tests) only run when named.
     known_subjects = [*SUBJECTS, *(f"mutant:{m}" for m in MUTANTS)]
@@ -153,7 +158,8 @@ def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Seque
     if architectures:
         sweep = sweep_targets(chosen_architectures(architectures))
         cases += _sweep_cases(registry, chosen_subjects, chosen_clauses, sweep, sizes)
-    return cases
+    chosen_variants = _choose("variant", variants, VARIANTS) if variants else [PLAIN]
+    return [dataclasses.replace(case, variant=variant) for variant in chosen_variants for case in cases]
 
 
 def _world_sizes(entry: Any, asked: tuple[int, ...], default: tuple[int, ...]) -> list[tuple[int, str]]:

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "2 unless --world-sizes says otherwise)")
     run.add_argument("--clauses", default="", help="comma-separated clause IDs, e.g. P1,G1 (default: all)")
     run.add_argument("--world-sizes", default="", help="comma-separated world sizes (default 1,2,3)")
+    run.add_argument("--variants", default="", metavar="NAMES",
+                     help="ZeRO-3 configuration variants to check, comma-separated: plain, hpz (ZeRO++ hierarchical "
+                          "partitioning), mics (MiCS), each partitioning within a node's ranks (default: plain)")
     run.add_argument("--model", type=Path, default=None, help="a local checkpoint directory of your own")
     run.add_argument("--ds-config", type=Path, default=None, help="your DeepSpeed config (must be stage 3)")
     run.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE)
@@ -140,15 +143,15 @@ def cmd_list() -> int:
 
 
 PLAN_FILE = "run.json"  # what a run was asked to check, so `run --resume DIR` can finish it
-SELECTION = ("subject", "models", "architectures", "clauses", "world_sizes", "model", "ds_config", "known_issues",
-             "timeout", "repeat")
+SELECTION = ("subject", "models", "architectures", "clauses", "world_sizes", "variants", "model", "ds_config",
+             "known_issues", "timeout", "repeat")
 # What a plan written before a key existed meant by leaving it out.
-SELECTION_BEFORE = {"repeat": 0, "architectures": ""}
+SELECTION_BEFORE = {"repeat": 0, "architectures": "", "variants": ""}
 
 
 def _selection(args: argparse.Namespace) -> dict:
     return {"subject": args.subject, "models": args.models, "architectures": args.architectures,
-            "clauses": args.clauses, "world_sizes": args.world_sizes,
+            "clauses": args.clauses, "world_sizes": args.world_sizes, "variants": args.variants,
             "model": str(args.model) if args.model else None,
             "ds_config": load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG,
             "known_issues": str(args.known_issues), "timeout": args.timeout, "repeat": args.repeat}
@@ -241,7 +244,8 @@ def _run(args: argparse.Namespace, world: Any = None) -> int:
                          f"ranks, and every case runs at its size")
     cases = build_cases(_csv(selection["subject"]), _csv(selection["models"]), _csv(selection["clauses"]),
                         asked_sizes, user_model, _csv(selection["architectures"]),
-                        launched_size=world.world_size if world is not None else None)
+                        launched_size=world.world_size if world is not None else None,
+                        variants=_csv(selection["variants"]))
     try:
         out.mkdir(parents=True, exist_ok=True)
         if args.resume is None:

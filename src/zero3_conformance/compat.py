@@ -413,3 +413,20 @@ def checkpoint_conversion(model: Any) -> Optional[CheckpointConversion]:
         return None
     mapping = get_mapping(model)
     return CheckpointConversion(model, mapping, renaming_type, converter_type, rename) if mapping else None
+
+
+def zero3_partitioning(ds_config: dict[str, Any]) -> Any:
+    """The context that builds modules partitioned as `ds_config` asks: MiCS's own where the config sets a
+    MiCS shard size and this deepspeed has it, else zero.Init (which rejects or ignores what it cannot do).
+    Under hierarchical partitioning, the process's hpZ group once it exists, as DeepSpeed's engine and
+    optimizer take it: zero.Init would try to create a second one, and refuse."""
+    import deepspeed
+    from deepspeed.utils import groups
+
+    zero = ds_config.get("zero_optimization", {})
+    mics = int(zero.get("mics_shard_size", -1) or -1) > 0
+    context = getattr(deepspeed.zero, "MiCS_Init", None) if mics else None
+    existing = getattr(groups, "_get_zero_param_intra_parallel_group", lambda: None)()
+    reuse = {"zero_param_parallel_group": existing} if int(zero.get("zero_hpz_partition_size", 1)) > 1 and \
+        existing is not None else {}
+    return (context or deepspeed.zero.Init)(config_dict_or_path=ds_config, **reuse)

@@ -119,3 +119,29 @@ def with_stage(config: dict[str, Any], stage: int) -> dict[str, Any]:
     out = copy.deepcopy(config)
     out.setdefault("zero_optimization", {})["stage"] = stage
     return out
+
+
+# Node-aware ZeRO-3 configurations a run can check besides the plain one: each sets its partition group to a
+# node's ranks. ZeRO++'s hierarchical partitioning keeps a second copy of each shard within the group (the
+# primary partition still spans the world); MiCS shards each parameter over its group alone, replicated
+# across groups.
+PLAIN = "plain"
+VARIANTS = {
+    PLAIN: {},
+    "hpz": {"zero_hpz_partition_size": None},
+    "mics": {"mics_shard_size": None},
+}
+
+
+def with_variant(config: dict[str, Any], variant: str, group_size: int) -> dict[str, Any]:
+    """The config with the variant's settings, its group `group_size` ranks (a node's)."""
+    out = copy.deepcopy(config)
+    for key in VARIANTS[variant]:
+        out.setdefault("zero_optimization", {})[key] = group_size
+    return out
+
+
+def partition_group_size(config: dict[str, Any], world_size: int) -> int:
+    """How many ranks share one parameter's shards: the MiCS group where the config sets one, else the world."""
+    shard = int(config.get("zero_optimization", {}).get("mics_shard_size", -1) or -1)
+    return shard if 0 < shard < world_size else world_size

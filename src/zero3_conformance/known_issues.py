@@ -8,7 +8,7 @@ and the status, or set of statuses for an intermittent case, they are expected t
     clause = "G1"                              # a clause or a list of them
     subject = "transformers"                   # a subject or a list of them
     model = ["bert", "gpt2"]                   # optional narrowing: one value or a list
-    world_size = 2                             # also: check, head, layout, dtype, backend
+    world_size = 2                             # also: check, head, layout, dtype, variant, backend
     versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
     expected = ["PASS", "FAIL"]                # default "FAIL"; any of PASS, FAIL, ERROR, TIMEOUT, CRASH
     message = '(?s)^(?!.*raised during)'       # optional: a regular expression the message must match
@@ -47,7 +47,7 @@ DEFAULT_FILE = Path(__file__).with_name("known_issues.toml")
 
 EXPECTABLE = (PASS, FAIL, ERROR, TIMEOUT, CRASH)
 # Record fields an entry may narrow by.
-NARROWING = ("check", "model", "head", "layout", "world_size", "dtype", "backend")
+NARROWING = ("check", "model", "head", "layout", "world_size", "dtype", "variant", "backend")
 VERSIONED = ("python", "torch", "deepspeed", "transformers", "accelerate")  # the cell's versions
 # A new finding, in full; its short name names its folder of reproducer and report (`findings` command), and
 # entries that record one finding for several clauses share it.

@@ -29,6 +29,9 @@ from .errors import UsageError
 from .world import RankContext, RankReply, TaskOutcome, WorldStartError, collect, gloo_environment, run_task
 
 POLL_S = 0.05
+# Ranks still inside a task another rank left get this long to finish it (a started world's get 5 s): a
+# world that cannot be replaced is worth a longer wait for a slow rank.
+STRAGGLER_GRACE_S = 30.0
 STACKS_WAIT_S = 3.0  # how long rank 0 waits for the other ranks' stacks after a timeout
 GOODBYE_WAIT_S = 10.0  # how long rank 0 keeps the store up for ranks still reading its last message
 JOIN_TIMEOUT = timedelta(minutes=30)
@@ -215,7 +218,8 @@ class LaunchedWorld:
                 time.sleep(POLL_S)
             return {rank: stacks.get(rank, "(no stack came from this rank)") for rank in sorted(ranks)}
 
-        outcome = collect(self.world_size, started + timeout_s, gave_up, receive, lambda replied: {}, dump_stacks)
+        outcome = collect(self.world_size, started + timeout_s, gave_up, receive, lambda replied: {}, dump_stacks,
+                          STRAGGLER_GRACE_S)
         outcome.seconds = time.monotonic() - started
         if outcome.timed_out or len(outcome.replies) < self.world_size:
             still_in = sorted(waiting)

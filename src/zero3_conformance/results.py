@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .dsconfig import PLAIN
+
 SCHEMA = 2
 
 PASS, FAIL, ERROR, SKIP = "PASS", "FAIL", "ERROR", "SKIP"
@@ -53,6 +55,7 @@ class Record:
     raw_status: str = ""  # the status before expectations were applied
     expected: Optional[dict[str, Any]] = None  # the known-issues entry the raw outcome met
     head: Optional[str] = None  # the class built (a sweep type has several); None where no model is built
+    variant: str = PLAIN  # the ZeRO-3 configuration variant the case ran under (dsconfig.VARIANTS)
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:

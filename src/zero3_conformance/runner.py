@@ -14,15 +14,16 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from .catalog import CaseSpec
 from .cell import describe_cell, local_device, visible_gpus
 from .checks.base import gave_up, verdict
-from .dsconfig import with_dtype
+from .dsconfig import PLAIN, with_dtype, with_variant
 from .known_issues import KnownIssue
 from .known_issues import apply as apply_known_issues
 from .launched import LaunchedPool, LaunchedWorld
 from .results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
 from .world import WorldPool, WorldStartError
-from .zoo import FamilyUnavailable, ensure_checkpoint
+from .zoo import FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
 
 CHECK_TIMEOUT_S = 180.0
+NODE_CHECKPOINTS_S = 3600.0  # a launched world's nodes write the run's checkpoints (the sweep's: minutes)
 # A record's metric for a case that never ran (its world could not start, or a launched world broke
 # earlier): `run --resume` runs it.
 NOT_RUN = "not_run"
@@ -66,6 +67,9 @@ class Runner:
         self.cell = describe_cell(self.backend, device)
         if launched:
             self.cell.update(launched.launch.topology())
+        # A world the harness starts is one node: a node-aware variant is a SKIP there (see _try).
+        self.nodes = launched.launch.nodes if launched else 1
+        self.ranks_per_node = launched.launch.ranks_per_node if launched else 0
         self.ds_config = ds_config
         self.timeout_s = timeout_s
         self.known_issues = list(known_issues)
@@ -133,7 +137,11 @@ class Runner:
             checkpoint = str(ensure_checkpoint(case.family, case.layout)) if case.family and case.layout else None
         except FamilyUnavailable as exc:
             return attempt(SKIP, str(exc))
-        payload = case.payload(with_dtype(self.ds_config, case.dtype), checkpoint)
+        if case.variant != PLAIN and self.nodes < 2:
+            return attempt(SKIP, f"the {case.variant} variant partitions within a node's ranks: this world is one "
+                                 f"node (a world launched on 2 or more nodes checks it)")
+        ds_config = with_variant(with_dtype(self.ds_config, case.dtype), case.variant, self.ranks_per_node)
+        payload = case.payload(ds_config, checkpoint)
         if case.world_size in self.unstartable:  # one wait per run for a world that cannot start, not one per case
             return attempt(ERROR, f"not run: {self.unstartable[case.world_size]}", {NOT_RUN: True})
         try:
@@ -161,7 +169,7 @@ class Runner:
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
                         head=case.head, layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
                         message=message, duration_s=round(sum(a.seconds for a in tries), 3), cell=self.cell,
-                        metrics=worst.metrics, case_id=case.id, outcomes=outcomes)
+                        metrics=worst.metrics, case_id=case.id, outcomes=outcomes, variant=case.variant)
         return apply_known_issues(record, self.known_issues)
 
     def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,
@@ -171,6 +179,9 @@ class Runner:
         after another, the subjects of one case together (`run_together`); `parallel_worlds` lanes each take
         the next world size left, largest first (they take longest), and run its cases in a world of their
         own."""
+        cases = list(cases)
+        if isinstance(self.pool, LaunchedPool):  # nodes may share no files: each writes its own copies first
+            self.pool.world.run(f"{__name__}:checkpoints_on_this_node", _checkpoints_of(cases), NODE_CHECKPOINTS_S)
         groups = _by_world_size(cases)
         sizes = deque(sorted(groups, reverse=True))
         total = sum(map(len, groups.values()))
@@ -236,7 +247,8 @@ def _by_case(cases: Iterable[CaseSpec]) -> list[list[CaseSpec]]:
     """Cases that differ only in their subject, together, in the order their first one comes."""
     together: dict[tuple, list[CaseSpec]] = defaultdict(list)
     for case in cases:
-        together[(case.check_id, case.model, case.head, case.layout, case.world_size, case.dtype)].append(case)
+        together[(case.check_id, case.model, case.head, case.layout, case.world_size, case.dtype,
+                  case.variant)].append(case)
     return list(together.values())
 
 
@@ -275,17 +287,22 @@ def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
     return removed
 
 
+def _checkpoints_of(cases: Iterable[CaseSpec]) -> list[tuple[Any, str]]:
+    return sorted({(c.family, c.layout) for c in cases if c.family and c.layout and not c.skip}, key=str)
+
+
 def prepare_checkpoints(cases: Iterable[CaseSpec]) -> None:
     """Writes every checkpoint the cases need before any world starts (ranks only read them)."""
     import transformers
 
     quiet_environment()
     transformers.utils.logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint otherwise
-    for key in sorted({(c.family, c.layout) for c in cases if c.family and c.layout and not c.skip}, key=str):
-        try:
-            ensure_checkpoint(*key)
-        except FamilyUnavailable:
-            pass
+    ensure_checkpoints(_checkpoints_of(cases))
+
+
+def checkpoints_on_this_node(ctx: Any, pairs: list[tuple[Any, str]]) -> None:
+    """A launched world's task: each rank writes what its node's cache lacks, before any case needs it."""
+    ensure_checkpoints(pairs)
 
 
 def default_out_dir() -> Path:

@@ -201,16 +201,16 @@ def run_task(ctx: RankContext, fn_path: str, payload: Any) -> RankReply:
 def collect(world_size: int, deadline: float, gave_up: Callable[[Any], bool],
             receive: Callable[[float], Optional[tuple[int, RankReply]]],
             dead: Callable[[set[int]], dict[int, int]],
-            dump_stacks: Callable[[set[int]], dict[int, str]]) -> TaskOutcome:
+            dump_stacks: Callable[[set[int]], dict[int, str]], grace_s: float = STRAGGLER_GRACE_S) -> TaskOutcome:
     """Every rank's reply to one task, until `deadline`. `receive(wait_s)`: a reply that came, or None after
     waiting; `dead(replied)`: exit codes of ranks that died without replying; `dump_stacks(ranks)` on a
-    timeout. Once a rank raised or gave up (`gave_up`), the others get STRAGGLER_GRACE_S more at most."""
+    timeout. Once a rank raised or gave up (`gave_up`), the others get `grace_s` more at most."""
     outcome = TaskOutcome(replies={})
     first_give_up: Optional[float] = None
     while len(outcome.replies) < world_size:
         now = time.monotonic()
         if first_give_up is not None:
-            deadline = min(deadline, first_give_up + STRAGGLER_GRACE_S)
+            deadline = min(deadline, first_give_up + grace_s)
         if now >= deadline:
             if first_give_up is None:
                 outcome.timed_out = True

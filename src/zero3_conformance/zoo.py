@@ -178,17 +178,37 @@ def _distributed_rank_other_than_0() -> bool:
 def _written_elsewhere(family: Family, layout: str, target: Path) -> Path:
     """The checkpoint written by a fresh process outside the process group: a rank other than 0, on a node
     that shares no files with rank 0's (a launched world), writes its own copy that way."""
+    last = _write_in_fresh_process([(family, layout)])
+    if not (target / "config.json").exists():
+        raise FamilyUnavailable(f"{family.name}: its {layout} checkpoint could not be written here: {last}")
+    return target
+
+
+def _write_in_fresh_process(pairs: list[tuple[Family, str]]) -> str:
+    """Writes the checkpoints in one fresh process; returns the last line it printed on stderr."""
     import pickle
     import subprocess
 
-    writer = "import pickle, sys; from zero3_conformance.zoo import ensure_checkpoint; " \
-             "ensure_checkpoint(*pickle.load(sys.stdin.buffer))"
-    done = subprocess.run([sys.executable, "-c", writer], input=pickle.dumps((family, layout)),
-                          capture_output=True, check=False)
-    if done.returncode != 0 or not (target / "config.json").exists():
-        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise FamilyUnavailable(f"{family.name}: its {layout} checkpoint could not be written here: {last}")
-    return target
+    writer = "import pickle, sys; from zero3_conformance.zoo import ensure_checkpoints; " \
+             "ensure_checkpoints(pickle.load(sys.stdin.buffer))"
+    done = subprocess.run([sys.executable, "-c", writer], input=pickle.dumps(pairs), capture_output=True,
+                          check=False)
+    return (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+
+
+def ensure_checkpoints(pairs: list[tuple[Family, str]]) -> None:
+    """Every (family, layout) checkpoint written where it is missing, in one go; one that cannot be written is
+    left out (its cases say why when they need it)."""
+    missing = [(family, layout) for family, layout in pairs
+               if not family.source_dir and not (checkpoint_dir(family, layout) / "config.json").exists()]
+    if missing and _distributed_rank_other_than_0():
+        _write_in_fresh_process(missing)
+        return
+    for family, layout in missing:
+        try:
+            ensure_checkpoint(family, layout)
+        except FamilyUnavailable:
+            continue
 
 
 def sweep_family(model_type: str, head: str, checkpoint_class: str = "") -> Family:

@@ -126,6 +126,36 @@ def test_repeats_run_in_the_launched_world_and_the_record_says_so(tmp_path):
     assert all("(all in the launched world, which cannot be started again)" in r["message"] for r in records)
 
 
+def test_node_aware_variants_run_in_a_world_of_two_nodes(tmp_path):
+    """hpZ and MiCS, each partitioning within a node's 2 ranks, through the same clauses: the reference holds
+    them; where DeepSpeed does not build a variant, every case is a SKIP quoting DeepSpeed's own error."""
+    import deepspeed
+
+    rank0, done = _agents(tmp_path, 2, 2, ["-m", "zero3_conformance", "run", "--variants", "hpz,mics", "--subject",
+                                           "reference,transformers", "--models", "gpt2", "--clauses", "P1,G1,N1",
+                                           "--repeat", "0", "--out", "out", "--quiet"])
+    records = _records(rank0 / "out")
+    assert {r["variant"] for r in records} == {"hpz", "mics"} and all(r["case_id"].endswith(f"-{r['variant']}]")
+                                                                      for r in records)
+    hpz = [r for r in records if r["variant"] == "hpz"]
+    assert {r["status"] for r in hpz if r["subject"] == "reference"} == {"PASS"}
+    unbuilt = [r for r in records if r["variant"] == "mics" and r["status"] == "SKIP"]
+    assert all(f"DeepSpeed {deepspeed.__version__} does not build the mics variant on gloo: " in r["message"]
+               for r in unbuilt)
+    ran = [r for r in records if r["variant"] == "mics" and r["status"] != "SKIP"]
+    assert not unbuilt or not ran  # an attempted build decides for every case of the variant alike
+    # transformers' builds under hpZ meet a known DeepSpeed issue (XFAIL, with its link): nothing unexpected.
+    assert _exit_statuses(done) == {0}
+
+
+def test_node_aware_variants_skip_in_a_world_of_one_node(tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", "--variants", "hpz", "--subject", "reference", "--models", "gpt2", "--clauses", "P1",
+                 "--world-sizes", "2", "--out", str(out), "--quiet"]) == 0
+    (record,) = _records(out)
+    assert record["status"] == "SKIP" and "this world is one node" in record["message"]
+
+
 def _outcomes(output):
     return json.loads(output.split("OUTCOMES ", 1)[1].splitlines()[0])
 
@@ -137,7 +167,8 @@ def test_an_exception_on_one_rank_comes_with_its_traceback_and_every_rank_leaves
     summed, raised, after = _outcomes(done[rank0][1])
     assert {reply["value"] for reply in summed["replies"].values()} == {3.0}
     # Rank 1 raised; rank 0, left in the barrier, is given up after the grace, not the task's limit.
-    assert list(raised["replies"]) == ["1"] and not raised["timed_out"] and raised["seconds"] < 15
+    assert list(raised["replies"]) == ["1"] and not raised["timed_out"]
+    assert launched.STRAGGLER_GRACE_S <= raised["seconds"] < launched.STRAGGLER_GRACE_S + 10
     assert raised["replies"]["1"]["error"] == "ValueError: injected failure on rank 1"
     assert "in raise_on_rank" in raised["replies"]["1"]["traceback"]
     assert "unusable" in after["not_run"] and "--resume" in after["not_run"]

@@ -8,6 +8,7 @@ identically go through `case.agree(...)` and are compared by the parent.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import gc
 import hashlib
@@ -15,7 +16,15 @@ import logging
 import traceback
 from typing import Any, Callable, Iterator, Optional
 
-from ..compat import NotConvertible, build_from_config, dtype_kwarg, torch_load_refusal, uninitialized_memory_filled
+from ..compat import (
+    NotConvertible,
+    build_from_config,
+    dtype_kwarg,
+    torch_load_refusal,
+    uninitialized_memory_filled,
+    zero3_partitioning,
+)
+from ..dsconfig import PLAIN
 from ..errors import exception_line
 from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
 from ..world import RankContext, TaskOutcome
@@ -268,6 +277,45 @@ def describe_value(value: Any) -> str:
     return repr(value)
 
 
+# The user's config's own optimizer, scheduler and global batch size give way to the check's: one sample per step.
+NEUTRALIZED = ("optimizer", "scheduler", "train_batch_size")
+
+
+def engine_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The config for an engine a check builds around a model: one micro-batch of one, no optimizer of its own."""
+    config = {key: value for key, value in copy.deepcopy(ds_config).items() if key not in NEUTRALIZED}
+    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
+    return config
+
+
+_variant_errors: dict[str, str] = {}  # per variant: DeepSpeed's error from an attempted build ("" where it builds)
+
+
+def _require_variant_builds(ctx: RankContext, payload: dict[str, Any]) -> None:
+    """SKIP, quoting DeepSpeed's own error, where DeepSpeed does not build the case's ZeRO-3 configuration
+    variant here: a module constructed under the partitioning context that variant's config asks for, wrapped
+    in an engine and run forward (MiCS's gathers, for one, need collectives some backends lack)."""
+    variant = payload.get("variant", PLAIN)
+    if variant == PLAIN:
+        return
+    if variant not in _variant_errors:
+        import deepspeed
+        import torch
+
+        try:
+            with zero3_partitioning(payload["ds_config"]):
+                module = torch.nn.Linear(8, 8)
+            engine, *_ = deepspeed.initialize(model=module, config=engine_config(payload["ds_config"]))
+            engine(torch.ones(2, 8, dtype=next(engine.parameters()).dtype, device=ctx.device))
+            getattr(engine, "destroy", lambda: None)()
+            _variant_errors[variant] = ""
+        except Exception as exc:  # noqa: BLE001 - DeepSpeed's answer is the reason the case cannot run
+            _variant_errors[variant] = f"DeepSpeed {deepspeed.__version__} does not build the {variant} variant " \
+                                       f"on {ctx.backend}: {exception_line(exc)}"
+    if _variant_errors[variant]:
+        raise NotApplicable(_variant_errors[variant])
+
+
 def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Runs one case in this rank; always returns {status, message, metrics, agreed}."""
     from ..registry import load_checks
@@ -279,6 +327,7 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     inherited = clear_leftover_zero3()  # whatever an earlier case left, this one starts clean
     case = Case(ctx, payload)
     try:
+        _require_variant_builds(ctx, payload)
         entry.fn(case)
         status, message = (FAIL, "\n".join(case.findings)) if case.findings else (PASS, "")
     except NotApplicable as exc:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from .. import compat
 from ..dsconfig import torch_dtype
 from ..inputs import FIRST_ORDINARY_TOKEN, InputsUnavailable, training_batch, vocabulary
-from .base import SEED, Case, NotApplicable, check
+from .base import SEED, Case, NotApplicable, check, engine_config
 from .tensors import closeness_problem, exact_mismatch, full_parameters, undefined
 
 # fp32: the ZeRO-3 result must equal the baseline's within (rtol, atol), elementwise, as the contract asks.
@@ -53,7 +53,6 @@ def optimizer_for(name: str, params: Any) -> Any:
 
 # Config sections that change the arithmetic on one side only; the checks run without them (everything
 # else in a user's config — buckets, persistence thresholds, offload — is kept, and is what is checked).
-NEUTRALIZED = ("optimizer", "scheduler", "train_batch_size")
 # Global-norm gradient clipping (norms taken across every rank's partitions) is part of what N3 checks: the
 # user's value, else this one, set explicitly on both sides since DeepSpeed's default differs by release.
 DEFAULT_CLIPPING = 1.0
@@ -81,13 +80,10 @@ def deepspeed_engine(case: Case, model: Any, optimizer: Optional[str], **zero_op
     """The case's DeepSpeed config (less NEUTRALIZED, plus `zero_options`) wrapped around `model`."""
     import deepspeed
 
-    config = copy.deepcopy(case.ds_config)
-    for key in NEUTRALIZED:
-        config.pop(key, None)
+    config = engine_config(case.ds_config)
     config["zero_optimization"] = {**config.get("zero_optimization", {}), **zero_options}
     # A client optimizer other than Adam(W) needs DeepSpeed's explicit consent under ZeRO.
-    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, zero_allow_untested_optimizer=True,
-                  gradient_clipping=_clipping(case))
+    config.update(zero_allow_untested_optimizer=True, gradient_clipping=_clipping(case))
     client_optimizer = optimizer_for(optimizer, model.parameters()) if optimizer else None
     with case.subject_call("deepspeed.initialize"):
         engine, *_ = deepspeed.initialize(model=model, optimizer=client_optimizer, config=config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from ..dsconfig import torch_dtype, with_stage
+from ..dsconfig import partition_group_size, torch_dtype, with_stage
 from ..memory import MB
 from ..zoo import LAYOUTS
 from .base import Case, SubjectRaised, ceil_div, check
@@ -13,14 +13,17 @@ from .tensors import identical, undefined
 
 
 def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Every parameter is a ZeRO-3 parameter holding its ceil(numel/world) shard, and the shards of all
-    ranks reassemble to the gathered tensor."""
+    """Every parameter is a ZeRO-3 parameter holding its ceil(numel/group) shard, the group being the ranks
+    that share its shards (the world, or a MiCS group), and the shards of a group's ranks reassemble to the
+    gathered tensor."""
     import deepspeed
     import torch
     import torch.distributed as dist
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     params = list(model.named_parameters())
+    group = partition_group_size(case.ds_config, case.world_size)
+    first = case.rank // group * group  # the first rank of this rank's group (MiCS groups are consecutive ranks)
     for name, param in params:
         where = f"{name} (rank {case.rank})"
         if not case.expect(hasattr(param, "ds_id"), f"{where}: not a ZeRO-3 parameter (no ds_id); local shape "
@@ -32,10 +35,10 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
         expected_shape = shapes.get(name)
         case.expect(tuple(param.ds_shape) == expected_shape,
                     f"{where}: ds_shape expected {expected_shape} (baseline), got {tuple(param.ds_shape)}")
-        shard = ceil_div(int(param.ds_numel), case.world_size)
+        shard = ceil_div(int(param.ds_numel), group)
         case.expect(param.ds_tensor.numel() == shard,
-                    f"{where}: shard expected ceil({param.ds_numel}/{case.world_size}) = {shard} elements, "
-                    f"got {param.ds_tensor.numel()}")
+                    f"{where}: shard expected ceil({param.ds_numel}/{group}) = {shard} elements (a partition group "
+                    f"of {group} ranks), got {param.ds_tensor.numel()}")
     zero_params = [(n, p) for n, p in params if hasattr(p, "ds_id")]
     # Every rank takes part in the same collectives, whatever it found above.
     for name, param in zero_params:
@@ -47,10 +50,13 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
             case.fail(f"{name}: ranks hold shards of different sizes {[int(s) for s in sizes]}")
             continue
         dist.all_gather(pieces, local)
-        reassembled = torch.cat(pieces)[: int(param.ds_numel)]
+        reassembled = torch.cat(pieces[first:first + group])[: int(param.ds_numel)]
         with deepspeed.zero.GatheredParameters([param]):
             gathered = param.detach().reshape(-1).float().clone()
-        if not identical(reassembled, gathered):
+        if reassembled.numel() != gathered.numel():
+            case.fail(f"{name}: the shards of ranks {first}..{first + group - 1} (its partition group of {group}) "
+                      f"hold {reassembled.numel()} of the gathered tensor's {gathered.numel()} elements")
+        elif not identical(reassembled, gathered):
             case.fail(f"{name}: the ranks' shards concatenated do not equal the gathered tensor "
                       f"(max |diff| {float((reassembled - gathered).abs().max()):.3g})")
 

@@ -79,15 +79,13 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bo
     with `constructors_init`, each module's own constructor initializes its still-whole parameters, as
     from_config's construction does without ZeRO (from_pretrained's skips it: what the checkpoint lacks is
     initialized by the model's init alone)."""
-    import deepspeed
 
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, dtype_name(dtype))
     model_dtype = _model_dtype(zero, dtype)
     skipped_init = compat.constructor_init_only(nested=_initialize) if constructors_init else compat.no_init_weights()
-    with skipped_init, _default_dtype(model_dtype), _explicit_dtypes_kept(), \
-            deepspeed.zero.Init(config_dict_or_path=ds_config):
+    with skipped_init, _default_dtype(model_dtype), _explicit_dtypes_kept(), compat.zero3_partitioning(ds_config):
         yield
 
 
