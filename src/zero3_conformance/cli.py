@@ -36,6 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zero3-conformance", description=__doc__)
+    # The deepspeed launcher passes each rank its local rank this way, before the command (unless
+    # --no_local_rank); the harness reads it from the environment, as torchrun's ranks do.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="check the installed stack against the ZeRO-3 contract")
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory (default runs/latest)")

@@ -88,6 +88,20 @@ def test_two_nodes_give_the_cases_and_statuses_of_a_started_world(tmp_path, node
     assert set(_statuses(started).values()) == {"PASS"}
 
 
+def test_the_deepspeed_launcher_starts_a_run(tmp_path):
+    """It passes each rank `--local_rank=N` ahead of the command, and its own variables (LOCAL_SIZE)."""
+    deepspeed = Path(sys.executable).with_name("deepspeed")
+    done = subprocess.run([str(deepspeed), "--num_accelerators", "2", "--master_port", str(free_loopback_port()),
+                           "--module", "zero3_conformance", "run", "--subject", "reference", "--models", "gpt2",
+                           "--clauses", "P1", "--repeat", "0", "--out", "out", "--quiet"],
+                          cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (record,) = _records(tmp_path / "out")
+    assert record["status"] == "PASS" and record["world_size"] == 2
+    assert (record["cell"]["nodes"], record["cell"]["ranks_per_node"]) == (1, 2)
+
+
 def test_a_hang_ends_as_a_timeout_with_every_ranks_stack_and_resume_runs_the_rest(tmp_path):
     """The mutant's generate leaves rank 0 waiting for a rank that is done: a hang inside the launched world,
     which the harness cannot replace. The cases after it are not run; `--resume` in a new launch runs them."""
