@@ -31,17 +31,19 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
               + (f"; {sum(r.intermittent for r in records)} intermittent" if any(r.intermittent for r in records)
                  else ""), ""]
     subjects = sorted({r.subject for r in records})
-    table: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    # A row per clause; per clause and ZeRO-3 configuration variant where the run checked more than one.
+    by_variant = len({r.variant for r in records}) > 1
+    table: dict[tuple[str, str], dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for r in records:
-        table[r.clause][r.subject][r.status] += 1
+        table[(r.clause, r.variant if by_variant else "")][r.subject][r.status] += 1
     lines += ["| clause | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
-    for clause in sorted(table, key=clause_key):
+    for clause, variant in sorted(table, key=lambda key: (clause_key(key[0]), key[1])):
         cells = []
         for subject in subjects:
-            c = table[clause][subject]
+            c = table[(clause, variant)][subject]
             cells.append(", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: STATUSES.index(kv[0])))
                          or "—")
-        lines.append(f"| {clause} | " + " | ".join(cells) + " |")
+        lines.append(f"| {clause}{f' ({variant})' if variant else ''} | " + " | ".join(cells) + " |")
     lines += _architecture_coverage(records) + _memory_table(records) + _resize_table(records)
     lines += _problems(records) + _undefined_without_zero(records)
     skips = Counter(r.message for r in records if r.status == SKIP)
