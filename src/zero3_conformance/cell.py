@@ -43,8 +43,12 @@ def visible_gpus() -> int:
 def cell_label(cell: dict[str, Any]) -> str:
     """The cell's name; a launched world's shape is part of it, so that a launched cell and a self-started one
     of the same stack are two cells of a report."""
-    topology = f"-{cell['nodes']}x{cell['ranks_per_node']}ranks" if "nodes" in cell else ""
     return (
         f"py{cell['python']}-torch{cell['torch']}-ds{cell['deepspeed']}-tf{cell['transformers']}"
-        f"-acc{cell['accelerate']}-{cell['backend']}{topology}"
+        f"-acc{cell['accelerate']}-{cell['backend']}{topology_suffix(cell)}"
     )
+
+
+def topology_suffix(cell: dict[str, Any]) -> str:
+    """`-<nodes>x<ranks per node>ranks` for a launched world's cell; empty for a world the harness started."""
+    return f"-{cell['nodes']}x{cell['ranks_per_node']}ranks" if "nodes" in cell else ""

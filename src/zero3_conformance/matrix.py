@@ -254,9 +254,11 @@ def render_tox(matrix: Matrix) -> str:
         "    ZERO3_CONFORMANCE_*",
         "    CUDA_VISIBLE_DEVICES",
         "    NCCL_*",
+        "# ZERO3_CONFORMANCE_LAUNCH (e.g. `torchrun --standalone --nproc-per-node 4`) runs the cell in a world",
+        "# that launcher starts instead of the worlds the harness starts.",
         "commands =",
-        "    zero3-conformance run --out {env:ZERO3_CONFORMANCE_MATRIX_OUT:{toxinidir}/runs/matrix}/{env_name} "
-        "{posargs}",
+        "    {env:ZERO3_CONFORMANCE_LAUNCH:python} -m zero3_conformance run "
+        "--out {env:ZERO3_CONFORMANCE_MATRIX_OUT:{toxinidir}/runs/matrix}/{env_name} {posargs}",
     ]) + "\n"
 
 

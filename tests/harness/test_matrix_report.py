@@ -13,7 +13,7 @@ from zero3_conformance import cli
 from zero3_conformance.matrix import Cell
 from zero3_conformance.matrix_runner import COMPLETE, NOT_IMPORTABLE, NOT_INSTALLABLE, run_profile
 from zero3_conformance.report import write_report
-from zero3_conformance.report.aggregate import BLAME_INTEGRATION, BLAME_STACK
+from zero3_conformance.report.aggregate import BLAME_INTEGRATION, BLAME_STACK, load_cell
 from zero3_conformance.results import FAIL, PASS, XFAIL, XPASS, Record, RecordWriter
 from zero3_conformance.summary import write as write_summary
 
@@ -197,3 +197,19 @@ def test_a_known_issue_that_passed_is_flagged_in_the_report(tmp_path):
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert "## Known issues that passed (XPASS): check their entries" in markdown and note in markdown
     assert "(XPASS 1)" in markdown
+
+
+def test_a_launched_cell_and_a_started_one_of_the_same_versions_are_two_cells(tmp_path):
+    """In a matrix's run directories (named by versions alone) as in plain ones, a launched world's shape
+    is part of the cell's name."""
+    launched = {**CELL, "nodes": 2, "ranks_per_node": 4}
+    dirs = []
+    for name, cell in (("started", CELL), ("launched", launched)):
+        run_dir = _run_dir(tmp_path / name, [_record("P1", "reference", PASS, cell=cell)])
+        (run_dir / "cell.json").write_text(json.dumps({"cell": "torch2.13.0-ds0.19.8-tf5.24.0-acc1.15.0",
+                                                       "status": "COMPLETE"}))
+        dirs.append(run_dir)
+    names = [load_cell(d).name for d in dirs]
+    assert names == ["torch2.13.0-ds0.19.8-tf5.24.0-acc1.15.0", "torch2.13.0-ds0.19.8-tf5.24.0-acc1.15.0-2x4ranks"]
+    assert load_cell(_run_dir(tmp_path / "plain", [_record("P1", "reference", PASS, cell=launched)])).name.endswith(
+        "-gloo-2x4ranks")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .. import known_issues
-from ..cell import cell_label
+from ..cell import cell_label, topology_suffix
 from ..errors import UsageError
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record, read_records
 from ..summary import architecture_coverage
@@ -64,7 +64,9 @@ def load_cell(run_dir: Path, issues: Optional[Sequence[known_issues.KnownIssue]]
     if status == COMPLETE and not (run_dir / "summary.md").is_file():
         status = "PARTIAL"  # a run that was cut off before it wrote its summary
     cell = records[0].cell if records else {**(info or {}).get("pins", {})}
-    name = (info or {}).get("cell") or (cell_label(cell) if records else run_dir.name)
+    # A matrix cell's name is its versions; a launched world's shape makes it another cell of the report.
+    matrix_name = (info or {}).get("cell")
+    name = matrix_name + topology_suffix(cell) if matrix_name else cell_label(cell) if records else run_dir.name
     return CellResult(name, status, (info or {}).get("message", ""), cell, records)
 
 
