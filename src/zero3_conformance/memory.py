@@ -308,11 +308,18 @@ def probe_everywhere(rank: int, world_size: int, backend: str, subject: str, bui
 
     from .zoo import ensure_checkpoint
 
-    # Each rank's own copy: in a launched world a node may share no files with rank 0's.
-    checkpoint = str(ensure_checkpoint(family, "safetensors"))
+    # Each rank's own copy, as in a launched world a node may share no files with rank 0's; rank 0 writes
+    # first, so that ranks sharing its files find the copy there instead of writing it again.
+    def written_here() -> tuple[str, str]:
+        return str(ensure_checkpoint(family, "safetensors")), str(ensure_checkpoint(warmup_family, "safetensors"))
+
+    if rank == 0:
+        checkpoint, warmup_checkpoint = written_here()
+    dist.barrier()
+    if rank != 0:
+        checkpoint, warmup_checkpoint = written_here()
     spec = {"subject": subject, "build": build, "checkpoint": checkpoint, "ds_config": ds_config, "backend": backend,
-            "auto_class": family.auto_class,
-            "warmup_checkpoint": str(ensure_checkpoint(warmup_family, "safetensors"))}
+            "auto_class": family.auto_class, "warmup_checkpoint": warmup_checkpoint}
     try:
         figures: dict[str, Any] = _measured_here(spec) if in_process else \
             _probe_everywhere_alive(rank, world_size).measure(spec, PROBE_TIMEOUT_S)
