@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from packaging.version import Version
 
+from .dsconfig import mics_shard_size
+
 
 def _first_attr(candidates: list[tuple[str, str]]) -> Any:
     errors = []
@@ -423,10 +425,8 @@ def zero3_partitioning(ds_config: dict[str, Any]) -> Any:
     import deepspeed
     from deepspeed.utils import groups
 
-    zero = ds_config.get("zero_optimization", {})
-    mics = int(zero.get("mics_shard_size", -1) or -1) > 0
-    context = getattr(deepspeed.zero, "MiCS_Init", None) if mics else None
+    context = getattr(deepspeed.zero, "MiCS_Init", None) if mics_shard_size(ds_config) else None
     existing = getattr(groups, "_get_zero_param_intra_parallel_group", lambda: None)()
-    reuse = {"zero_param_parallel_group": existing} if int(zero.get("zero_hpz_partition_size", 1)) > 1 and \
-        existing is not None else {}
+    hpz = int(ds_config.get("zero_optimization", {}).get("zero_hpz_partition_size", 1)) > 1
+    reuse = {"zero_param_parallel_group": existing} if hpz and existing is not None else {}
     return (context or deepspeed.zero.Init)(config_dict_or_path=ds_config, **reuse)

@@ -141,7 +141,12 @@ def with_variant(config: dict[str, Any], variant: str, group_size: int) -> dict[
     return out
 
 
+def mics_shard_size(config: dict[str, Any]) -> int:
+    """The size of the MiCS group the config sets; 0 where it sets none (DeepSpeed's default is -1)."""
+    return max(0, int(config.get("zero_optimization", {}).get("mics_shard_size", -1) or -1))
+
+
 def partition_group_size(config: dict[str, Any], world_size: int) -> int:
     """How many ranks share one parameter's shards: the MiCS group where the config sets one, else the world."""
-    shard = int(config.get("zero_optimization", {}).get("mics_shard_size", -1) or -1)
+    shard = mics_shard_size(config)
     return shard if 0 < shard < world_size else world_size
