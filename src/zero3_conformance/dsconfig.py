@@ -133,7 +133,7 @@ VARIANTS = {
 }
 
 
-def with_variant(config: dict[str, Any], variant: str, group_size: int) -> dict[str, Any]:
+def with_zero3_variant(config: dict[str, Any], variant: str, group_size: int) -> dict[str, Any]:
     """The config with the variant's settings, its group `group_size` ranks (a node's)."""
     out = copy.deepcopy(config)
     for key in VARIANTS[variant]:

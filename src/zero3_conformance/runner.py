@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from .catalog import CaseSpec
 from .cell import describe_cell, local_device, visible_gpus
 from .checks.base import gave_up, verdict
-from .dsconfig import PLAIN, with_dtype, with_variant
+from .dsconfig import PLAIN, with_dtype, with_zero3_variant
 from .known_issues import KnownIssue
 from .known_issues import apply as apply_known_issues
 from .launched import LaunchedPool, LaunchedWorld
@@ -140,7 +140,7 @@ class Runner:
         if case.variant != PLAIN and self.nodes < 2:
             return attempt(SKIP, f"the {case.variant} variant partitions within a node's ranks: this world is one "
                                  f"node (a world launched on 2 or more nodes checks it)")
-        ds_config = with_variant(with_dtype(self.ds_config, case.dtype), case.variant, self.ranks_per_node)
+        ds_config = with_zero3_variant(with_dtype(self.ds_config, case.dtype), case.variant, self.ranks_per_node)
         payload = case.payload(ds_config, checkpoint)
         if case.world_size in self.unstartable:  # one wait per run for a world that cannot start, not one per case
             return attempt(ERROR, f"not run: {self.unstartable[case.world_size]}", {NOT_RUN: True})

@@ -79,7 +79,6 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bo
     with `constructors_init`, each module's own constructor initializes its still-whole parameters, as
     from_config's construction does without ZeRO (from_pretrained's skips it: what the checkpoint lacks is
     initialized by the model's init alone)."""
-
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, dtype_name(dtype))
