@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--list", action="store_true", help="print the profile's cells and stop")
     matrix.add_argument("--github-matrix", action="store_true",
                         help="print the cells as a GitHub Actions job matrix (JSON) and stop")
+    matrix.add_argument("--nodes", type=int, default=1,
+                        help="with --github-matrix: a job per cell and node, for worlds across that many machines")
     matrix.add_argument("--write-tox", type=Path, default=None, metavar="PATH",
                         help="write the tox.ini generated from the matrix to PATH and stop")
     matrix.add_argument("--compatibility", type=Path, default=None, metavar="FILE",
@@ -202,7 +204,9 @@ def _run_launched(args: argparse.Namespace, launch: Any) -> int:
     except WorldStartError as exc:
         raise UsageError(str(exc)) from None
     if launch.rank != 0:
-        return launched.leave(*launched.serve(ctx))
+        status, stuck = launched.serve(ctx)
+        launched.note_served(launch, args.resume or args.out, status)
+        return launched.leave(status, stuck)
     world = launched.LaunchedWorld(ctx, launch)
     try:
         status = _run(args, world)
@@ -295,7 +299,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     import shutil
 
     from . import matrix as matrix_file
-    from .matrix_runner import COMPLETE, run_profile
+    from .matrix_runner import COMPLETE, run_profile, served_elsewhere
     from .report import write_report
 
     if args.jobs < 1:
@@ -303,8 +307,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     path = args.file or matrix_file.DEFAULT_FILE
     matrix = matrix_file.load(path)
     cells = matrix.cells(args.profile, _csv(args.cells))
+    if args.nodes < 1:
+        raise UsageError(f"--nodes must be at least 1, got {args.nodes}")
     if args.github_matrix:
-        print(json.dumps(matrix_file.github_matrix(cells), separators=(",", ":")))
+        print(json.dumps(matrix_file.github_matrix(cells, args.nodes), separators=(",", ":")))
         return 0
     if args.write_tox is not None:
         args.write_tox.write_text(matrix_file.render_tox(matrix), encoding="utf-8")
@@ -330,9 +336,14 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     options = [f"--cells {args.cells}" if args.cells else "", f"--out {args.out}", "--resume" if args.resume else "",
                f"--compatibility {args.compatibility}" if args.compatibility else ""]
     command = " ".join(filter(None, ["zero3-conformance matrix --profile", args.profile, *options, *passed_on]))
-    report = write_report(run_dirs, args.out / "report", command=command, issues=known_issues.load())
+    served = served_elsewhere(run_dirs)
+    report = write_report([d for d in run_dirs if d not in served], args.out / "report", command=command,
+                          issues=known_issues.load())
     _copy_markdown(args.out / "report", args.compatibility)
     passed = all(c["passed"] for c in report["cells"] if c["status"] == COMPLETE)
+    for run_dir, info in served.items():
+        print(f"{run_dir.name}: {info['message']}; the run there exited {info['exit_status']}")
+        passed = passed and info["exit_status"] == 0
     print(f"report in {args.out / 'report'}/report.md: of {len(report['cells'])} cells, "
           f"{sum(c['passed'] for c in report['cells'])} without unexpected failures, "
           f"{sum(c['clean'] for c in report['cells'])} where every clause held")

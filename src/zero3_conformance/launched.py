@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import faulthandler
 import itertools
+import json
 import os
 import pickle
 import tempfile
@@ -23,9 +24,11 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from .errors import UsageError
+from .results import write_whole
 from .world import RankContext, RankReply, TaskOutcome, WorldStartError, collect, gloo_environment, run_task
 
 POLL_S = 0.05
@@ -45,6 +48,22 @@ LAUNCHER_VARIABLES = {
     "mpirun": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
                ("OMPI_COMM_WORLD_LOCAL_SIZE",)),
 }
+
+
+# What a launcher sets besides: its own bookkeeping, and where srun's or mpirun's world is.
+_OTHER_WORLD_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                          "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "SLURM_STEP_ID")
+_OTHER_WORLD_PREFIXES = ("TORCHELASTIC_", "OMPI_COMM_WORLD_")
+
+
+def outside_any_world(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`environ` without any launcher's variables: what a process needs to start a world of its own from
+    inside a rank (a launcher it starts must not find the world of the rank that started it)."""
+    names = {name for variables in LAUNCHER_VARIABLES.values() for entry in variables
+             for name in ((entry,) if isinstance(entry, str) else entry)}
+    names.update(_OTHER_WORLD_VARIABLES)
+    return {name: value for name, value in environ.items()
+            if name not in names and not name.startswith(_OTHER_WORLD_PREFIXES)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +316,22 @@ def serve(ctx: RankContext) -> tuple[int, bool]:
     status = channel.take("stop")
     channel.put(f"left/{ctx.rank}", True)
     return int(status), task is not None and task.reply is None
+
+
+SERVED_FILE = "served.json"
+
+
+def note_served(launch: Launch, out: Any, exit_status: int) -> None:
+    """On a node that holds no rank 0, its first rank leaves a note in the run directory it was given, where
+    rank 0's node has the records: what ran this node's ranks, and how the run ended. A matrix run reads it
+    (a node's cell that served is not a cell that failed to run)."""
+    if launch.local_rank != 0 or launch.rank == 0:
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    note = {"served": f"{launch.master_addr}:{launch.master_port}", "launcher": launch.launcher,
+            "ranks": [launch.rank, launch.rank + launch.ranks_per_node - 1], "exit_status": exit_status}
+    write_whole(out / SERVED_FILE, json.dumps(note, indent=2, sort_keys=True) + "\n")
 
 
 def leave(exit_status: int, stuck: bool) -> int:

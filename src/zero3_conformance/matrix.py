@@ -270,6 +270,9 @@ def _matching_factors(matrix: Matrix, rule: Rule) -> list[str]:
                               for cell in _product(matrix.axes) if rule.matches(cell)))
 
 
-def github_matrix(cells: Sequence[Cell]) -> dict[str, Any]:
-    """A GitHub Actions `strategy.matrix`: one job per cell, with its name and each library's version."""
-    return {"include": [{"cell": c.name, **dataclasses.asdict(c)} for c in cells]}
+def github_matrix(cells: Sequence[Cell], nodes: int = 1) -> dict[str, Any]:
+    """A GitHub Actions `strategy.matrix`: one job per cell, with its name and each library's version; with
+    `nodes`, one job per cell and node (`node` 0 to nodes - 1), a cell's jobs next to each other, for a world
+    launched across that many machines."""
+    return {"include": [{"cell": c.name, **dataclasses.asdict(c), **({"node": node} if nodes > 1 else {})}
+                        for c in cells for node in range(nodes)]}

@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+from .launched import SERVED_FILE
 from .matrix import Cell
 from .results import write_whole
 
 CELL_FILE = "cell.json"
 NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_IMPORTABLE", "COMPLETE", "RUN_FAILED"
+# The run was launched across nodes and this node's ranks served another node's rank 0, which holds the records.
+SERVED = "SERVED"
 IMPORT_CHECK = "import torch, deepspeed, transformers, accelerate, zero3_conformance"
 OUT_ENV = "ZERO3_CONFORMANCE_MATRIX_OUT"  # where tox.ini's command writes a cell's run directory
 TAIL_CHARS = 3000
@@ -66,9 +69,23 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
         return _write_cell_file(run_dir, cell, extras, NOT_IMPORTABLE, _tail(imported), time.monotonic() - started)
     ran = tox_call("run", "-e", cell.name, "--", "--quiet", *run_args)
     # The run exits 0 (all passed) or 1 (findings): both are complete runs. Anything else broke the run.
-    complete = ran.returncode in (0, 1) and (run_dir / "summary.md").is_file()
-    return _write_cell_file(run_dir, cell, extras, COMPLETE if complete else RUN_FAILED, "" if complete else _tail(ran),
-                            time.monotonic() - started, exit_status=ran.returncode)
+    finished = ran.returncode in (0, 1)
+    if finished and (run_dir / "summary.md").is_file():
+        status, message = COMPLETE, ""
+    elif finished and (run_dir / SERVED_FILE).is_file():
+        served = json.loads((run_dir / SERVED_FILE).read_text(encoding="utf-8"))
+        status, message = SERVED, f"this node's ranks {served['ranks']} served rank 0 at {served['served']}, " \
+                                  f"whose node holds the records"
+    else:
+        status, message = RUN_FAILED, _tail(ran)
+    return _write_cell_file(run_dir, cell, extras, status, message, time.monotonic() - started,
+                            exit_status=ran.returncode)
+
+
+def served_elsewhere(run_dirs: Sequence[Path]) -> dict[Path, dict]:
+    """The cells (their cell.json) whose ranks on this node served another node's rank 0, which holds their
+    records: no cell of this node's report, and the run's outcome is the exit status rank 0 sent."""
+    return {d: info for d in run_dirs if (info := read_cell_file(d) or {}).get("status") == SERVED}
 
 
 def run_profile(cells: list[Cell], out_root: Path, tox: list[str], project: Path,

@@ -71,6 +71,31 @@ class Unpartitioned(Mutant):
         return model_class.from_pretrained(path, output_loading_info=True, trust_remote_code=False, **options)
 
 
+class UnpartitionedWithoutGroup(Mutant):
+    """Construction partitions only where a process group exists already (it asks
+    torch.distributed.is_initialized() instead of letting zero.Init make the group): in a script that torchrun
+    started, as users run one, every rank builds the whole model. Every check but A5 runs in a group the
+    harness made, and passes."""
+
+    kills = ("A5",)
+    family = "gpt2"
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        build = Unpartitioned.from_config if _no_process_group() else ReferenceSubject.from_config
+        return build(self, model_class, config, dtype)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        build = Unpartitioned.from_pretrained if _no_process_group() else ReferenceSubject.from_pretrained
+        return build(self, model_class, path, dtype, **options)
+
+
+def _no_process_group() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized()
+
+
 class PerturbedLoad(Mutant):
     """One checkpoint tensor is loaded off by 1e-3 (e.g. a lossy cast on the way in)."""
 
@@ -252,6 +277,7 @@ MUTANTS: dict[str, type[Mutant]] = {
     "strong_registration": StrongRegistration,
     "no_validation": NoValidation,
     "unpartitioned": Unpartitioned,
+    "unpartitioned_without_group": UnpartitionedWithoutGroup,
     "perturbed_load": PerturbedLoad,
     "skipped_init": SkippedInit,
     "missing_keys_uninitialized": MissingKeysUninitialized,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-CHECK_MODULES = ("activation", "partition", "gathered", "loading", "numerics", "saving")
+CHECK_MODULES = ("activation", "documented", "partition", "gathered", "loading", "numerics", "saving")
 
 
 def load_checks() -> dict:

@@ -72,8 +72,8 @@ def resolve(path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies, so a run killed outright (a cancelled CI job)
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Linux: this process gets `signum` when its parent dies, so a run killed outright (a cancelled CI job)
     leaves no rank waiting forever for its next task. Elsewhere a no-op."""
     import ctypes
     import ctypes.util
@@ -81,11 +81,11 @@ def die_with_parent() -> None:
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signum)
 
 
 def gloo_environment() -> None:

@@ -94,10 +94,17 @@ def test_the_cpu_workflow_takes_its_cells_and_profiles_from_the_matrix():
     assert jobs["report"]["if"].startswith("always()")
 
 
+GPU_LABELS = ["self-hosted", "linux", "x64", "gpu", "zero3-conformance"]
+
+
 def test_the_gpu_workflow_runs_the_gpu_profile_on_labelled_runners_one_run_at_a_time():
     workflow = _workflow("conformance-gpu.yml")
     cell = workflow["jobs"]["cell"]
-    assert cell["runs-on"] == ["self-hosted", "linux", "x64", "gpu", "zero3-conformance"]
+    # One machine's runner, or for worlds across machines the rendezvous machine's (node 0) and the others'.
+    runs_on = json.loads("[" + cell["runs-on"].split("'[", 1)[1].split("]'")[0] + "]")
+    assert runs_on == [*GPU_LABELS, "zero3-conformance-rendezvous"]
+    assert cell["runs-on"].endswith(f"|| '{json.dumps(GPU_LABELS, separators=(',', ':'))}') }}}}")
+    assert '"zero3-conformance-worker"]' in cell["runs-on"]
     assert workflow["concurrency"] == {"group": "conformance-gpu", "cancel-in-progress": False}
     assert cell["timeout-minutes"] > 0 and cell["strategy"]["fail-fast"] is False
     runs = [step["run"] for step in cell["steps"] if "run" in step]
@@ -106,8 +113,29 @@ def test_the_gpu_workflow_runs_the_gpu_profile_on_labelled_runners_one_run_at_a_
     assert any(run.startswith('ci/run-cell.sh gpu "${{ matrix.cell }}"') for run in runs)
     assert "--profile gpu" in workflow["jobs"]["cells"]["steps"][-1]["run"]
     readme = (ROOT / "README.md").read_text()
-    for label in cell["runs-on"]:
+    for label in [*GPU_LABELS, "zero3-conformance-rendezvous", "zero3-conformance-worker"]:
         assert f"`{label}`" in readme, f"the README does not explain the runner label {label}"
+
+
+def test_the_gpu_workflow_can_launch_one_world_across_several_machines():
+    workflow = _workflow("conformance-gpu.yml")
+    inputs = workflow["on"]["workflow_dispatch"]["inputs"]
+    assert {"launcher", "nodes", "rendezvous"} <= set(inputs)
+    cell = workflow["jobs"]["cell"]
+    assert cell["strategy"]["max-parallel"] == "${{ fromJSON(needs.cells.outputs.max_parallel) }}"
+    launch = next(step["run"] for step in cell["steps"] if "ZERO3_CONFORMANCE_LAUNCH" in step.get("run", ""))
+    assert "--nnodes $NODES --rdzv-backend c10d --rdzv-endpoint $RENDEZVOUS" in launch
+    upload = next(step for step in cell["steps"] if step.get("uses", "").startswith("actions/upload-artifact"))
+    assert "served.json" in upload["if"]  # a node that only served rank 0's node has no records to upload
+
+
+def test_the_job_matrix_has_a_job_per_cell_and_node_for_worlds_across_machines(capsys):
+    assert main(["matrix", "--profile", "gpu", "--nodes", "2", "--github-matrix"]) == 0
+    jobs = json.loads(capsys.readouterr().out)["include"]
+    cells = [cell.name for cell in MATRIX.profiles["gpu"]]
+    assert [(job["cell"], job["node"]) for job in jobs] == [(cell, node) for cell in cells for node in (0, 1)]
+    assert main(["matrix", "--profile", "gpu", "--nodes", "0", "--github-matrix"]) == 2
+    assert "--nodes must be at least 1, got 0" in capsys.readouterr().err
 
 
 def _run_dir(root, cell_name, status, **record):

@@ -20,8 +20,9 @@ from zero3_conformance.world import free_loopback_port
 
 pytestmark = pytest.mark.xdist_group("harness-launched")
 DRIVER = Path(__file__).with_name("launched_driver.py")
-# Construction, loading, ties, numerics and memory, both subjects: what a launched world changes for each.
-SELECTION = ["--subject", "reference,transformers", "--models", "gpt2", "--clauses", "A1,P1,P3,G1,G2,N1"]
+# Construction, loading, ties, numerics and memory, both subjects: what a launched world changes for each; and
+# A5, whose own torchrun world, started from inside a launched one, must not find the world it started from.
+SELECTION = ["--subject", "reference,transformers", "--models", "gpt2", "--clauses", "A1,A5,P1,P3,G1,G2,N1"]
 
 
 def _agents(tmp_path, nodes, per_node, command, timeout=900):
@@ -217,6 +218,13 @@ def test_each_launchers_variables_place_the_rank(environ, expected):
     launch = launched.detect(environ)
     assert (launch.rank, launch.world_size, launch.local_rank, launch.ranks_per_node, launch.nodes,
             launch.master_addr) == expected
+
+
+@pytest.mark.parametrize(("environ", "expected"), ENVIRONMENTS)
+def test_a_process_started_from_a_rank_is_outside_its_world(environ, expected):
+    outside = launched.outside_any_world({**environ, "PATH": "/bin", "DS_ACCELERATOR": "cpu"})
+    assert outside == {"PATH": "/bin", "DS_ACCELERATOR": "cpu"}
+    assert launched.detect(outside) is None
 
 
 def test_no_launcher_and_an_allocations_shell_are_not_launched_worlds():

@@ -11,7 +11,14 @@ import pytest
 
 from zero3_conformance import cli
 from zero3_conformance.matrix import Cell
-from zero3_conformance.matrix_runner import COMPLETE, NOT_IMPORTABLE, NOT_INSTALLABLE, run_profile
+from zero3_conformance.matrix_runner import (
+    COMPLETE,
+    NOT_IMPORTABLE,
+    NOT_INSTALLABLE,
+    SERVED,
+    run_profile,
+    served_elsewhere,
+)
 from zero3_conformance.report import write_report
 from zero3_conformance.report.aggregate import BLAME_INTEGRATION, BLAME_STACK, load_cell
 from zero3_conformance.results import FAIL, PASS, XFAIL, XPASS, Record, RecordWriter
@@ -34,6 +41,10 @@ FAKE_TOX = textwrap.dedent('''
             sys.exit(1)
         sys.exit(0)
     out = Path(os.environ["ZERO3_CONFORMANCE_MATRIX_OUT"]) / cell
+    if behaviour == "served":  # the node of ranks 2-3 of a launched world of 2 nodes; rank 0's run found a FAIL
+        from zero3_conformance.launched import Launch, note_served
+        note_served(Launch("torch", 2, 4, 0, 2, "node0", 29500), out, 1)
+        sys.exit(1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calls").write_text(str(int((out / "calls").read_text()) + 1 if (out / "calls").exists() else 1))
     (out / "results.jsonl").write_text("")
@@ -66,6 +77,16 @@ def test_broken_cells_are_recorded_not_dropped_and_resume_keeps_finished_ones(tm
     report = write_report(run_dirs, tmp_path / "report")
     assert [c["status"] for c in report["cells"]] == [COMPLETE, NOT_INSTALLABLE, NOT_IMPORTABLE]
     assert "NOT_INSTALLABLE" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_node_that_served_another_nodes_rank_0_is_no_cell_of_its_report(tmp_path, fake_tox, monkeypatch):
+    monkeypatch.setenv("FAKE_TOX", json.dumps({CELLS[0].name: "ok", CELLS[1].name: "served"}))
+    run_dirs = run_profile(CELLS[:2], tmp_path / "runs", fake_tox, tmp_path, {})
+    served = served_elsewhere(run_dirs)
+    assert list(served) == [run_dirs[1]]
+    assert served[run_dirs[1]]["status"] == SERVED and served[run_dirs[1]]["exit_status"] == 1
+    assert served[run_dirs[1]]["message"] == "this node's ranks [2, 3] served rank 0 at node0:29500, whose node " \
+                                             "holds the records"
 
 
 def test_cells_can_run_several_at_once_and_come_back_in_matrix_order(tmp_path, fake_tox, capsys):

@@ -1,0 +1,164 @@
+"""A5 — transformers' documented usage, as written: a script under torchrun, with no process group made
+beforehand, builds the model partitioned across the world it launched, and DeepSpeed trains it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..compat import build_from_config
+from ..dsconfig import partition_group_size
+from ..launched import outside_any_world
+from ..world import die_with_parent
+from .base import Case, ceil_div, check, engine_config
+
+SCRIPT = Path(__file__).with_name("documented_script.py")
+# The launched world's own limit, inside the check's: every rank of a fresh world imports torch, transformers
+# and DeepSpeed, which takes most of a minute on a small machine.
+LAUNCH_TIMEOUT_S = 150.0
+# The engine needs an optimizer to step; torch's own AdamW needs no compiled DeepSpeed op on any accelerator.
+OPTIMIZER = {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}
+SHOWN = 8  # parameters named per kind of mismatch
+TRACEBACK_LINES = 16  # of a launched rank's traceback, the innermost
+
+# The documentation's example model (openai-community/gpt2), from the zoo's checkpoint.
+_DOCUMENTED: dict[str, Any] = dict(layouts=("safetensors",), world_sizes=(2,), families=("gpt2",),
+                                   timeout_s=LAUNCH_TIMEOUT_S + 30)
+
+
+@check("A5", "documented_from_pretrained", **_DOCUMENTED)
+def documented_from_pretrained(case: Case) -> None:
+    """The documented HfDeepSpeedConfig + AutoModel.from_pretrained + deepspeed.initialize, run under torchrun:
+    partitioned across the launched world, and the engine steps."""
+    _documented(case, "from_pretrained")
+
+
+@check("A5", "documented_from_config", **_DOCUMENTED)
+def documented_from_config(case: Case) -> None:
+    """The documented HfDeepSpeedConfig + AutoModel.from_config + deepspeed.initialize, run under torchrun:
+    partitioned across the launched world, and the engine steps."""
+    _documented(case, "from_config")
+
+
+def _documented(case: Case, way: str) -> None:
+    if case.rank != 0:
+        return  # rank 0 launches the user's world of the case's size; the harness's other ranks wait
+    from transformers import AutoConfig, AutoModel
+
+    baseline = case.keep(build_from_config(AutoModel, AutoConfig.from_pretrained(case.checkpoint_path)))
+    expected = {name: list(param.shape) for name, param in baseline.named_parameters()}
+    world_size = case.world_size
+    with tempfile.TemporaryDirectory(prefix="zero3-conformance-a5-") as workdir:
+        ds_config = dict(engine_config(case.ds_config), optimizer=OPTIMIZER)
+        config_path = Path(workdir, "ds_config.json")
+        config_path.write_text(json.dumps(ds_config), encoding="utf-8")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                   str(world_size), str(SCRIPT), "--subject", case.subject_name, "--way", way,
+                   "--checkpoint", str(case.checkpoint_path), "--ds-config", str(config_path), "--out", workdir]
+        started = time.monotonic()
+        exit_code, output = _launch(command, workdir)
+        case.metrics["documented_usage"] = {"way": way, "world_size": world_size,
+                                            "seconds": round(time.monotonic() - started, 1)}
+        seen = {rank: _read(Path(workdir, f"rank{rank}.json")) for rank in range(world_size)}
+    if not any(seen.values()):  # not one rank ran the script's first line: the launch failed, not the subject
+        raise RuntimeError(f"torchrun started no rank of {SCRIPT.name} (exit code {exit_code})\n{output}")
+    where = f"`torchrun --nproc-per-node {world_size}` of the documented {way} usage"
+    if exit_code is None:
+        case.fail(f"{where} did not finish within {LAUNCH_TIMEOUT_S:.0f} s; where each rank was: "
+                  + "; ".join(f"launched rank {rank}: {s.get('step', 'wrote nothing')}" for rank, s in seen.items())
+                  + f"\n{output}")
+    for rank, ranks_view in seen.items():  # the ranks of the world torchrun launched, not the harness's
+        _compare(case, f"launched rank {rank}", ranks_view, expected, world_size)
+    if exit_code and not case.findings:
+        case.fail(f"{where} exited {exit_code} after every rank finished\n{output}")
+
+
+def _launch(command: list[str], workdir: str) -> tuple[Any, str]:
+    """(torchrun's exit code, or None where it did not finish in time; the end of its output)."""
+    log_path = Path(workdir, "torchrun.log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=workdir, env=outside_any_world(), stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # torchrun stops its ranks
+        try:
+            exit_code = process.wait(timeout=LAUNCH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+            _stop(process)
+    output = log_path.read_text(encoding="utf-8", errors="replace")
+    return exit_code, "--- torchrun output (end) ---\n" + output[-2500:] if output.strip() else "(no output)"
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for signum, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, signum)
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _compare(case: Case, who: str, seen: dict[str, Any], expected: dict[str, list[int]], world_size: int) -> None:
+    """What one rank of the launched world saw, against the contract: P1 for every parameter of the baseline,
+    and an engine whose step changes the loss."""
+    if not seen:
+        case.fail(f"{who} wrote nothing: torchrun never started it")
+        return
+    if "error" in seen:
+        where = "\n".join(seen.get("traceback", "").splitlines()[-TRACEBACK_LINES:])
+        case.fail(f"{who}: {seen['step']} raised {seen['error']}\n{where}")
+        return
+    group = seen.get("process_group") or {}
+    case.expect(group.get("world_size") == world_size,
+                f"{who}: after the build the process group is {group}, expected one of {world_size} ranks "
+                f"(the world torchrun launched)")
+    parameters = seen.get("parameters")
+    if parameters is not None:
+        _compare_parameters(case, who, parameters, expected, partition_group_size(case.ds_config, world_size))
+    losses = seen.get("losses")
+    if not losses:
+        return  # a rank still inside the script: the launch's own finding says where it was
+    case.expect(all(math.isfinite(loss) for loss in losses),
+                f"{who}: the engine's losses before and after a step are {losses}, expected finite numbers")
+    case.expect(losses[0] != losses[1],
+                f"{who}: the loss is {losses[0]!r} before and after engine.step(): the step changed nothing")
+
+
+def _compare_parameters(case: Case, who: str, parameters: dict[str, dict[str, Any]],
+                        expected: dict[str, list[int]], group: int) -> None:
+    missing = sorted(set(expected) - set(parameters))
+    extra = sorted(set(parameters) - set(expected))
+    case.expect(not missing, f"{who}: {len(missing)} of the baseline's parameters are not in the model: "
+                             f"{', '.join(missing[:SHOWN])}")
+    case.expect(not extra, f"{who}: {len(extra)} parameters the baseline lacks: {', '.join(extra[:SHOWN])}")
+    wrong: list[str] = []
+    for name in sorted(set(expected) & set(parameters)):
+        param, shape = parameters[name], expected[name]
+        numel = math.prod(shape)
+        want = {"zero3": True, "status": "NOT_AVAILABLE", "local_numel": 0, "shape": shape,
+                "shard_numel": ceil_div(numel, group)}
+        got = {key: param.get(key) for key in want}
+        differing = [f"{key} {got[key]!r} (expected {want[key]!r})" for key in want if got[key] != want[key]]
+        if differing:
+            wrong.append(f"{name}: {', '.join(differing)}")
+    if wrong:
+        case.fail(f"{who}: {len(wrong)} of {len(expected)} parameters are not partitioned as P1 requires "
+                  f"(shards of ceil(numel / {group}) elements, empty local tensor): " + "; ".join(wrong[:SHOWN]))
