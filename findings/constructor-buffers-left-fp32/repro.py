@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import inspect
 import math
+import os
 import tempfile
 import traceback
 from packaging.version import Version
@@ -40,11 +41,13 @@ DS_CONFIG = {'train_micro_batch_size_per_gpu': 1,
  'gradient_accumulation_steps': 1,
  'zero_optimization': {'stage': 3, 'stage3_param_persistence_threshold': 128},
  'bf16': {'enabled': True}}
-CHECKPOINT_SEED = 1234
 SHARD_SIZE = '40KB'
 
 
 # The harness's check and every helper it calls, as the harness has them.
+
+
+CHECKPOINT_SEED = 1234
 
 
 CLASS_LABELS = ('ForSequenceClassification', 'ForImageClassification', 'ForAudioClassification')
@@ -389,6 +392,12 @@ def _torch_dtypes() -> dict[str, Any]:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def auto_class(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
 def batch_for(case: Case, step: int, rank: int) -> dict[str, Any]:
     try:
         return training_batch(case.model_class(), case.model_config(), seed=SEED + 1000 * step + rank)
@@ -457,13 +466,10 @@ def deepspeed_engine(case: Case, model: Any, optimizer: Optional[str], **zero_op
     """The case's DeepSpeed config (less NEUTRALIZED, plus `zero_options`) wrapped around `model`."""
     import deepspeed
 
-    config = copy.deepcopy(case.ds_config)
-    for key in NEUTRALIZED:
-        config.pop(key, None)
+    config = engine_config(case.ds_config)
     config["zero_optimization"] = {**config.get("zero_optimization", {}), **zero_options}
     # A client optimizer other than Adam(W) needs DeepSpeed's explicit consent under ZeRO.
-    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, zero_allow_untested_optimizer=True,
-                  gradient_clipping=_clipping(case))
+    config.update(zero_allow_untested_optimizer=True, gradient_clipping=_clipping(case))
     client_optimizer = optimizer_for(optimizer, model.parameters()) if optimizer else None
     with case.subject_call("deepspeed.initialize"):
         engine, *_ = deepspeed.initialize(model=model, optimizer=client_optimizer, config=config)
@@ -491,6 +497,13 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     if dtype is None:
         return {}
     return {"dtype" if transformers_version() >= Version("4.56") else "torch_dtype": dtype}
+
+
+def engine_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The config for an engine a check builds around a model: one micro-batch of one, no optimizer of its own."""
+    config = {key: value for key, value in copy.deepcopy(ds_config).items() if key not in NEUTRALIZED}
+    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
+    return config
 
 
 def exception_line(exc: BaseException) -> str:
@@ -584,6 +597,24 @@ def optimizer_for(name: str, params: Any) -> Any:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=1e-3, eps=1e-4, weight_decay=0.01)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def seeded_checkpoint_model(class_name: str, config: Any) -> Any:
+    """The model a checkpoint of `class_name` holds: its own init, then every tensor the checkpoint saves
+    (parameters and floating persistent buffers) moved off it deterministically, so a loader that skips a
+    tensor (or leaves it at its init, ones or zeros) cannot pass by accident."""
+    import torch
+
+    torch.manual_seed(CHECKPOINT_SEED)
+    model = build_from_config(auto_class(class_name), config)
+    saved = set(model.state_dict())
+    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
+    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *buffers]:  # tied parameters are visited once
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            tensor.add_((0.05 * noise).to(tensor.dtype))
+    return model
 
 
 def text_config(config: Any) -> Any:
@@ -699,17 +730,8 @@ def write_checkpoint(out: Path) -> Path:
     """The harness's checkpoint: the model's own init under CHECKPOINT_SEED, every saved tensor moved off it by
     0.05 * N(0, 1) (so a tensor left unloaded shows), saved by transformers in LAYOUT."""
     import torch
-    import transformers
 
-    torch.manual_seed(CHECKPOINT_SEED)
-    model = build_from_config(getattr(transformers, CHECKPOINT_CLASS), make_config())
-    saved = set(model.state_dict())
-    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
-    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *buffers]:
-            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-            tensor.add_((0.05 * noise).to(tensor.dtype))
+    model = seeded_checkpoint_model(CHECKPOINT_CLASS, make_config())
     model.save_pretrained(out, max_shard_size=SHARD_SIZE if LAYOUT == "sharded" else "1GB")
     if LAYOUT == "bin":  # the legacy format, as older releases wrote it
         from safetensors.torch import load_file
@@ -778,7 +800,11 @@ def main(check: Callable[[Case], None]) -> int:
         except NotApplicable as exc:
             skipped = str(exc)
         except SubjectRaised as exc:
-            case.fail(str(exc))
+            # The other ranks may be inside a collective this rank will now never join: it says what raised,
+            # and leaves (torchrun then ends the others).
+            print(f"{CASE_ID} at world size {world_size}\nrank {rank}: {exc}\nBROKEN: the clause does not hold",
+                  flush=True)
+            os._exit(1)
         finally:
             case.close()
         reports: list[Any] = [None] * world_size

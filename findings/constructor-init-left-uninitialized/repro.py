@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import importlib
 import math
+import os
 import tempfile
 import traceback
 from packaging.version import Version
@@ -32,11 +33,13 @@ DTYPE = 'fp32'
 DS_CONFIG = {'train_micro_batch_size_per_gpu': 1,
  'gradient_accumulation_steps': 1,
  'zero_optimization': {'stage': 3, 'stage3_param_persistence_threshold': 128}}
-CHECKPOINT_SEED = 1234
 SHARD_SIZE = '40KB'
 
 
 # The harness's check and every helper it calls, as the harness has them.
+
+
+CHECKPOINT_SEED = 1234
 
 
 DETERMINISTIC_ATOL = 1e-07
@@ -255,6 +258,12 @@ def _report(case: Case, problems: list[str], what: str) -> None:
         case.fail(f"... and {len(problems) - MAX_LISTED} more {what} (rank {case.rank})")
 
 
+def auto_class(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
 def build_from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
     """`from_config` of an Auto class, `_from_config` of a concrete one (which has no public from_config):
     the model the installed transformers builds from `config` in the current context."""
@@ -398,6 +407,24 @@ def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> Op
     return None
 
 
+def seeded_checkpoint_model(class_name: str, config: Any) -> Any:
+    """The model a checkpoint of `class_name` holds: its own init, then every tensor the checkpoint saves
+    (parameters and floating persistent buffers) moved off it deterministically, so a loader that skips a
+    tensor (or leaves it at its init, ones or zeros) cannot pass by accident."""
+    import torch
+
+    torch.manual_seed(CHECKPOINT_SEED)
+    model = build_from_config(auto_class(class_name), config)
+    saved = set(model.state_dict())
+    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
+    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *buffers]:  # tied parameters are visited once
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            tensor.add_((0.05 * noise).to(tensor.dtype))
+    return model
+
+
 def torch_load_refusal() -> Optional[str]:
     """Why the installed transformers refuses to read `.bin` checkpoints (torch.load) with the installed
     torch, or None: from 4.57 (at the latest) it requires torch >= 2.6 there (CVE-2025-32434)."""
@@ -467,17 +494,8 @@ def write_checkpoint(out: Path) -> Path:
     """The harness's checkpoint: the model's own init under CHECKPOINT_SEED, every saved tensor moved off it by
     0.05 * N(0, 1) (so a tensor left unloaded shows), saved by transformers in LAYOUT."""
     import torch
-    import transformers
 
-    torch.manual_seed(CHECKPOINT_SEED)
-    model = build_from_config(getattr(transformers, CHECKPOINT_CLASS), make_config())
-    saved = set(model.state_dict())
-    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
-    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *buffers]:
-            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-            tensor.add_((0.05 * noise).to(tensor.dtype))
+    model = seeded_checkpoint_model(CHECKPOINT_CLASS, make_config())
     model.save_pretrained(out, max_shard_size=SHARD_SIZE if LAYOUT == "sharded" else "1GB")
     if LAYOUT == "bin":  # the legacy format, as older releases wrote it
         from safetensors.torch import load_file
@@ -546,7 +564,11 @@ def main(check: Callable[[Case], None]) -> int:
         except NotApplicable as exc:
             skipped = str(exc)
         except SubjectRaised as exc:
-            case.fail(str(exc))
+            # The other ranks may be inside a collective this rank will now never join: it says what raised,
+            # and leaves (torchrun then ends the others).
+            print(f"{CASE_ID} at world size {world_size}\nrank {rank}: {exc}\nBROKEN: the clause does not hold",
+                  flush=True)
+            os._exit(1)
         finally:
             case.close()
         reports: list[Any] = [None] * world_size

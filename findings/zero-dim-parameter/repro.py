@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import re
 import tempfile
 import traceback
@@ -46,11 +47,13 @@ DTYPE = 'fp32'
 DS_CONFIG = {'train_micro_batch_size_per_gpu': 1,
  'gradient_accumulation_steps': 1,
  'zero_optimization': {'stage': 3, 'stage3_param_persistence_threshold': 128}}
-CHECKPOINT_SEED = 1234
 SHARD_SIZE = '40KB'
 
 
 # The harness's check and every helper it calls, as the harness has them.
+
+
+CHECKPOINT_SEED = 1234
 
 
 class CheckpointConversion:
@@ -469,6 +472,12 @@ def _split_targets(target: str, patterns: list[str]) -> list[str]:
     return [target.replace(patterns[0], p, 1) for p in patterns]
 
 
+def auto_class(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
 def baseline_matches_file(reader: Any, expected: dict[str, Any], model: Any) -> None:
     """The expected tensors come from the non-ZeRO loader; where a checkpoint key names a model key (directly,
     with the base model's prefix, or renamed by the model type's declared conversion), they must equal the
@@ -626,7 +635,7 @@ def full_parameters(model: Any) -> dict[str, Any]:
 def gathered_equals_checkpoint(case: Case) -> None:
     """Inside GatheredParameters, every checkpoint tensor equals the gathered parameter or buffer bit for bit."""
     baseline, info = case.baseline_from_pretrained()
-    not_from_checkpoint = set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])}
+    not_from_checkpoint = initialized_keys(info)
     expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
     baseline_matches_file(CheckpointReader(case.checkpoint_path), expected, baseline)
     config_object, model, _ = case.zero3_from_pretrained()
@@ -664,6 +673,29 @@ def identical(a: Any, b: Any) -> bool:
     if a.is_floating_point() and b.is_floating_point():
         return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
     return torch.equal(a, b)
+
+
+def initialized_keys(report: dict[str, Any]) -> set[str]:
+    """Keys a load initializes instead of reading: missing from the checkpoint, or of another size."""
+    return {*map(str, report.get("missing_keys", [])), *(str(key) for key, *_ in report.get("mismatched_keys", []))}
+
+
+def seeded_checkpoint_model(class_name: str, config: Any) -> Any:
+    """The model a checkpoint of `class_name` holds: its own init, then every tensor the checkpoint saves
+    (parameters and floating persistent buffers) moved off it deterministically, so a loader that skips a
+    tensor (or leaves it at its init, ones or zeros) cannot pass by accident."""
+    import torch
+
+    torch.manual_seed(CHECKPOINT_SEED)
+    model = build_from_config(auto_class(class_name), config)
+    saved = set(model.state_dict())
+    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
+    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *buffers]:  # tied parameters are visited once
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            tensor.add_((0.05 * noise).to(tensor.dtype))
+    return model
 
 
 def torch_load_refusal() -> Optional[str]:
@@ -750,17 +782,8 @@ def write_checkpoint(out: Path) -> Path:
     """The harness's checkpoint: the model's own init under CHECKPOINT_SEED, every saved tensor moved off it by
     0.05 * N(0, 1) (so a tensor left unloaded shows), saved by transformers in LAYOUT."""
     import torch
-    import transformers
 
-    torch.manual_seed(CHECKPOINT_SEED)
-    model = build_from_config(getattr(transformers, CHECKPOINT_CLASS), make_config())
-    saved = set(model.state_dict())
-    buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
-    generator = torch.Generator().manual_seed(CHECKPOINT_SEED)
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *buffers]:
-            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-            tensor.add_((0.05 * noise).to(tensor.dtype))
+    model = seeded_checkpoint_model(CHECKPOINT_CLASS, make_config())
     model.save_pretrained(out, max_shard_size=SHARD_SIZE if LAYOUT == "sharded" else "1GB")
     if LAYOUT == "bin":  # the legacy format, as older releases wrote it
         from safetensors.torch import load_file
@@ -829,7 +852,11 @@ def main(check: Callable[[Case], None]) -> int:
         except NotApplicable as exc:
             skipped = str(exc)
         except SubjectRaised as exc:
-            case.fail(str(exc))
+            # The other ranks may be inside a collective this rank will now never join: it says what raised,
+            # and leaves (torchrun then ends the others).
+            print(f"{CASE_ID} at world size {world_size}\nrank {rank}: {exc}\nBROKEN: the clause does not hold",
+                  flush=True)
+            os._exit(1)
         finally:
             case.close()
         reports: list[Any] = [None] * world_size

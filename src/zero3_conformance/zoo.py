@@ -221,13 +221,18 @@ def sweep_family(model_type: str, head: str, checkpoint_class: str = "") -> Fami
 
 
 def checkpoint_model(family: Family, config: Any = None) -> Any:
-    """The model the checkpoint holds: its own init, then every tensor the checkpoint saves (parameters and
-    floating persistent buffers) moved off it deterministically, so a loader that skips a tensor (or leaves
-    it at its init, ones or zeros) cannot pass by accident. `config` replaces the family's own."""
+    """The model the family's checkpoint holds (`config` replaces the family's own)."""
+    return seeded_checkpoint_model(family.checkpoint_auto_class, config or family.make_config())
+
+
+def seeded_checkpoint_model(class_name: str, config: Any) -> Any:
+    """The model a checkpoint of `class_name` holds: its own init, then every tensor the checkpoint saves
+    (parameters and floating persistent buffers) moved off it deterministically, so a loader that skips a
+    tensor (or leaves it at its init, ones or zeros) cannot pass by accident."""
     import torch
 
     torch.manual_seed(CHECKPOINT_SEED)
-    model = build_from_config(auto_class(family.checkpoint_auto_class), config or family.make_config())
+    model = build_from_config(auto_class(class_name), config)
     saved = set(model.state_dict())
     buffers = [b for name, b in model.named_buffers() if name in saved and b.is_floating_point()]
     generator = torch.Generator().manual_seed(CHECKPOINT_SEED)

@@ -80,7 +80,11 @@ def test_two_nodes_give_the_cases_and_statuses_of_a_started_world(tmp_path, node
     assert f"-gloo-{nodes}x{per_node}ranks`" in (rank0 / "out" / "summary.md").read_text()
     for home in done:  # every node wrote the checkpoints it read into its own cache
         assert any((home / "cache" / "zoo").rglob("config.json")), home
-    assert not (set(done) - {rank0}).pop().joinpath("out").exists()  # only rank 0 writes the run
+    # Only rank 0 writes the run; the other node says whom it served, and how the run ended there.
+    other = (set(done) - {rank0}).pop() / "out"
+    assert [p.name for p in other.iterdir()] == [launched.SERVED_FILE]
+    served = json.loads((other / launched.SERVED_FILE).read_text())
+    assert (served["ranks"], served["exit_status"]) == ([per_node, size - 1], 0)
 
     started = tmp_path / "started"
     assert main(["run", *SELECTION, "--world-sizes", str(size), "--repeat", "0", "--out", str(started),

@@ -25,7 +25,7 @@ from ..compat import build_from_config, concrete_class, dtype_kwarg, uninitializ
 from ..dsconfig import precision, torch_dtype, with_dtype
 from ..errors import exception_line
 from ..reference.checkpoint import CheckpointReader, with_variant
-from ..zoo import auto_class, checkpoint_model
+from ..zoo import auto_class, seeded_checkpoint_model
 from .base import Case, NotApplicable, SubjectRaised, check
 from .gathered import baseline_matches_file, compare_all, gathered_state, initialized_keys, report_differences
 from .tensors import exact_mismatch, full_parameters, init_mismatch
@@ -95,10 +95,9 @@ def _derived_checkpoint(case: Case, name: str, files: dict[str, dict[str, Any]],
 def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Path:
     """A checkpoint of another class of the case's type, written as the harness writes every checkpoint."""
 
-    family = dataclasses.replace(case.require_family(), checkpoint_auto_class=class_name)
     target = _scratch(case) / name
     try:
-        model = checkpoint_model(family, config)
+        model = seeded_checkpoint_model(class_name, config)
     except Exception as exc:  # noqa: BLE001 - a class that does not build without ZeRO has nothing to compare
         raise NotApplicable(f"{class_name} does not build without ZeRO: {exception_line(exc)}") from None
     # transformers writes only on rank 0 of an initialized process group; each rank writes its own copy here.

@@ -26,11 +26,7 @@ from . import prelude
 
 SUBJECT = "transformers"
 # Checks whose script has been seen to reproduce them (exit 0 where they hold, 1 naming the tensor where not).
-SCRIPTED = ("P1", "P2", "P4", "P5", "G1", "G2", "G3", "G4", "G5", "G6", "G7", "N1",
-            # G8's loads of one checkpoint; the cross-loads and label heads build classes by the auto mappings,
-            # which a script cannot hold as literals yet.
-            "G8-dtype_options_load_like_baseline", "G8-key_mapping_loads_like_baseline",
-            "G8-variant_loads_like_baseline", "G8-use_safetensors_false_loads_like_baseline")
+SCRIPTED = ("P1", "P2", "P4", "P5", "G1", "G2", "G3", "G4", "G5", "G6", "G7", "G8", "N1")
 # What the prelude supplies in the harness's place: copied functions call these names.
 SUPPLIED = {"Case"}
 RUN_COMMAND = "DS_ACCELERATOR=cpu torchrun --nproc-per-node {n} repro.py"
@@ -104,7 +100,7 @@ def _case_spec(record: Any) -> Any:
 def _script(record: Any, selection: dict[str, Any]) -> str:
     from ..dsconfig import with_dtype
     from ..registry import load_checks
-    from ..zoo import CHECKPOINT_SEED, SHARD_SIZE
+    from ..zoo import SHARD_SIZE
 
     if not scripted(record.clause, record.check):
         raise NoScript(f"no standalone script exists for {record.clause}-{record.check} yet (scripts cover "
@@ -118,7 +114,7 @@ def _script(record: Any, selection: dict[str, Any]) -> str:
     values = {"CASE_ID": record.case_id, "MODEL_TYPE": config.model_type, "CONFIG": _config_literal(config),
               "MODEL_CLASS": family.auto_class, "CHECKPOINT_CLASS": family.checkpoint_auto_class,
               "LAYOUT": spec.layout or "safetensors", "WORLD_SIZE": spec.world_size, "DTYPE": spec.dtype,
-              "DS_CONFIG": ds_config, "CHECKPOINT_SEED": CHECKPOINT_SEED, "SHARD_SIZE": SHARD_SIZE}
+              "DS_CONFIG": ds_config, "SHARD_SIZE": SHARD_SIZE}
     check = load_checks()[spec.check_id].fn
     copied, imports = _closure([check, *_prelude_needs()])
     return _assemble(record, values, copied, imports, check.__name__)
@@ -175,6 +171,22 @@ def _difference(values: dict[str, Any], default: dict[str, Any]) -> dict[str, An
     return out
 
 
+def _as_source(value: Any) -> Optional[str]:
+    """Python source that rebuilds `value`: a literal, a compiled pattern, or a tuple or list of these; None
+    where there is none."""
+    if isinstance(value, re.Pattern):
+        return f"re.compile({value.pattern!r}, {value.flags})"
+    if _is_literal(value):
+        return pprint.pformat(value, width=110)
+    if isinstance(value, (tuple, list)):
+        items = [_as_source(item) for item in value]
+        if any(item is None for item in items):
+            return None
+        inner = ", ".join(items) + ("," if isinstance(value, tuple) and len(items) == 1 else "")
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return None
+
+
 def _is_literal(value: Any) -> bool:
     try:
         return ast.literal_eval(pprint.pformat(value)) == value
@@ -215,13 +227,17 @@ def _closure(roots: list[Callable]) -> tuple[list[str], list[str]]:
                 imports[name] = f"import {value.__name__}" + (f" as {name}" if value.__name__ != name else "")
             elif getattr(value, "__module__", "") == "typing":
                 imports[name] = f"from typing import {name}"
+            elif inspect.isfunction(getattr(value, "__wrapped__", None)):  # e.g. functools.cache: its source
+                pending.append(value.__wrapped__)                          # holds the decorator
             elif inspect.isfunction(value) or inspect.isclass(value):
                 if not value.__module__.startswith("zero3_conformance"):
                     imports[name] = f"from {value.__module__} import {value.__name__}"
                 else:
                     pending.append(value)
-            elif _is_literal(value):
-                copied[name] = f"{name} = {pprint.pformat(value, width=110)}\n"
+            elif (literal := _as_source(value)) is not None:
+                copied[name] = f"{name} = {literal}\n"
+                if "re.compile(" in literal:
+                    imports["re"] = "import re"
             else:
                 raise NoScript(f"{obj.__name__} uses {name}, which a script cannot hold as a literal")
     return [copied[name] for name in sorted(copied)], sorted(set(imports.values()))
