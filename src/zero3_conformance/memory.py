@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+from datetime import timedelta
 from typing import Any, Optional
 
 MB = 1024 * 1024
@@ -120,7 +121,12 @@ def _join_group(backend: str) -> None:
         return
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend)
+    from .world import loopback_store
+
+    rank, world_size, timeout = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), timedelta(minutes=30)
+    dist.init_process_group(backend, store=loopback_store(rank, world_size, int(os.environ["MASTER_PORT"]), timeout),
+                            rank=rank, world_size=world_size, timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 

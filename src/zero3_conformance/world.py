@@ -67,6 +67,21 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
+def loopback_store(rank: int, world_size: int, port: int, timeout: timedelta) -> Any:
+    """The world's key-value store, served by rank 0 on loopback only: left to itself, torch's store listens on
+    every interface of the machine whatever MASTER_ADDR says."""
+    import torch.distributed as dist
+
+    listen_fd = None
+    if rank == 0:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(128)
+            listen_fd = sock.detach()  # the store's now: it polls the socket until the process ends
+    return dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timeout, master_listen_fd=listen_fd)
+
+
 def resolve(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -167,7 +182,10 @@ def _rank_main(
                 device = f"cuda:{rank}"
             import deepspeed
 
-            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
+            timeout = timedelta(minutes=30)
+            torch.distributed.init_process_group(backend, store=loopback_store(rank, world_size, port, timeout),
+                                                 rank=rank, world_size=world_size, timeout=timeout)
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # DeepSpeed's side of that group
             for module in preload:
                 importlib.import_module(module)
             ctx = RankContext(rank, world_size, backend, device)

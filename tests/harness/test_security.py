@@ -1,10 +1,11 @@
 """What the harness reads and where it talks: weights never unpickle code, remote code never runs,
 worlds meet on loopback, temporary files are private. (HTML escaping: test_matrix_report.py.)"""
 
+import ipaddress
 import os
 import pickle
 import re
-import stat
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from zero3_conformance.reference.checkpoint import CheckpointReader
-from zero3_conformance.world import World, free_loopback_port
+from zero3_conformance.world import World
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "zero3_conformance"
 
@@ -68,14 +69,26 @@ def test_a_checkpoint_asking_for_its_own_code_is_refused_and_the_code_does_not_r
     assert not marker.exists(), "a checkpoint's own code ran"
 
 
+def _loopback(ip):
+    address = ipaddress.ip_address(ip)
+    return address.is_loopback or getattr(address, "ipv4_mapped", None) is not None and address.ipv4_mapped.is_loopback
+
+
 def test_worlds_meet_on_loopback_and_keep_their_files_private():
-    port = free_loopback_port()
-    assert 0 < port < 65536
-    world = World(1)
+    """Seen from inside the ranks, after a collective: every socket a rank holds is on loopback, and the files
+    a rank writes (its stack file) are in a directory only its user can enter."""
+    world = World(2)
     try:
         world.start()
-        assert os.environ.get("MASTER_ADDR", "127.0.0.1") == "127.0.0.1"
-        mode = stat.S_IMODE(os.stat(world._tmp.name).st_mode)
-        assert mode & 0o077 == 0, oct(mode)
+        outcome = world.run("zero3_conformance.faults:where_this_rank_talks", None, 120)
     finally:
         world.close()
+    assert sorted(outcome.replies) == [0, 1]
+    for rank, reply in outcome.replies.items():
+        assert reply.ok, reply.error
+        seen = reply.value
+        assert seen["master_addr"] == "127.0.0.1", (rank, seen)
+        assert seen["socket_addresses"] and all(_loopback(ip) for ip in seen["socket_addresses"]), (rank, seen)
+        assert any(path.startswith(os.path.join(tempfile.gettempdir(), "zero3-world-"))
+                   for path in seen["written_dirs"]), (rank, seen)  # the stack file's directory is among them
+        assert all(int(mode, 8) & 0o077 == 0 for mode in seen["written_dirs"].values()), (rank, seen)

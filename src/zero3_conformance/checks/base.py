@@ -88,6 +88,9 @@ class Findings:
         # uninitialized tensor, which would then hold exactly the baseline's values and pass.
         self._kept: list[Any] = []
         self._closers: list[Callable[[], Any]] = []
+        # The config objects of the subject's ZeRO-3 builds: ZeRO-3 stays on while they live (the contract's
+        # A2), so the case holds them, until end_zero3() or the case's end, never a local a rename could drop.
+        self._zero3_configs: list[Any] = []
 
     def on_close(self, closer: Callable[[], Any]) -> None:
         """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
@@ -101,6 +104,7 @@ class Findings:
                 pass
         self._closers.clear()
         self._kept.clear()
+        self._zero3_configs.clear()
 
     def fail(self, message: str) -> None:
         self.findings.append(message)
@@ -190,28 +194,37 @@ class Findings:
                                 f"{exception_line(exc)}") from None
         return self.keep(model), info
 
-    def zero3_from_config(self) -> tuple[Any, Any]:
-        """(config object, model) built by the subject under its stage-3 config."""
+    def _zero3_on(self, ds_config: dict[str, Any]) -> None:
+        """The subject's config object for `ds_config`, held by the case: ZeRO-3 is on until end_zero3()."""
         with self.subject_call("config construction"):
-            config_object = self.subject.make_config(self.ds_config)
+            self._zero3_configs.append(self.subject.make_config(ds_config))
+
+    def end_zero3(self) -> None:
+        """Drops the config objects of this case's ZeRO-3 builds: ZeRO-3 is off from here (a build without
+        ZeRO, or the next build's own config). The models built under them stay what they are."""
+        self._zero3_configs.clear()
+        gc.collect()
+
+    def zero3_from_config(self) -> Any:
+        """The model the subject builds under its stage-3 config; the config stays alive until end_zero3()
+        or the case's end."""
+        self._zero3_on(self.ds_config)
         self.seed()
         with self.subject_call("from_config"):
-            model = self.subject.from_config(self.model_class(), self.model_config())
-        return config_object, model
+            return self.subject.from_config(self.model_class(), self.model_config())
 
     def zero3_from_pretrained(self, model_class: Any = None, path: Any = None,
                               ds_config: Optional[dict[str, Any]] = None, what: str = "",
-                              **options: Any) -> tuple[Any, Any, dict[str, Any]]:
-        """(config object, model, loading report) from the subject under its stage-3 config: the case's class,
-        checkpoint and config unless given; `options` are from_pretrained's, `what` names them in findings."""
+                              **options: Any) -> tuple[Any, dict[str, Any]]:
+        """(model, loading report) from the subject under its stage-3 config, which stays alive until
+        end_zero3() or the case's end: the case's class, checkpoint and config unless given; `options` are
+        from_pretrained's, `what` names them in findings."""
         self.require_loadable_layout()
-        with self.subject_call("config construction"):
-            config_object = self.subject.make_config(self.ds_config if ds_config is None else ds_config)
+        self._zero3_on(self.ds_config if ds_config is None else ds_config)
         self.seed()
         with self.subject_call(f"from_pretrained({what or self.layout})"):
-            model, info = self.subject.from_pretrained(model_class or self.model_class(),
-                                                       str(path or self.checkpoint_path), **options)
-        return config_object, model, info
+            return self.subject.from_pretrained(model_class or self.model_class(), str(path or self.checkpoint_path),
+                                                **options)
 
 
 class Case(Findings):

@@ -83,7 +83,7 @@ def gathered_equals_checkpoint(case: Case) -> None:
     not_from_checkpoint = initialized_keys(info)
     expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
     baseline_matches_file(CheckpointReader(case.checkpoint_path), expected, baseline)
-    config_object, model, _ = case.zero3_from_pretrained()
+    model, _ = case.zero3_from_pretrained()
     compare_all(case, expected, gathered_state(model), exact_mismatch, "tensors differ")
     case.metrics["tensors_compared"] = len(expected)
 
@@ -96,7 +96,7 @@ def tied_weights_stay_tied(case: Case) -> None:
     expected = full_parameters(baseline)
     if not groups:
         raise NotApplicable("the baseline model ties no weights")
-    config_object, model, _ = case.zero3_from_pretrained()
+    model, _ = case.zero3_from_pretrained()
     params = dict(model.named_parameters(remove_duplicate=False))
     got = gathered_state(model)
     for group in groups:
@@ -135,7 +135,7 @@ def missing_weights_initialized(case: Case) -> None:
         raise NotApplicable("the checkpoint provides every weight of this model class")
     expected = full_parameters(baseline)
     deterministic = _deterministic_keys(case)
-    config_object, model, _ = case.zero3_from_pretrained()
+    model, _ = case.zero3_from_pretrained()
     compare_all(case, {k: expected[k] for k in missing}, gathered_state(model),
                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
                 "tensors initialized wrongly")
@@ -147,7 +147,7 @@ def from_config_init_matches_baseline(case: Case) -> None:
     """from_config initializes every parameter as the baseline's init does, identically on every rank."""
     expected = full_parameters(case.baseline_from_config())
     deterministic = _deterministic_keys(case)
-    config_object, model = case.zero3_from_config()
+    model = case.zero3_from_config()
     compare_all(case, expected, gathered_state(model),
                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
                 "tensors initialized wrongly")
@@ -160,7 +160,7 @@ def modifier_rank_write_persists(case: Case) -> None:
     import deepspeed
     import torch
 
-    config_object, model = case.zero3_from_config()
+    model = case.zero3_from_config()
     writer = case.world_size - 1
     for name, param in list(model.named_parameters())[:3]:
         pattern = torch.arange(int(param.ds_numel), dtype=torch.float32).reshape(tuple(param.ds_shape)) / 7.0
@@ -178,7 +178,7 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
     """Tensors the world size does not divide, and tensors smaller than the world, gather back exactly."""
     baseline, info = case.baseline_from_pretrained()
     expected = full_parameters(baseline)
-    config_object, model, _ = case.zero3_from_pretrained()
+    model, _ = case.zero3_from_pretrained()
     missing = set(info.get("missing_keys", []))
     uneven = {n: p for n, p in model.named_parameters() if n not in missing and hasattr(p, "ds_numel")
               and (p.ds_numel % case.world_size or p.ds_numel < case.world_size)}
@@ -200,7 +200,7 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
 def loading_report_matches_baseline(case: Case) -> None:
     """Missing / unexpected / mismatched keys are reported as without ZeRO, for the same checkpoint and class."""
     _, expected = case.baseline_from_pretrained()
-    config_object, model, got = case.zero3_from_pretrained()
+    model, got = case.zero3_from_pretrained()
     for problem in report_differences(expected, got):
         case.fail(problem)
 

@@ -141,7 +141,7 @@ def _load_baselines(case: Case, loads: list[Load]) -> None:
 
 
 def _check_subject(case: Case, load: Load) -> None:
-    def subject_load() -> tuple[Any, Any, dict[str, Any]]:
+    def subject_load() -> tuple[Any, dict[str, Any]]:
         return case.zero3_from_pretrained(load.model_class, load.path, load.ds_config, load.what, **load.options)
 
     if load.baseline_error:
@@ -152,7 +152,7 @@ def _check_subject(case: Case, load: Load) -> None:
         case.fail(f"{load.what}: without ZeRO from_pretrained raises ({load.baseline_error}); under ZeRO-3 it loads "
                   f"(rank {case.rank})")
         return
-    config_object, model, got = subject_load()
+    model, got = subject_load()
     for problem in report_differences(load.expected, got):
         case.fail(f"{load.what}: {problem}")
     for key in load.options:
@@ -166,7 +166,8 @@ def _check_subject(case: Case, load: Load) -> None:
         return problem and f"{load.what}: {problem}"
 
     compare_all(case, load.tensors, gathered_state(model), compare, "tensors differ")
-    del model, config_object  # ZeRO-3 ends with the config object, before the next load's config is made
+    del model
+    case.end_zero3()  # before the next load's config is made
 
 
 def _as_partitioned(baseline: Any, ds_config: dict[str, Any]) -> dict[str, Any]:

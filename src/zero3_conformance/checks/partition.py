@@ -69,7 +69,7 @@ def baseline_shapes(model: Any) -> dict[str, tuple[int, ...]]:
 def from_config_partitioned(case: Case) -> None:
     """from_config under a stage-3 config returns a model whose every parameter is already partitioned."""
     shapes = baseline_shapes(case.baseline_from_config())
-    config_object, model = case.zero3_from_config()
+    model = case.zero3_from_config()
     verify_partitioned(case, model, shapes)
     case.metrics["parameters"] = len(shapes)
 
@@ -79,7 +79,7 @@ def from_pretrained_partitioned(case: Case) -> None:
     """from_pretrained under a stage-3 config returns a partitioned model, for every checkpoint layout."""
     baseline, _ = case.baseline_from_pretrained()
     shapes = baseline_shapes(baseline)
-    config_object, model, _ = case.zero3_from_pretrained()
+    model, _ = case.zero3_from_pretrained()
     verify_partitioned(case, model, shapes)
 
 
@@ -101,9 +101,9 @@ def construction_leaves_no_trace(case: Case) -> None:
     import torch
 
     shapes = baseline_shapes(case.baseline_from_config())
-    config_object, model = case.zero3_from_config()
-    del config_object, model
-    gc.collect()
+    model = case.zero3_from_config()
+    del model
+    case.end_zero3()
     linear = torch.nn.Linear(3, 5)
     case.expect(not hasattr(linear.weight, "ds_id") and tuple(linear.weight.shape) == (5, 3),
                 f"torch.nn.Linear(3, 5) built after the ZeRO-3 build: weight shape {tuple(linear.weight.shape)}, "
@@ -119,7 +119,7 @@ def construction_leaves_no_trace(case: Case) -> None:
     _ordinary(case, at_stage2, shapes, "built with a stage-2 config alive")
     del stage2, at_stage2
     gc.collect()
-    config_object, second = case.zero3_from_config()
+    second = case.zero3_from_config()
     verify_partitioned(case, second, shapes)
 
 
@@ -135,7 +135,7 @@ def dtype_follows_config(case: Case) -> None:
     unwritten = undefined(baseline_buffers)
     if unwritten:
         case.metrics["undefined_without_zero"] = unwritten
-    config_object, model = case.zero3_from_config()
+    model = case.zero3_from_config()
     for name, param in model.named_parameters():
         if param.is_floating_point():
             got = param.ds_tensor.dtype if hasattr(param, "ds_tensor") else param.dtype
