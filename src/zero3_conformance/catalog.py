@@ -9,6 +9,7 @@ import dataclasses
 import itertools
 from typing import Any, Iterable, Optional, Sequence
 
+from .contract import clause_key
 from .dsconfig import PLAIN, VARIANTS
 from .errors import UsageError
 from .mutants import MUTANTS
@@ -142,7 +143,7 @@ def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Seque
     # Mutants (broken variants of the reference, for the harness's self-tests) only run when named.
     known_subjects = [*SUBJECTS, *(f"mutant:{m}" for m in MUTANTS)]
     chosen_subjects = _choose("subject", subjects, known_subjects) if subjects else list(SUBJECTS)
-    all_clauses = sorted({c.clause for c in registry.values()}, key=lambda c: (c[0], int(c[1:])))
+    all_clauses = sorted({c.clause for c in registry.values()}, key=clause_key)
     chosen_clauses = set(_choose("clause", clauses, all_clauses))
     if user_model is not None:
         families = [user_model]

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from . import __version__
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
+
+# A matrix cell's run directory holds CELL_FILE: whether its environment installed and imported, and how the
+# run ended (one of these statuses).
+CELL_FILE = "cell.json"
+NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_IMPORTABLE", "COMPLETE", "RUN_FAILED"
+# The run was launched across nodes and this node's ranks served another node's rank 0, which holds the records.
+SERVED = "SERVED"
+
+
+def read_cell_file(run_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((Path(run_dir) / CELL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def installed_version(dist: str) -> str:

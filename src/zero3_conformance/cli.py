@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 from . import known_issues, summary
 from .catalog import build_cases
 from .cell import describe_cell, local_device
+from .contract import clause_key
 from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
 from .errors import UsageError
 from .results import DEFAULT_REPEAT, Record, RecordWriter, run_succeeded, write_whole
@@ -142,7 +143,7 @@ def cmd_env() -> int:
 def cmd_list() -> int:
     from .registry import load_checks
 
-    for entry in sorted(load_checks().values(), key=lambda c: summary.clause_key(c.clause)):
+    for entry in sorted(load_checks().values(), key=lambda c: clause_key(c.clause)):
         print(f"{entry.id:45s} {entry.summary}")
     return 0
 
@@ -369,7 +370,7 @@ def cmd_mutate(args: argparse.Namespace) -> int:
     clauses = _csv(args.clauses) or sorted(known_clauses)
     if set(clauses) - known_clauses:
         raise UsageError(f"unknown clause {sorted(set(clauses) - known_clauses)[0]!r}; known: "
-                         f"{', '.join(sorted(known_clauses, key=summary.clause_key))}")
+                         f"{', '.join(sorted(known_clauses, key=clause_key))}")
 
     def progress(name: str, target: str, outcome: dict) -> None:
         if not args.quiet:

@@ -91,16 +91,20 @@ def set_config_dtype(config: Any, dtype: Any) -> None:
             setattr(sub_config, attribute, dtype)
 
 
+def is_auto_class(model_class: Any) -> bool:
+    """An Auto class (AutoModel, AutoModelForCausalLM, ...): it maps config types to concrete classes."""
+    return hasattr(model_class, "_model_mapping")
+
+
 def concrete_class(model_class: Any, config: Any) -> Any:
     """An Auto class resolves to the concrete class registered for this config type."""
-    mapping = getattr(model_class, "_model_mapping", None)
-    return mapping[type(config)] if mapping is not None else model_class
+    return model_class._model_mapping[type(config)] if is_auto_class(model_class) else model_class
 
 
 def build_from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
     """`from_config` of an Auto class, `_from_config` of a concrete one (which has no public from_config):
     the model the installed transformers builds from `config` in the current context."""
-    if hasattr(model_class, "_model_mapping"):
+    if is_auto_class(model_class):
         return model_class.from_config(config, **dtype_kwarg(dtype))
     return model_class._from_config(config, **dtype_kwarg(dtype))
 

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 CONTRACT = Path(__file__).with_name("CONTRACT.md")
 
 
+@functools.cache
+def _clause_ids() -> tuple[str, ...]:
+    return tuple(re.findall(r"^- \*\*([A-Z]\d+)\*\*", CONTRACT.read_text(encoding="utf-8"), flags=re.M))
+
+
 def clause_ids() -> list[str]:
     """Every clause ID, in the contract's order."""
-    return re.findall(r"^- \*\*([A-Z]\d+)\*\*", CONTRACT.read_text(encoding="utf-8"), flags=re.M)
+    return list(_clause_ids())
+
+
+def clause_groups() -> str:
+    """The clause families' letters, in the contract's order ("APGNSE")."""
+    return "".join(dict.fromkeys(clause[0] for clause in _clause_ids()))
+
+
+def clause_key(clause: str) -> tuple[int, str]:
+    """Where a clause sorts: in the contract's order; an ID the contract lacks after every clause."""
+    ids = _clause_ids()
+    return (ids.index(clause), "") if clause in ids else (len(ids), clause)
 
 
 def clause_text(clause: str) -> str:

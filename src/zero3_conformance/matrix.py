@@ -11,9 +11,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+from .cell import LIBRARIES
 from .errors import UsageError, read_toml_file
 
-LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
 SHORT = {"torch": "torch", "deepspeed": "ds", "transformers": "tf", "accelerate": "acc"}
 PROFILE_KEYS = {"cells", "all"}  # exactly one of them
 PROFILE_OPTIONS = {"run_args"}  # options every cell's `zero3-conformance run` gets

@@ -15,14 +15,19 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+from .cell import (
+    CELL_FILE,
+    COMPLETE,
+    NOT_IMPORTABLE,
+    NOT_INSTALLABLE,
+    RUN_FAILED,
+    SERVED,
+    read_cell_file,
+)
 from .launched import SERVED_FILE
 from .matrix import Cell
 from .results import write_whole
 
-CELL_FILE = "cell.json"
-NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_IMPORTABLE", "COMPLETE", "RUN_FAILED"
-# The run was launched across nodes and this node's ranks served another node's rank 0, which holds the records.
-SERVED = "SERVED"
 IMPORT_CHECK = "import torch, deepspeed, transformers, accelerate, zero3_conformance"
 OUT_ENV = "ZERO3_CONFORMANCE_MATRIX_OUT"  # where tox.ini's command writes a cell's run directory
 TAIL_CHARS = 3000
@@ -30,13 +35,6 @@ TAIL_CHARS = 3000
 
 def _tail(done: subprocess.CompletedProcess) -> str:
     return (done.stdout + done.stderr)[-TAIL_CHARS:].strip()
-
-
-def read_cell_file(run_dir: Path) -> Optional[dict]:
-    try:
-        return json.loads((Path(run_dir) / CELL_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _write_cell_file(run_dir: Path, cell: Cell, extras: Sequence[str], status: str, message: str, seconds: float,

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from .contract import clause_key
 from .mutants import MUTANTS, killing_cases
 from .registry import load_checks
 from .results import CRASH, FAIL, PASS, TIMEOUT, write_whole
 from .runner import Runner, prepare_checkpoints
-from .summary import clause_key
 
 KILLING = (FAIL, TIMEOUT, CRASH)
 COSTLY = ("P3",)

@@ -7,14 +7,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .cell import cell_label
+from .contract import clause_key
 from .known_issues import note
 from .results import BAD_STATUSES, SKIP, STATUSES, XFAIL, XPASS, Record, run_succeeded, write_whole
-
-CLAUSE_ORDER = "APGNSE"
-
-
-def clause_key(clause: str) -> tuple[int, int]:
-    return (CLAUSE_ORDER.index(clause[0]) if clause[0] in CLAUSE_ORDER else 99, int(clause[1:] or 0))
 
 
 def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:

@@ -12,6 +12,7 @@ FIRST_USE = ("deepspeed.runtime.engine", "deepspeed.runtime.zero.stage3", "deeps
 
 
 def import_first_use() -> None:
+    from .compat import concrete_class
     from .zoo import FAMILIES, auto_class
 
     for name in FIRST_USE:
@@ -21,7 +22,7 @@ def import_first_use() -> None:
             pass
     for family in FAMILIES.values():
         try:  # the auto class's mapping imports the family's modeling module
-            auto_class(family.auto_class)._model_mapping[type(family.make_config())]
+            concrete_class(auto_class(family.auto_class), family.make_config())
         except Exception:  # noqa: BLE001 - as above
             pass
 

@@ -28,6 +28,13 @@ def test_every_check_names_a_contract_clause_and_says_what_it_checks():
         assert check.summary, f"{check.id} has no docstring"
 
 
+def test_the_contract_alone_decides_the_order_of_clauses():
+    ids = clause_ids()
+    assert sorted(reversed(ids), key=contract.clause_key) == ids
+    assert contract.clause_groups() == "APGNSE"
+    assert sorted(["Z9", "G1", "A5"], key=contract.clause_key) == ["A5", "G1", "Z9"]  # unknown IDs last
+
+
 def test_every_clause_of_the_contract_has_a_check():
     covered = {c.clause for c in load_checks().values()}
     # E1 (provenance) is a property of every record, checked by the result-format tests, not a check of its own.

@@ -16,8 +16,8 @@ from pathlib import Path
 from packaging.version import Version
 
 from zero3_conformance import cli, repro
+from zero3_conformance.cell import CELL_FILE, COMPLETE
 from zero3_conformance.matrix import load
-from zero3_conformance.matrix_runner import CELL_FILE, COMPLETE
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAUSES = ("A1", "P1", "G1", "G4", "S2")

@@ -350,7 +350,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: 
     # A concrete class reads its own config class, as transformers does (a sub-model of a composite checkpoint,
     # e.g. MllamaTextModel, takes its part of the config).
     own = getattr(model_class, "config_class", None)
-    if own is not None and not hasattr(model_class, "_model_mapping"):
+    if own is not None and not compat.is_auto_class(model_class):
         config = own.from_pretrained(str(path), **config_overrides)
     else:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False, **config_overrides)

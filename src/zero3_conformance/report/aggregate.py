@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .. import known_issues
-from ..cell import cell_label, topology_suffix
+from ..cell import COMPLETE, cell_label, read_cell_file, topology_suffix
 from ..errors import UsageError
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record, read_records
 from ..summary import architecture_coverage
@@ -50,8 +50,6 @@ class CellResult:
 def load_cell(run_dir: Path, issues: Optional[Sequence[known_issues.KnownIssue]] = None) -> CellResult:
     """One run directory: its records, and cell.json where a matrix run wrote one. With `issues`, the records
     are triaged afresh against them from their raw outcomes."""
-    from ..matrix_runner import COMPLETE, read_cell_file
-
     run_dir = Path(run_dir)
     info = read_cell_file(run_dir)
     results = run_dir / "results.jsonl"
@@ -165,10 +163,10 @@ def aggregate(run_dirs: list[Path], baseline: Optional[dict[str, Any]] = None,
         out["cells"].append({
             "name": cell.name, "status": cell.status, "message": cell.message, "versions": cell.cell,
             "clauses": {clause: dict(counter) for clause, counter in sorted(counts.items())},
-            "passed": bool(cell.records) and cell.status == "COMPLETE"
+            "passed": bool(cell.records) and cell.status == COMPLETE
                       and not any(r.status in BAD_STATUSES for r in cell.records),
             # Every clause held: no failure at all, not even one a known issue expects.
-            "clean": bool(cell.records) and cell.status == "COMPLETE"
+            "clean": bool(cell.records) and cell.status == COMPLETE
                      and not any(r.status in (*BAD_STATUSES, XFAIL) for r in cell.records),
             "failing": sorted(_failing_clauses(cell)),
             "triage": triage(cell),
@@ -231,7 +229,7 @@ CLEAN, KNOWN_ONLY, FAILS = "passes", "known findings only", "fails"
 def verdict(cell: dict[str, Any]) -> str:
     """A cell of the report in a word: every clause held, only known findings failed, or it fails (a failure
     nobody expected, or the run did not finish: its status then)."""
-    if cell["status"] != "COMPLETE":
+    if cell["status"] != COMPLETE:
         return cell["status"]
     return CLEAN if cell["clean"] else KNOWN_ONLY if cell["passed"] else FAILS
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ..cell import COMPLETE
+from ..contract import clause_key
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS
-from ..summary import clause_key
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -48,7 +49,7 @@ def render_html(report: dict[str, Any], command: str) -> str:
     clauses = sorted({c for cell in report["cells"] for c in cell["clauses"]}, key=clause_key)
     rows = []
     for cell in report["cells"]:
-        if cell["status"] != "COMPLETE":
+        if cell["status"] != COMPLETE:
             squares = f'<td class="broken" colspan="{max(len(clauses), 1)}">{escape(cell["status"])}</td>'
         else:
             flaky = cell.get("intermittent", {})
@@ -69,7 +70,7 @@ def render_html(report: dict[str, Any], command: str) -> str:
              f'{len(e["cells"])} cells)</li>' for e in report.get("expected", [])]
     broken = [f'<details data-filter="{escape(c["name"])}"><summary>{escape(c["status"])} {escape(c["name"])}'
               f'</summary><pre>{escape(c["message"])}</pre></details>'
-              for c in report["cells"] if c["status"] != "COMPLETE"]
+              for c in report["cells"] if c["status"] != COMPLETE]
     coverage = [f'<li data-filter="{escape(c["name"])}">{escape(c["name"])}: {a["types"]} model types attempted, '
                 f'{a["built"]} built, {a["checked"]} checked, through {a["classes"]} classes</li>'
                 for c in report["cells"] if (a := c.get("architectures"))]

@@ -7,14 +7,16 @@ import platform
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..cell import COMPLETE
+from ..contract import clause_groups
 from ..errors import UsageError
 from ..known_issues import KnownIssue
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, write_whole
-from ..summary import CHECKED_WHEN_RAN, CLAUSE_ORDER
+from ..summary import CHECKED_WHEN_RAN
 from .aggregate import aggregate, verdict
 from .html import render_html
 
-GROUPS = CLAUSE_ORDER
+GROUPS = clause_groups()
 MESSAGE_CHARS = 1500
 
 
@@ -64,7 +66,7 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
                          + " |")
         lines += ["", f"Checked: {', '.join(CHECKED_WHEN_RAN)} ran (not SKIP) for every subject; each cell's "
                   "summary.md names the types that were not."]
-    broken = [c for c in report["cells"] if c["status"] not in ("COMPLETE",)]
+    broken = [c for c in report["cells"] if c["status"] != COMPLETE]
     if broken:
         lines += ["", "## Cells that did not run to the end", ""]
         for cell in broken:
