@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any
 
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
 from zero3_conformance.results import BAD_STATUSES
@@ -16,7 +16,7 @@ from zero3_conformance.runner import Runner, prepare_checkpoints
 
 
 def run_timed(cases: list, fresh_world_per_check: bool = False, cold_zoo: bool = False,
-              start_method: Optional[str] = None) -> dict[str, Any]:
+              start_method: str | None = None) -> dict[str, Any]:
     """{"wall", "zoo", "world_start", "worlds_started", "groups": {clause group: s}, "cases", "bad"}.
     `start_method` "spawn": ranks spawned afresh, not forked from the preloaded server."""
     with tempfile.TemporaryDirectory(prefix="zero3-zoo-") as cache:
@@ -29,7 +29,7 @@ def run_timed(cases: list, fresh_world_per_check: bool = False, cold_zoo: bool =
                 del os.environ["ZERO3_CONFORMANCE_CACHE"]
 
 
-def _run(cases: list, fresh_world_per_check: bool, start_method: Optional[str]) -> dict[str, Any]:
+def _run(cases: list, fresh_world_per_check: bool, start_method: str | None) -> dict[str, Any]:
     started = time.monotonic()
     prepare_checkpoints(cases)
     zoo = time.monotonic() - started

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable
 
 from .errors import exception_line
 
@@ -155,7 +156,7 @@ def head_classes(model_type: str) -> list[str]:
     return [n for n in names if hasattr(transformers, n)]
 
 
-def foreign_config_reason(model_type: str, head: str) -> Optional[str]:
+def foreign_config_reason(model_type: str, head: str) -> str | None:
     """Why `head` does not build tiny from the type's checkpoint, where it reads it with a config class of
     its own (a mapping may list such a class under the type, e.g. qwen2's JevForDecision, whose config
     fills what a qwen2 config lacks with full-size defaults); None where it builds tiny or takes the type's
@@ -195,7 +196,7 @@ LABEL_MAPPINGS = ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_
                   "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")
 
 
-def _first_head(model_type: str, mapping_names: tuple[str, ...]) -> Optional[str]:
+def _first_head(model_type: str, mapping_names: tuple[str, ...]) -> str | None:
     mappings = _auto_mappings()
     heads = head_classes(model_type)
     for name in mapping_names:
@@ -205,12 +206,12 @@ def _first_head(model_type: str, mapping_names: tuple[str, ...]) -> Optional[str
     return None
 
 
-def loss_head(model_type: str) -> Optional[str]:
+def loss_head(model_type: str) -> str | None:
     """The head the N and S clauses run on, or None where the type has none the harness can train."""
     return _first_head(model_type, LOSS_MAPPINGS)
 
 
-def labelled_head(model_type: str) -> Optional[str]:
+def labelled_head(model_type: str) -> str | None:
     """A head sized by the number of labels, or None where the type has none."""
     return _first_head(model_type, LABEL_MAPPINGS)
 
@@ -228,7 +229,7 @@ def tiny_config(model_type: str) -> Any:
 @dataclasses.dataclass(frozen=True)
 class Survey:
     model_type: str
-    parameters: Optional[int]  # None where the type did not build tiny
+    parameters: int | None  # None where the type did not build tiny
     reason: str = ""
 
     @property

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .contract import clause_key
 from .dsconfig import PLAIN, VARIANTS
@@ -36,11 +37,11 @@ class CaseSpec:
     clause: str
     check: str
     subject: str
-    family: Optional[Family]
-    layout: Optional[str]
+    family: Family | None
+    layout: str | None
     world_size: int
     dtype: str
-    timeout_s: Optional[float] = None  # the check's own limit, if tighter than the run's
+    timeout_s: float | None = None  # the check's own limit, if tighter than the run's
     skip: str = ""  # why the case cannot run here (a type that does not build tiny): SKIP without a world
     variant: str = PLAIN  # the ZeRO-3 configuration variant (dsconfig.VARIANTS)
 
@@ -49,7 +50,7 @@ class CaseSpec:
         return self.family.name if self.family else "none"
 
     @property
-    def head(self) -> Optional[str]:
+    def head(self) -> str | None:
         """The class the case builds (a family's one class; for a sweep type, one of its heads)."""
         return self.family.auto_class if self.family else None
 
@@ -60,14 +61,14 @@ class CaseSpec:
         parts += [self.variant] if self.variant != PLAIN else []
         return f"{self.check_id}[{'-'.join(parts)}]"
 
-    def payload(self, ds_config: dict[str, Any], checkpoint: Optional[str]) -> dict[str, Any]:
+    def payload(self, ds_config: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
         return {"check": self.check_id, "subject": self.subject,
                 "family": dataclasses.asdict(self.family) if self.family else None,
                 "layout": self.layout, "dtype": self.dtype, "ds_config": ds_config, "checkpoint": checkpoint,
                 "variant": self.variant}
 
 
-def _choose(kind: str, wanted: Optional[Sequence[str]], known: Iterable[str]) -> list[str]:
+def _choose(kind: str, wanted: Sequence[str] | None, known: Iterable[str]) -> list[str]:
     known = list(known)
     if not wanted:
         return known
@@ -133,10 +134,10 @@ def chosen_architectures(wanted: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def build_cases(subjects: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
-                clauses: Optional[Sequence[str]] = None, world_sizes: Optional[Sequence[int]] = None,
-                user_model: Optional[Family] = None, architectures: Optional[Sequence[str]] = None,
-                launched_size: Optional[int] = None, variants: Optional[Sequence[str]] = None) -> list[CaseSpec]:
+def build_cases(subjects: Sequence[str] | None = None, models: Sequence[str] | None = None,
+                clauses: Sequence[str] | None = None, world_sizes: Sequence[int] | None = None,
+                user_model: Family | None = None, architectures: Sequence[str] | None = None,
+                launched_size: int | None = None, variants: Sequence[str] | None = None) -> list[CaseSpec]:
     """The cases of a selection, once per ZeRO-3 configuration variant (default: the plain one);
     `launched_size`: every case at the size of the launched world it runs in."""
     registry = load_checks()
@@ -190,7 +191,7 @@ def _sweep_cases(registry: dict[str, Any], subjects: list[str], clauses: set[str
 
 
 def _zoo_cases(registry: dict[str, Any], chosen_subjects: list[str], chosen_clauses: set[str],
-               families: list[Family], sizes: tuple[int, ...], user_model: Optional[Family]) -> list[CaseSpec]:
+               families: list[Family], sizes: tuple[int, ...], user_model: Family | None) -> list[CaseSpec]:
     cases = []
     for entry in registry.values():
         if entry.clause not in chosen_clauses:
@@ -198,13 +199,13 @@ def _zoo_cases(registry: dict[str, Any], chosen_subjects: list[str], chosen_clau
         if entry.families == ():
             if not families and user_model is None:
                 continue  # a sweep alone runs the checks about models only
-            targets: list[Optional[Family]] = [None]
+            targets: list[Family | None] = [None]
         elif user_model is not None:
             targets = [user_model]
         else:
             targets = [f for f in families if entry.families is None or f.name in entry.families]
         for family in targets:
-            layouts: Sequence[Optional[str]] = entry.layouts
+            layouts: Sequence[str | None] = entry.layouts
             if user_model is not None and entry.layouts != (None,):
                 layouts = [detect_layout(user_model.source_dir)]  # a user's checkpoint has one layout
             for subject in chosen_subjects:

@@ -6,7 +6,7 @@ import importlib.metadata
 import json
 import platform
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import __version__
 
@@ -20,7 +20,7 @@ NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_
 SERVED = "SERVED"
 
 
-def read_cell_file(run_dir: Path) -> Optional[dict]:
+def read_cell_file(run_dir: Path) -> dict | None:
     try:
         return json.loads((Path(run_dir) / CELL_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -7,8 +7,9 @@ import dataclasses
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from . import known_issues, summary
 from .catalog import build_cases
@@ -351,7 +352,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-def _copy_markdown(report_dir: Path, target: Optional[Path]) -> None:
+def _copy_markdown(report_dir: Path, target: Path | None) -> None:
     if target is not None:
         write_whole(target, (report_dir / "report.md").read_text(encoding="utf-8"))
 
@@ -463,7 +464,7 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "env":

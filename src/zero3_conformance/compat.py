@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 from packaging.version import Version
 
@@ -59,7 +60,7 @@ def text_config(config: Any) -> Any:
     return getter() if getter is not None else config
 
 
-def torch_load_refusal() -> Optional[str]:
+def torch_load_refusal() -> str | None:
     """Why the installed transformers refuses to read `.bin` checkpoints (torch.load) with the installed
     torch, or None: from 4.57 (at the latest) it requires torch >= 2.6 there (CVE-2025-32434)."""
     try:
@@ -170,7 +171,7 @@ def functions_wrapped(sites: list[tuple[Any, str, Callable[..., Any]]],
 
 
 @contextlib.contextmanager
-def constructor_init_only(nested: Optional[Callable[[Any], None]] = None) -> Iterator[None]:
+def constructor_init_only(nested: Callable[[Any], None] | None = None) -> Iterator[None]:
     """transformers' no_init_weights (the model-level init that post_init runs is skipped), except that torch's
     init functions still run on a tensor ZeRO-3 has not partitioned yet. Inside zero.Init a module's parameters
     stay whole until its own __init__ ends, so the init its constructor runs (Conv1D's normal_, a conv's
@@ -184,7 +185,7 @@ def constructor_init_only(nested: Optional[Callable[[Any], None]] = None) -> Ite
 
 
 @contextlib.contextmanager
-def _nested_models_initialized(nested: Optional[Callable[[Any], None]],
+def _nested_models_initialized(nested: Callable[[Any], None] | None,
                                originals: list[tuple[Any, str, Callable[..., Any]]]) -> Iterator[None]:
     """Without ZeRO a sub-model that a composite builds in its constructor (a vision tower from its own config)
     initializes itself in its own post_init, before the composite builds its other parts, so the random
@@ -313,7 +314,7 @@ class CheckpointConversion:
         self._meta = {k: torch.empty(whole.get(k, tuple(v.shape)), device="meta")
                       for k, v in model.state_dict().items()}
 
-    def target(self, key: str) -> tuple[str, Optional[str]]:
+    def target(self, key: str) -> tuple[str, str | None]:
         """(module key, the converter source pattern it matched or None)."""
         prefix = {self._prefix_keyword: self._model.base_model_prefix}
         target, pattern = self._rename(key, self._renamings, self._converters, **prefix, meta_state_dict=self._meta)
@@ -408,7 +409,7 @@ def _natural_key(key: str) -> list[tuple[int, int, str]]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split(".")]
 
 
-def checkpoint_conversion(model: Any) -> Optional[CheckpointConversion]:
+def checkpoint_conversion(model: Any) -> CheckpointConversion | None:
     """The model type's declared checkpoint conversion; None where the version declares none."""
     try:
         get_mapping = _first_attr([("transformers.conversion_mapping", "get_model_conversion_mapping")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from .errors import UsageError, shown_path
 
@@ -24,7 +24,7 @@ DEFAULT_ZERO3_CONFIG: dict[str, Any] = {
 DTYPE_SECTIONS = {"fp16": "fp16", "bf16": "bf16"}
 
 
-def read_config_source(source: Union[str, Path, dict]) -> dict[str, Any]:
+def read_config_source(source: str | Path | dict) -> dict[str, Any]:
     """Reads a config from a dict or a JSON file and validates it; raises UsageError naming the problem."""
     if not isinstance(source, (str, Path)):
         config = copy.deepcopy(source)  # a dict, or a wrong type that validate() names
@@ -72,7 +72,7 @@ def validate(config: Any, where: str = "config") -> None:
             raise UsageError(f"DeepSpeed config {where}: {key} must be a positive integer, got {value!r}")
 
 
-def load_user_zero3_config(path: Union[str, Path]) -> dict[str, Any]:
+def load_user_zero3_config(path: str | Path) -> dict[str, Any]:
     """A user's --ds-config: valid, and stage 3, since every build it is used for is a ZeRO-3 build."""
     config = read_config_source(path)
     stage = config.get("zero_optimization", {}).get("stage", 0)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 
 class UsageError(ValueError):
     """Bad input: a malformed config, a missing checkpoint, an unknown name."""
 
 
-def shown_path(path: Union[str, Path]) -> str:
+def shown_path(path: str | Path) -> str:
     """A path as one line of a message: quoted and escaped where it holds a newline or another control."""
     text = str(path)
     return text if text.isprintable() else repr(text)
@@ -22,7 +22,7 @@ def exception_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def read_toml_file(path: Union[str, Path], what: str) -> dict[str, Any]:
+def read_toml_file(path: str | Path, what: str) -> dict[str, Any]:
     """A TOML file's content; a file that cannot be read or parsed is a UsageError naming it as `what`."""
     try:
         import tomllib

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -150,7 +151,7 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
             raise UsageError(f"{where}: field '{field}' is required and must be a non-empty string")
     expected = entry.get("expected", FAIL)
     expected = (expected,) if isinstance(expected, str) else expected
-    if not isinstance(expected, list) and not isinstance(expected, tuple) or not expected:
+    if (not isinstance(expected, list) and not isinstance(expected, tuple)) or not expected:
         raise UsageError(f"{where}: expected must be a status or a list of statuses")
     for status in expected:
         if status not in EXPECTABLE:
@@ -204,7 +205,7 @@ def _names(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[Optional[KnownIssue], bool]:
+def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[KnownIssue | None, bool]:
     """The first entry the record's outcomes meet, else the first that applies (unmet), else none."""
     applying = [issue for issue in issues if issue.applies_to(record)]
     met = [issue for issue in applying if issue.met_by(record.outcomes, record.message)]
@@ -213,7 +214,7 @@ def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[Optional[Kn
     return (applying[0], False) if applying else (None, False)
 
 
-def meeting(record: Record, issues: Iterable[KnownIssue]) -> Optional[KnownIssue]:
+def meeting(record: Record, issues: Iterable[KnownIssue]) -> KnownIssue | None:
     """The entry the record's raw outcomes meet (the one its triage names), else None."""
     if record.raw_status in (SKIP, PASS):
         return None

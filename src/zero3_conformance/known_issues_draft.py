@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -39,7 +40,7 @@ def _version(text: str) -> Any:
         return None
 
 
-def _range(versions: set[str]) -> Optional[str]:
+def _range(versions: set[str]) -> str | None:
     """The smallest PEP 440 range holding every one of `versions`; None when one of them is not a version.
     Bounds are public versions (2.13.0, not 2.13.0+cpu): a range cannot name a local label, and without one
     it holds every local build of that version."""
@@ -126,6 +127,6 @@ def render(drafted: list[dict[str, Any]], sources: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
-def draft(run_dirs: Sequence[Path], issues: Optional[Sequence[KnownIssue]] = None) -> str:
+def draft(run_dirs: Sequence[Path], issues: Sequence[KnownIssue] | None = None) -> str:
     """The draft file's text, from the runs' results (triaged afresh against `issues` when given)."""
     return render(entries([load_cell(d, issues) for d in run_dirs]), run_dirs)

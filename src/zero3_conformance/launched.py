@@ -23,9 +23,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable
 
 from .errors import UsageError
 from .results import write_whole
@@ -86,7 +87,7 @@ class Launch:
         return {"nodes": self.nodes, "ranks_per_node": self.ranks_per_node}
 
 
-def detect(environ: Mapping[str, str] = os.environ) -> Optional[Launch]:
+def detect(environ: Mapping[str, str] = os.environ) -> Launch | None:
     """The launched world this process belongs to, or None where no launcher started it. A launcher's
     variables that are incomplete or not numbers are a usage error, never a guess."""
     for launcher, (rank_name, size_name, local_name, per_node_names) in LAUNCHER_VARIABLES.items():
@@ -100,7 +101,7 @@ def detect(environ: Mapping[str, str] = os.environ) -> Optional[Launch]:
             raise UsageError(f"a launched world ({launcher}'s variables are set) but {', '.join(missing)} "
                              f"{'is' if len(missing) == 1 else 'are'} not: the harness cannot join it")
 
-        def number(name: str, default: Optional[int] = None) -> int:
+        def number(name: str, default: int | None = None) -> int:
             value = environ.get(name)
             if value is None and default is not None:
                 return default
@@ -181,7 +182,7 @@ class _TaskThread(threading.Thread):
     def __init__(self, ctx: RankContext, fn_path: str, payload: Any):
         super().__init__(name="zero3-conformance-task", daemon=True)
         self.ctx, self.fn_path, self.payload = ctx, fn_path, payload
-        self.reply: Optional[RankReply] = None
+        self.reply: RankReply | None = None
 
     def run(self) -> None:
         self.reply = run_task(self.ctx, self.fn_path, self.payload)
@@ -199,7 +200,7 @@ class LaunchedWorld:
         self.fault = ""  # why the world is broken
         self._channel = _Channel()
         self._ids = itertools.count()
-        self._stuck: Optional[_TaskThread] = None  # rank 0's own part of a task that never ended
+        self._stuck: _TaskThread | None = None  # rank 0's own part of a task that never ended
 
     def run(self, fn_path: str, payload: Any, timeout_s: float,
             gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
@@ -212,7 +213,7 @@ class LaunchedWorld:
         own.start()
         waiting = set(range(self.world_size))
 
-        def receive(wait_s: float) -> Optional[tuple[int, RankReply]]:
+        def receive(wait_s: float) -> tuple[int, RankReply] | None:
             until = time.monotonic() + wait_s
             while True:
                 if 0 in waiting and own.reply is not None:
@@ -295,7 +296,7 @@ def serve(ctx: RankContext) -> tuple[int, bool]:
     """A rank other than 0: runs each task rank 0 hands out until it says stop. Returns (rank 0's exit
     status, whether a task of this rank never ended)."""
     channel = _Channel()
-    task: Optional[_TaskThread] = None
+    task: _TaskThread | None = None
     for task_id in itertools.count():
         while not channel.has(f"task/{task_id}") and not channel.has("stop"):
             time.sleep(POLL_S)

@@ -8,8 +8,9 @@ and is its tox environment's name. Any problem in the file is a UsageError namin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable
 
 from .cell import LIBRARIES
 from .errors import UsageError, read_toml_file
@@ -89,7 +90,7 @@ class Matrix:
         """The `run` options of the first of these profiles that has the cell."""
         return next(self.run_args[name] for name in profiles.split(",") if cell in self.profile(name))
 
-    def excluded(self, cell: Cell) -> Optional[Exclusion]:
+    def excluded(self, cell: Cell) -> Exclusion | None:
         return next((e for e in self.exclusions if e.matches(cell)), None)
 
     def extras(self, cell: Cell) -> list[str]:
@@ -212,7 +213,7 @@ def parse(data: dict[str, Any], source: str = "matrix") -> Matrix:
     return matrix
 
 
-def load(path: Union[str, Path] = DEFAULT_FILE) -> Matrix:
+def load(path: str | Path = DEFAULT_FILE) -> Matrix:
     return parse(read_toml_file(path, "matrix file"), str(path))
 
 

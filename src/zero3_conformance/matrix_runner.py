@@ -12,8 +12,9 @@ import dataclasses
 import json
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable
 
 from .cell import (
     CELL_FILE,
@@ -38,7 +39,7 @@ def _tail(done: subprocess.CompletedProcess) -> str:
 
 
 def _write_cell_file(run_dir: Path, cell: Cell, extras: Sequence[str], status: str, message: str, seconds: float,
-                     exit_status: Optional[int] = None) -> dict:
+                     exit_status: int | None = None) -> dict:
     info = {"cell": cell.name, "pins": dataclasses.asdict(cell), "extra_packages": list(extras), "status": status,
             "message": message, "exit_status": exit_status, "seconds": round(seconds, 1)}
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 MB = 1024 * 1024
 # glibc's malloc raises its mmap threshold as large blocks are freed, then serves them from heaps it keeps:
@@ -195,7 +195,7 @@ class ProbeProcess:
     transformers once and then measures builds one after another, so only the first measurement pays for
     the imports."""
 
-    def __init__(self, env: Optional[dict[str, str]] = None):
+    def __init__(self, env: dict[str, str] | None = None):
         import subprocess
         import tempfile
 
@@ -225,7 +225,7 @@ class ProbeProcess:
         line = self._proc.stdout.readline()
         if not line:  # end of file: it is exiting
             try:
-                code: Optional[int] = self._proc.wait(timeout=30)
+                code: int | None = self._proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 code = None
             raise RuntimeError(f"{what} exited with {code}: {self._stderr_tail()}")
@@ -244,7 +244,7 @@ class ProbeProcess:
         self._stderr.close()
 
 
-def run_probe(spec: dict[str, Any], env: Optional[dict[str, str]] = None, timeout_s: float = 600.0) -> dict[str, Any]:
+def run_probe(spec: dict[str, Any], env: dict[str, str] | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
     """One measurement in a probe process of its own."""
     probe = ProbeProcess(env)
     try:
@@ -256,7 +256,7 @@ def run_probe(spec: dict[str, Any], env: Optional[dict[str, str]] = None, timeou
 PROBE_TIMEOUT_S = 300.0
 # Per rank process of a world: its probe, whose peers (the other ranks' probes) form a process group of their
 # own, kept for the next measurement; and the baseline's figures, measured once per build and checkpoint.
-_probe: Optional[ProbeProcess] = None
+_probe: ProbeProcess | None = None
 _baseline_peaks: dict[tuple[str, str], dict[str, Any]] = {}
 _warmed_here: set[tuple[str, str]] = set()  # build paths a rank that measures itself has warmed up
 

@@ -5,7 +5,8 @@ against the clause that must catch it (subject name "mutant:NAME")."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from .subjects import ReferenceSubject
 
@@ -292,7 +293,7 @@ MUTANTS: dict[str, type[Mutant]] = {
 }
 
 
-def killing_cases(name: str, target: str, subject: Optional[str] = None) -> list[Any]:
+def killing_cases(name: str, target: str, subject: str | None = None) -> list[Any]:
     """The cases of `target` (a clause, or one check id of it) that must catch mutant `name`, for its
     family: the largest world size up to 2, one dtype (fp32 where the check has it), and the whole-file and
     sharded layouts. `subject` defaults to the mutant itself; pass "reference" for the control run."""

@@ -9,8 +9,9 @@ only for the mutants that name it as their killer.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 from .contract import clause_key
 from .mutants import MUTANTS, killing_cases
@@ -28,7 +29,7 @@ def _targets(name: str, clauses: Sequence[str]) -> list[str]:
     return wanted + [t for t in declared if t.split("-")[0] in COSTLY and t.split("-")[0] in clauses]
 
 
-def kill_matrix(runner: Runner, names: Sequence[str], clauses: Optional[Sequence[str]] = None,
+def kill_matrix(runner: Runner, names: Sequence[str], clauses: Sequence[str] | None = None,
                 progress: Callable[[str, str, dict], None] = lambda *a: None) -> dict[str, Any]:
     """{"mutants": {name: {"declared": [...], "clauses": {target: outcome}}}}; an outcome has `verdict`
     (killed / survived / not applicable / reference fails), the statuses seen and the killing cases."""

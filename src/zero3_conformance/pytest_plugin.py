@@ -5,8 +5,9 @@ the same records as the CLI (--z3-results DIR)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ class ConformanceSession:
 
         issues = known_issues.load(config.getoption("--z3-known-issues"))
         self.runner = Runner(DEFAULT_ZERO3_CONFIG, known_issues=issues, repeat=config.getoption("--z3-repeat"))
-        out: Optional[Path] = config.getoption("--z3-results")
+        out: Path | None = config.getoption("--z3-results")
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.writer = RecordWriter(out / f"results-{worker}.jsonl") if out else None
 
@@ -76,4 +77,4 @@ def report(record: Record) -> None:
     pytest.fail(f"{intermittent}{record.status} {record.case_id}\n{record.message}{unmet}", pytrace=False)
 
 
-__all__ = ["conformance_session", "report", "FAIL"]
+__all__ = ["FAIL", "conformance_session", "report"]

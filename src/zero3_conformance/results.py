@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from .dsconfig import PLAIN
 
@@ -41,7 +42,7 @@ class Record:
     check: str
     subject: str
     model: str
-    layout: Optional[str]
+    layout: str | None
     world_size: int
     dtype: str
     status: str
@@ -53,8 +54,8 @@ class Record:
     outcomes: list[str] = dataclasses.field(default_factory=list)  # every try's status, in order
     intermittent: bool = False  # the outcomes differ: the verdict is not reproducible
     raw_status: str = ""  # the status before expectations were applied
-    expected: Optional[dict[str, Any]] = None  # the known-issues entry the raw outcome met
-    head: Optional[str] = None  # the class built (a sweep type has several); None where no model is built
+    expected: dict[str, Any] | None = None  # the known-issues entry the raw outcome met
+    head: str | None = None  # the class built (a sweep type has several); None where no model is built
     variant: str = PLAIN  # the ZeRO-3 configuration variant the case ran under (dsconfig.VARIANTS)
     schema: int = SCHEMA
 
@@ -69,7 +70,7 @@ class Record:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Record":
+    def from_dict(cls, data: dict[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k in names}
         if data.get("schema", 1) == 1 and data.get("status") in (XFAIL, XPASS):
@@ -95,7 +96,7 @@ class RecordWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,8 +8,9 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable
 
 from .catalog import CaseSpec
 from .cell import describe_cell, local_device, visible_gpus
@@ -57,9 +58,9 @@ class Runner:
     """Runs cases, tries again those that neither pass nor skip, and turns every case's tries into one
     record, with the known-issues file applied."""
 
-    def __init__(self, ds_config: dict[str, Any], backend: Optional[str] = None,
+    def __init__(self, ds_config: dict[str, Any], backend: str | None = None,
                  timeout_s: float = CHECK_TIMEOUT_S, known_issues: Sequence[KnownIssue] = (),
-                 repeat: int = DEFAULT_REPEAT, launched: Optional[LaunchedWorld] = None):
+                 repeat: int = DEFAULT_REPEAT, launched: LaunchedWorld | None = None):
         """`launched`: run every case in this world, which a launcher started (see launched.py)."""
         quiet_environment()
         detected_backend, device = local_device()
@@ -125,7 +126,7 @@ class Runner:
     def _try(self, case: CaseSpec, fresh: bool) -> Attempt:
         started = time.monotonic()
 
-        def attempt(status: str, message: str, metrics: Optional[dict[str, Any]] = None) -> Attempt:
+        def attempt(status: str, message: str, metrics: dict[str, Any] | None = None) -> Attempt:
             return Attempt(status, message, metrics or {}, time.monotonic() - started, fresh and self.pool.restarts)
 
         if case.skip:
@@ -190,7 +191,7 @@ class Runner:
         stop = threading.Event()  # set when a lane fails or the run is interrupted: no lane starts another case
         failures: list[BaseException] = []
 
-        def next_size() -> Optional[int]:
+        def next_size() -> int | None:
             with lock:
                 return sizes.popleft() if sizes and not stop.is_set() else None
 

@@ -2,43 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from . import compat
 from .errors import UsageError
 
 
-class Subject:
-    name = ""
+class Subject(Protocol):
+    """What the contract is checked against: anything with these methods (the reproducers' stand-in for
+    transformers is one, without deriving from this)."""
+
+    name: str
 
     def make_config(self, source: Any) -> Any:
         """The config object; ZeRO-3 is active while the caller keeps it alive."""
-        raise NotImplementedError
+        ...
 
     def is_zero3_enabled(self) -> bool:
-        raise NotImplementedError
+        ...
 
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
-        raise NotImplementedError
+        ...
 
     def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
                         **options: Any) -> tuple[Any, dict[str, Any]]:
         """(model, loading report with missing_keys / unexpected_keys / mismatched_keys). `options` are
         transformers' own from_pretrained options (G8): variant, use_safetensors, key_mapping,
         ignore_mismatched_sizes, and config attributes to override such as num_labels."""
-        raise NotImplementedError
+        ...
 
     def generate(self, model: Any, **kwargs: Any) -> Any:
         """`model.generate(**kwargs)` the way this subject makes it safe under ZeRO-3, where every rank must
         run as many forward passes as the rank that generates longest."""
-        raise NotImplementedError
+        ...
 
     def resize_token_embeddings(self, model: Any, new_num_tokens: int) -> Any:
         """Grows the vocabulary of a model this subject built (embeddings, head, config)."""
-        raise NotImplementedError
+        ...
 
 
-class TransformersSubject(Subject):
+class TransformersSubject:
     """The installed transformers: HfDeepSpeedConfig plus the Auto classes' from_config / from_pretrained."""
 
     name = "transformers"
@@ -65,7 +68,7 @@ class TransformersSubject(Subject):
         return model.resize_token_embeddings(new_num_tokens)
 
 
-class ReferenceSubject(Subject):
+class ReferenceSubject:
     """This project's own implementation (zero3_conformance.reference)."""
 
     name = "reference"

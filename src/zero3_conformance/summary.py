@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .cell import cell_label
 from .contract import clause_key
@@ -79,7 +79,7 @@ def is_sweep_record(record: Record) -> bool:
     return bool(record.head) and f"-{record.model}.{record.head}-" in record.case_id
 
 
-def architecture_coverage(records: list[Record]) -> Optional[dict[str, Any]]:
+def architecture_coverage(records: list[Record]) -> dict[str, Any] | None:
     """The sweep's reach in these records, or None where there is no sweep: types attempted, built (some
     record not a SKIP), checked (CHECKED_WHEN_RAN ran for every subject), classes, each clause's outcomes
     and how many types it reached (a record not a SKIP)."""

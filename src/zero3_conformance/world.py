@@ -23,7 +23,7 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 # A rank that raised while the others are still inside the task gets this long to be joined by them
 # before the world is declared stuck (the others are usually waiting in a collective).
@@ -110,7 +110,7 @@ def gloo_environment() -> None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
-def rank_context(backend: str, preload: tuple[str, ...], start_method: Optional[str] = None) -> Any:
+def rank_context(backend: str, preload: tuple[str, ...], start_method: str | None = None) -> Any:
     """How ranks are started. gloo: forked from a server process (multiprocessing's forkserver) that imported
     `preload` once, so that starting a world costs no imports: the server is started with the first world,
     and its imports are shared by every rank of every later world. nccl: spawned, as CUDA cannot be used in
@@ -146,8 +146,8 @@ def _rank_main(
     world_size: int,
     port: int,
     backend: str,
-    tasks: "mp.Queue[Any]",
-    replies: "mp.Queue[Any]",
+    tasks: mp.Queue[Any],
+    replies: mp.Queue[Any],
     stack_file: str,
     preload: tuple[str, ...],
     environment: dict[str, str],
@@ -217,14 +217,14 @@ def run_task(ctx: RankContext, fn_path: str, payload: Any) -> RankReply:
 
 
 def collect(world_size: int, deadline: float, gave_up: Callable[[Any], bool],
-            receive: Callable[[float], Optional[tuple[int, RankReply]]],
+            receive: Callable[[float], tuple[int, RankReply] | None],
             dead: Callable[[set[int]], dict[int, int]],
             dump_stacks: Callable[[set[int]], dict[int, str]], grace_s: float = STRAGGLER_GRACE_S) -> TaskOutcome:
     """Every rank's reply to one task, until `deadline`. `receive(wait_s)`: a reply that came, or None after
     waiting; `dead(replied)`: exit codes of ranks that died without replying; `dump_stacks(ranks)` on a
     timeout. Once a rank raised or gave up (`gave_up`), the others get `grace_s` more at most."""
     outcome = TaskOutcome(replies={})
-    first_give_up: Optional[float] = None
+    first_give_up: float | None = None
     while len(outcome.replies) < world_size:
         now = time.monotonic()
         if first_give_up is not None:
@@ -264,7 +264,7 @@ class World:
     """N ranks on this machine, rendezvous on 127.0.0.1 with a free port."""
 
     def __init__(self, world_size: int, backend: str = "gloo", preload: tuple[str, ...] = (),
-                 start_timeout_s: float = 600.0, start_method: Optional[str] = None):
+                 start_timeout_s: float = 600.0, start_method: str | None = None):
         self.world_size = world_size
         self.backend = backend
         self.preload = preload
@@ -275,7 +275,7 @@ class World:
         self._procs: list[Any] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="zero3-world-")
 
-    def start(self) -> "World":
+    def start(self) -> World:
         port = free_loopback_port()
         self._replies = self._ctx.Queue()
         self._tasks = [self._ctx.Queue() for _ in range(self.world_size)]
@@ -318,7 +318,7 @@ class World:
 
     def _collect(self, task_id: Any, deadline: float,
                  gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
-        def receive(wait_s: float) -> Optional[tuple[int, RankReply]]:
+        def receive(wait_s: float) -> tuple[int, RankReply] | None:
             try:
                 got_id, rank, reply = self._replies.get(timeout=wait_s)
             except queue.Empty:
@@ -357,7 +357,7 @@ class World:
         self._procs = []
         self.broken = True
 
-    def __enter__(self) -> "World":
+    def __enter__(self) -> World:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -369,7 +369,7 @@ class WorldPool:
 
     restarts = True  # a fresh world can replace one
 
-    def __init__(self, backend: str = "gloo", preload: tuple[str, ...] = (), start_method: Optional[str] = None):
+    def __init__(self, backend: str = "gloo", preload: tuple[str, ...] = (), start_method: str | None = None):
         self.backend = backend
         self.preload = preload
         self.start_method = start_method

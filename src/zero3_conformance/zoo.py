@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .compat import build_from_config
 from .errors import UsageError, exception_line
@@ -36,7 +36,7 @@ class Family:
     auto_class: str  # what from_config / from_pretrained build
     checkpoint_auto_class: str  # what the checkpoint is written from (a base model for task heads)
     tied: bool  # whether the built model shares its input and output embeddings
-    source_dir: Optional[str] = None  # a user's checkpoint: config and weights come from there
+    source_dir: str | None = None  # a user's checkpoint: config and weights come from there
     since: str = ""  # the transformers release that introduced the family, where it is newer than the oldest supported
     model_type: str = ""  # a type of the architecture sweep: its config is the type's default config, shrunk
 
@@ -153,7 +153,7 @@ def ensure_checkpoint(family: Family, layout: str) -> Path:
                 raise RuntimeError(f"save_pretrained wrote no config.json for {family.name} in {staging}")
         except FamilyUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - a sweep type that cannot be saved without ZeRO is not checkable
+        except Exception as exc:  # a sweep type that cannot be saved without ZeRO is not checkable
             if not family.model_type:
                 raise
             raise FamilyUnavailable(f"{family.model_type}: its {family.checkpoint_auto_class} checkpoint cannot "
@@ -333,7 +333,7 @@ def user_family(path: Path) -> Family:
         config = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read {Path(path) / 'config.json'}: {exc}") from None
-    architectures: Optional[list[str]] = config.get("architectures")
+    architectures: list[str] | None = config.get("architectures")
     if not architectures:
         raise UsageError(f"{Path(path) / 'config.json'} names no architectures; cannot tell which class to build")
     return Family(str(path), "", (), architectures[0], architectures[0],

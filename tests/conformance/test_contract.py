@@ -14,6 +14,7 @@ CASES = build_cases()
 
 
 @pytest.mark.conformance
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", [pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(f"ws{c.world_size}")) for c in CASES]
 )

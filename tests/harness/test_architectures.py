@@ -29,11 +29,15 @@ def test_per_layer_lists_follow_the_layer_count_and_token_ids_stay_inside_the_vo
                    "stage_names": ["stem", "stage1", "stage2", "stage3", "stage4"], "out_features": ["stage4"],
                    "vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 31999, "image_token_id": 32001,
                    "sep_token_id": VOCAB - 1, "pad_token_id": None})
-    assert tiny["layer_types"] == ["sliding", "full"] and tiny["per_layer_config"] == {"1": {"window": 4}}
+    assert tiny["layer_types"] == ["sliding", "full"]
+    assert tiny["per_layer_config"] == {"1": {"window": 4}}
     assert tiny["id2label"] == {"0": "a", "2": "c"}  # labels are not layers
-    assert "stage_names" not in tiny and "out_features" not in tiny  # the config derives them again
+    assert "stage_names" not in tiny
+    assert "out_features" not in tiny
     ids = [tiny[k] for k in ("bos_token_id", "eos_token_id", "image_token_id", "sep_token_id")]
-    assert all(0 <= i < VOCAB for i in ids) and len(set(ids)) == 4 and tiny["pad_token_id"] is None
+    assert all(0 <= i < VOCAB for i in ids)
+    assert len(set(ids)) == 4
+    assert tiny["pad_token_id"] is None
 
 
 @pytest.mark.parametrize("model_type", ["llama", "bert", "t5", "vit", "whisper", "clip", "mixtral"])
@@ -48,10 +52,13 @@ def test_a_type_that_does_not_build_tiny_says_why(monkeypatch):
     from zero3_conformance import architectures
 
     (built,) = survey(["llama"])
-    assert built.built and built.parameters <= MAX_PARAMETERS and not built.reason
+    assert built.built
+    assert built.parameters <= MAX_PARAMETERS
+    assert not built.reason
     monkeypatch.setattr(architectures, "MAX_PARAMETERS", 1000)  # as if a size field escaped the shrink
     (too_big,) = survey(["llama"])
-    assert not too_big.built and f"{built.parameters:,} parameters after shrinking, more than 1,000" in too_big.reason
+    assert not too_big.built
+    assert f"{built.parameters:,} parameters after shrinking, more than 1,000" in too_big.reason
 
     def refuses(config):
         raise ValueError("The hidden size is not a multiple of the number of attention heads\nmore detail")
@@ -70,4 +77,5 @@ def test_the_command_reports_each_type_and_refuses_an_unknown_one(tmp_path, caps
         ("llama", True), ("vit", True)]
     assert cli.main(["architectures", "--types", "llama,nonesuch"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "unknown model type 'nonesuch'" in err
+    assert len(err.splitlines()) == 1
+    assert "unknown model type 'nonesuch'" in err

@@ -29,7 +29,7 @@ def pair(transformers, reference):
     return record("transformers", transformers), record("reference", reference)
 
 
-@pytest.mark.parametrize("transformers, reference, fault", [
+@pytest.mark.parametrize(("transformers", "reference", "fault"), [
     ([F, F, F], [P, P, P], BLAME_INTEGRATION),
     ([P, P, P], [F, F, F], BLAME_REFERENCE),
     ([F, F, F], [F, F, F], BLAME_STACK),
@@ -61,7 +61,8 @@ def test_report_shows_intermittent_cases_apart_and_counts_them(tmp_path):
     assert "### INTERMITTENT FAIL (FAIL, PASS, FAIL) G1-c[transformers-llama-ws2-fp32] — likely fault: not " \
            "attributed (intermittent)" in markdown
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "INTERMITTENT (FAIL, PASS, FAIL) FAIL" in html and "~1" in html
+    assert "INTERMITTENT (FAIL, PASS, FAIL) FAIL" in html
+    assert "~1" in html
 
 
 KNOWN = """
@@ -107,8 +108,10 @@ def test_report_triages_old_runs_again_with_another_known_issues_file(tmp_path, 
     assert report["cells"][0]["triage"] == {"known upstream": 1, "new finding": 1, "intermittent": 1, "unexpected": 0}
     assert [s["entry"] for s in report["cells"][0]["stale"]] == ["k.toml #3 (S1 transformers)"]
     markdown = (tmp_path / "r" / "report.md").read_text()
-    assert "## Known findings (XFAIL), by entry" in markdown and "deepspeedai/DeepSpeed/pull/8539" in markdown
-    assert "## Known issues possibly stale" in markdown and "--known-issues" in markdown.split("regenerate with")[1]
+    assert "## Known findings (XFAIL), by entry" in markdown
+    assert "deepspeedai/DeepSpeed/pull/8539" in markdown
+    assert "## Known issues possibly stale" in markdown
+    assert "--known-issues" in markdown.split("regenerate with")[1]
     # Only known findings failed: not a failing cell, and not one where every clause held either.
     assert "| known findings only |" in markdown
     assert report["supported"]["deepspeed"] == {"0.19.8": "0/1 cells every clause held, 1 known findings only"}

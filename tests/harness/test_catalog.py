@@ -64,11 +64,12 @@ def test_case_ids_read_like_the_clause_and_are_unique():
 
 def test_filters():
     cases = build_cases(subjects=["reference"], models=["gpt2"], clauses=["G2"], world_sizes=[2])
-    assert cases and all((c.subject, c.model, c.clause, c.world_size) == ("reference", "gpt2", "G2", 2)
+    assert cases
+    assert all((c.subject, c.model, c.clause, c.world_size) == ("reference", "gpt2", "G2", 2)
                          for c in cases)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(("kwargs", "message"), [
     (dict(models=["gpt5"]), "unknown model 'gpt5'"),
     (dict(clauses=["Z9"]), "unknown clause 'Z9'"),
     (dict(subjects=["mine"]), "unknown subject 'mine'"),

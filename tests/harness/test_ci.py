@@ -14,8 +14,6 @@ import yaml
 from zero3_conformance import matrix as matrix_file
 from zero3_conformance.cli import main
 
-from .test_results import make
-
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 SCRIPTS = sorted((ROOT / "ci").glob("*.sh"))
@@ -47,7 +45,8 @@ def test_an_invalid_workflow_is_rejected_by_the_same_check(tmp_path):
     checker = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or "check-jsonschema"
     done = subprocess.run([checker, "--builtin-schema", "vendor.github-workflows", str(bad)], capture_output=True,
                           text=True)
-    assert done.returncode != 0 and "stepz" in done.stdout
+    assert done.returncode != 0
+    assert "stepz" in done.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -86,7 +85,8 @@ def test_the_cpu_workflow_takes_its_cells_and_profiles_from_the_matrix():
     assert jobs["cell"]["strategy"] == {"fail-fast": False, "matrix": "${{ fromJSON(needs.cells.outputs.matrix) }}"}
     choices = workflow["on"]["workflow_dispatch"]["inputs"]["profile"]["options"]
     assert sorted(choices) == sorted(set(MATRIX.profiles) - {"gpu"}), "dispatch choices drifted from the matrix"
-    assert "schedule" in workflow["on"] and "pull_request" in workflow["on"]
+    assert "schedule" in workflow["on"]
+    assert "pull_request" in workflow["on"]
     nightly = jobs["cells"]["steps"][-1]["env"]["PROFILE"]
     assert nightly == "${{ inputs.profile || 'default,minimum' }}", "the nightly runs the default and minimum profiles"
     report_steps = [step.get("run", "") for step in jobs["report"]["steps"]]
@@ -106,9 +106,11 @@ def test_the_gpu_workflow_runs_the_gpu_profile_on_labelled_runners_one_run_at_a_
     assert cell["runs-on"].endswith(f"|| '{json.dumps(GPU_LABELS, separators=(',', ':'))}') }}}}")
     assert '"zero3-conformance-worker"]' in cell["runs-on"]
     assert workflow["concurrency"] == {"group": "conformance-gpu", "cancel-in-progress": False}
-    assert cell["timeout-minutes"] > 0 and cell["strategy"]["fail-fast"] is False
+    assert cell["timeout-minutes"] > 0
+    assert cell["strategy"]["fail-fast"] is False
     runs = [step["run"] for step in cell["steps"] if "run" in step]
-    assert runs[0] == "ci/gpu-cleanup.sh" and runs[-1] == "ci/gpu-cleanup.sh"
+    assert runs[0] == "ci/gpu-cleanup.sh"
+    assert runs[-1] == "ci/gpu-cleanup.sh"
     assert any("ci/gpu-world-sizes.sh" in run for run in runs)
     assert any(run.startswith('ci/run-cell.sh gpu "${{ matrix.cell }}"') for run in runs)
     assert "--profile gpu" in workflow["jobs"]["cells"]["steps"][-1]["run"]
@@ -138,21 +140,21 @@ def test_the_job_matrix_has_a_job_per_cell_and_node_for_worlds_across_machines(c
     assert "--nodes must be at least 1, got 0" in capsys.readouterr().err
 
 
-def _run_dir(root, cell_name, status, **record):
+def _run_dir(make_record, root, cell_name, status, **record):
     from zero3_conformance.results import RecordWriter
 
     run_dir = root / f"run-{cell_name}"
     run_dir.mkdir(parents=True)
     with RecordWriter(run_dir / "results.jsonl") as writer:
-        writer.write(make(status=status, **record))
+        writer.write(make_record(status=status, **record))
     (run_dir / "cell.json").write_text(json.dumps({"cell": cell_name, "status": "COMPLETE", "message": ""}))
     return run_dir
 
 
-def test_report_script_aggregates_uploaded_run_directories_into_the_job_summary(tmp_path):
+def test_report_script_aggregates_uploaded_run_directories_into_the_job_summary(tmp_path, make_record):
     artifacts = tmp_path / "artifacts"
-    _run_dir(artifacts, "cell-a", "PASS")
-    _run_dir(artifacts, "cell-b", "FAIL", message="rank 0: w: expected 1, got 2")
+    _run_dir(make_record, artifacts, "cell-a", "PASS")
+    _run_dir(make_record, artifacts, "cell-b", "FAIL", message="rank 0: w: expected 1, got 2")
     summary = tmp_path / "summary.md"
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the zero3-conformance beside this Python
     env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary), "PATH": path}
@@ -165,7 +167,7 @@ def test_report_script_aggregates_uploaded_run_directories_into_the_job_summary(
     assert "rank 0: w: expected 1, got 2" in summary.read_text()
     # The next night diffs against this one.
     shutil.rmtree(artifacts / "run-cell-b")
-    _run_dir(artifacts, "cell-b", "PASS")
+    _run_dir(make_record, artifacts, "cell-b", "PASS")
     done = subprocess.run([str(ROOT / "ci" / "report.sh"), str(tmp_path / "report2"), str(artifacts),
                            str(tmp_path / "report" / "report.json")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -175,4 +177,5 @@ def test_report_script_aggregates_uploaded_run_directories_into_the_job_summary(
 def test_report_script_without_run_directories_exits_2(tmp_path):
     done = subprocess.run([str(ROOT / "ci" / "report.sh"), str(tmp_path / "r"), str(tmp_path)], capture_output=True,
                           text=True)
-    assert done.returncode == 2 and "no run directories" in done.stderr
+    assert done.returncode == 2
+    assert "no run directories" in done.stderr

@@ -13,7 +13,7 @@ def run_cli(capsys, *argv):
     return code, captured.err.strip()
 
 
-@pytest.mark.parametrize("argv, words", [
+@pytest.mark.parametrize(("argv", "words"), [
     (["run", "--models", "gpt5"], "unknown model 'gpt5'"),
     (["run", "--clauses", "Q7"], "unknown clause 'Q7'"),
     (["run", "--subject", "mine"], "unknown subject 'mine'"),
@@ -28,11 +28,12 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, argv, words):
     code, err = run_cli(capsys, *argv, *(["--out", str(tmp_path / "out")] if argv[0] == "run" else []))
     assert code == 2
     assert words in err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
     assert not (tmp_path / "out" / "summary.md").exists()
 
 
-@pytest.mark.parametrize("config, words", [
+@pytest.mark.parametrize(("config", "words"), [
     ("{ not json", "not valid JSON"),
     (json.dumps({"zero_optimization": {"stage": 9}}), "stage must be 0, 1, 2 or 3"),
     (json.dumps({"zero_optimization": {"stage": 2}}), "must be 3 for ZeRO-3 builds"),
@@ -49,7 +50,8 @@ def test_checkpoint_without_weights(capsys, tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     code, err = run_cli(capsys, "run", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"))
-    assert code == 2 and "has no model.safetensors" in err
+    assert code == 2
+    assert "has no model.safetensors" in err
 
 
 def test_env_prints_the_cell(capsys):
@@ -92,7 +94,7 @@ def _index(text):
     return write
 
 
-@pytest.mark.parametrize("layout, damage, words", [
+@pytest.mark.parametrize(("layout", "damage", "words"), [
     ("safetensors", _truncate, "is truncated: its tensors need 288 bytes of data, the file holds 248"),
     ("safetensors", _garble_header, "has a malformed safetensors header"),
     ("safetensors", lambda p: p.write_bytes(b"\x01\x02"), "no complete header"),
@@ -107,7 +109,8 @@ def test_damaged_checkpoint_exits_2_naming_the_file(capsys, tmp_path, layout, da
     damage(_checkpoint(tmp_path, layout))
     code, err = run_cli(capsys, "run", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"))
     assert (code, len(err.splitlines())) == (2, 1), err
-    assert words in err and "Traceback" not in err
+    assert words in err
+    assert "Traceback" not in err
     assert not (tmp_path / "out").exists(), "nothing is written for rejected input"
 
 

@@ -29,7 +29,9 @@ def test_a_seen_finding_gets_its_cases_a_reproducer_and_a_report(tmp_path):
     (out / "notes").mkdir()  # not written by the command: left alone
     written = {w.short_name: w for w in findings.write_all([run_dir], out, known_issues.load())}
     new = {i.short_name for i in known_issues.load() if not i.upstream}
-    assert set(written) == new and written[SEEN].sightings == 1 and written[SEEN].reproducer == "script"
+    assert set(written) == new
+    assert written[SEEN].sightings == 1
+    assert written[SEEN].reproducer == "script"
     readme = (out / SEEN / "README.md").read_text()
     for expected in (f"`{spec.id}` | FAIL", "transformers 5.24.0, deepspeed 0.19.8, torch 2.13.0; gloo, world size 2",
                      "**observed value:**", "**report to:** https://github.com/huggingface/transformers/issues",
@@ -39,12 +41,13 @@ def test_a_seen_finding_gets_its_cases_a_reproducer_and_a_report(tmp_path):
     assert EVIDENCE in (out / SEEN / "report.md").read_text()
     assert all(written[name].reproducer == "not seen" for name in new - {SEEN})
     assert "Not seen in the runs" in (out / "adamw-steps-parameters-without-gradient" / "README.md").read_text()
-    assert not (out / "stale-finding").exists() and (out / "notes").is_dir()
+    assert not (out / "stale-finding").exists()
+    assert (out / "notes").is_dir()
     assert f"| [{SEEN}]({SEEN}/README.md) | 1 | script |" in (out / "README.md").read_text()
 
 
 def test_a_case_that_passed_or_a_known_upstream_entry_makes_no_finding(tmp_path):
-    spec, run_dir = _marian_run(tmp_path)
+    spec, _ = _marian_run(tmp_path)
     passed = _run_dir(tmp_path / "passed", [spec])
     written = {w.short_name: w for w in findings.write_all([passed], tmp_path / "out", known_issues.load())}
     assert written[SEEN].sightings == 0
@@ -75,4 +78,6 @@ not_seen_in = "n"
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert cli.main(["findings", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("zero3-conformance: error:") and "is not a run directory" in err and "\n" not in err
+    assert err.startswith("zero3-conformance: error:")
+    assert "is not a run directory" in err
+    assert "\n" not in err

@@ -10,8 +10,6 @@ from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
 from zero3_conformance.results import PASS, SKIP
 from zero3_conformance.runner import Runner, prepare_checkpoints
 
-from .test_results import make
-
 pytestmark = pytest.mark.xdist_group("harness-gpu")
 needs_gpu = pytest.mark.skipif(visible_gpus() == 0, reason="no CUDA GPU visible: the NCCL path needs one")
 
@@ -26,13 +24,15 @@ def test_a_world_larger_than_the_gpus_is_skipped_with_the_reason():
     assert f"world size {size} needs {size} GPUs (one rank per GPU); {size - 1} visible" in record.message
 
 
-def test_the_memory_table_shows_the_gpu_peak_when_there_is_one():
+def test_the_memory_table_shows_the_gpu_peak_when_there_is_one(make_record):
     metrics = {"model_mb": 263.0, "largest_module_mb": 23.0, "bound_mb": 203.0, "peak_mb_by_rank": [300, 90],
                "peak_anon_mb_by_rank": [60, 58], "baseline_peak_anon_mb": 263.0, "cuda_peak_mb_by_rank": [150, 149]}
-    text = summary.render([make(clause="P3", check="from_config_peak_memory", metrics=metrics, world_size=2)], 1)
-    assert "GPU allocator peak per rank (judged)" in text and "| 150 / 149 |" in text
+    text = summary.render([make_record(clause="P3", check="from_config_peak_memory", metrics=metrics, world_size=2)], 1)
+    assert "GPU allocator peak per rank (judged)" in text
+    assert "| 150 / 149 |" in text
     cpu_only = {k: v for k, v in metrics.items() if k != "cuda_peak_mb_by_rank"}
-    text = summary.render([make(clause="P3", check="from_config_peak_memory", metrics=cpu_only, world_size=2)], 1)
+    text = summary.render([make_record(clause="P3", check="from_config_peak_memory", metrics=cpu_only,
+                                       world_size=2)], 1)
     assert "GPU allocator" not in text
 
 
@@ -64,4 +64,5 @@ def test_peak_memory_at_construction_is_judged_on_the_cuda_allocator():
     finally:
         runner.close()
     assert record.status == PASS, record.message
-    assert record.metrics["judged_on"] == "cuda_peak_mb" and record.metrics["cuda_peak_mb_by_rank"][0] > 0
+    assert record.metrics["judged_on"] == "cuda_peak_mb"
+    assert record.metrics["cuda_peak_mb_by_rank"][0] > 0

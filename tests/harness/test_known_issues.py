@@ -7,8 +7,6 @@ from zero3_conformance import cli, known_issues
 from zero3_conformance.errors import UsageError
 from zero3_conformance.results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, XFAIL, XPASS
 
-from .test_results import make
-
 LINK = "https://github.com/example/project/issues/1"
 ENTRY = f"""
 [[issue]]
@@ -31,53 +29,58 @@ def with_fields(**fields):
     return ENTRY + "".join(f"{k} = {v}\n" for k, v in fields.items())
 
 
-def test_fail_becomes_xfail_pass_becomes_xpass_and_the_raw_status_is_kept(tmp_path):
+def test_fail_becomes_xfail_pass_becomes_xpass_and_the_raw_status_is_kept(tmp_path, make_record):
     issues = load(tmp_path, ENTRY)
-    xfail = known_issues.apply(make(FAIL, message="x"), issues)
+    xfail = known_issues.apply(make_record(FAIL, message="x"), issues)
     assert (xfail.status, xfail.raw_status, xfail.message) == (XFAIL, FAIL, "x")  # nothing the subject did is lost
-    assert xfail.expected["link"] == LINK and xfail.expected["met"] and xfail.expected["kind"] == "known upstream"
+    assert xfail.expected["link"] == LINK
+    assert xfail.expected["met"]
+    assert xfail.expected["kind"] == "known upstream"
     assert xfail.expected["entry"] == "k.toml #1 (G1 reference)"  # the file's name: records travel between machines
-    xpass = known_issues.apply(make(PASS), issues)
+    xpass = known_issues.apply(make_record(PASS), issues)
     assert (xpass.status, xpass.raw_status, xpass.expected["met"]) == (XPASS, PASS, False)
-    outside = make(FAIL, cell={**make().cell, "transformers": "4.57.6"})
+    outside = make_record(FAIL, cell={**make_record().cell, "transformers": "4.57.6"})
     assert known_issues.apply(outside, issues).status == FAIL
 
 
 @pytest.mark.parametrize("status", [ERROR, TIMEOUT, CRASH])
-def test_an_entry_may_expect_any_status(tmp_path, status):
+def test_an_entry_may_expect_any_status(tmp_path, status, make_record):
     issues = load(tmp_path, with_fields(expected=f'"{status}"'))
-    assert known_issues.apply(make(status), issues).status == XFAIL
-    unmet = known_issues.apply(make(FAIL), issues)  # expected another status: left as it was, entry named
-    assert unmet.status == FAIL and unmet.expected["met"] is False
+    assert known_issues.apply(make_record(status), issues).status == XFAIL
+    unmet = known_issues.apply(make_record(FAIL), issues)  # expected another status: left as it was, entry named
+    assert unmet.status == FAIL
+    assert unmet.expected["met"] is False
     assert "not met" in known_issues.note(unmet)
 
 
-def test_an_intermittent_case_meets_an_entry_only_when_every_outcome_is_expected(tmp_path):
-    flaky = make(FAIL, outcomes=[FAIL, PASS, FAIL], intermittent=True)
+def test_an_intermittent_case_meets_an_entry_only_when_every_outcome_is_expected(tmp_path, make_record):
+    flaky = make_record(FAIL, outcomes=[FAIL, PASS, FAIL], intermittent=True)
     assert known_issues.apply(flaky, load(tmp_path, with_fields(expected='["PASS", "FAIL"]'))).status == XFAIL
     assert known_issues.apply(flaky, load(tmp_path, ENTRY)).status == FAIL  # FAIL alone: the PASS is unexpected
-    crashed = make(CRASH, outcomes=[FAIL, CRASH], intermittent=True)
+    crashed = make_record(CRASH, outcomes=[FAIL, CRASH], intermittent=True)
     assert known_issues.apply(crashed, load(tmp_path, with_fields(expected='["PASS", "FAIL"]'))).status == CRASH
     # A case that passed meets an entry that lists PASS: it stays PASS, and the entry is not stale.
     issues = load(tmp_path, with_fields(expected='["PASS", "FAIL"]'))
-    passed = known_issues.apply(make(PASS), issues)
-    assert passed.status == PASS and passed.expected["met"]
+    passed = known_issues.apply(make_record(PASS), issues)
+    assert passed.status == PASS
+    assert passed.expected["met"]
     assert known_issues.stale(issues, [passed]) == []
 
 
-def test_an_entry_with_a_message_is_met_only_by_failures_whose_message_matches(tmp_path):
+def test_an_entry_with_a_message_is_met_only_by_failures_whose_message_matches(tmp_path, make_record):
     # The gloo race entry's own pattern: wrong values, never a call that raised.
     issues = load(tmp_path, with_fields(expected='["PASS", "FAIL"]', message="'(?s)^(?!.*raised during)'"))
-    wrong_values = make(FAIL, message="rank 0: a.weight: 1/4 elements differ, max |diff| 3e+35")
+    wrong_values = make_record(FAIL, message="rank 0: a.weight: 1/4 elements differ, max |diff| 3e+35")
     assert known_issues.apply(wrong_values, issues).status == XFAIL
-    raised = make(FAIL, message="rank 0,1: reference raised during from_config: RuntimeError: no support")
+    raised = make_record(FAIL, message="rank 0,1: reference raised during from_config: RuntimeError: no support")
     unmet = known_issues.apply(raised, issues)
-    assert unmet.status == FAIL and unmet.expected["met"] is False
-    assert known_issues.apply(make(PASS), issues).status == PASS
+    assert unmet.status == FAIL
+    assert unmet.expected["met"] is False
+    assert known_issues.apply(make_record(PASS), issues).status == PASS
     assert known_issues.stale(issues, [raised]) == issues
 
 
-@pytest.mark.parametrize("field, matching, other", [
+@pytest.mark.parametrize(("field", "matching", "other"), [
     ("model", '"llama"', '"bert"'),
     ("layout", '["sharded", "bin"]', '"safetensors"'),
     ("world_size", "3", "[1, 2]"),
@@ -85,27 +88,27 @@ def test_an_entry_with_a_message_is_met_only_by_failures_whose_message_matches(t
     ("backend", '"gloo"', '"nccl"'),
     ("check", '"gathered_equals_checkpoint"', '"other_check"'),
 ])
-def test_an_entry_narrows_by_case_and_backend(tmp_path, field, matching, other):
-    record = make(FAIL)  # llama, sharded, ws3, fp32, gloo
+def test_an_entry_narrows_by_case_and_backend(tmp_path, field, matching, other, make_record):
+    record = make_record(FAIL)  # llama, sharded, ws3, fp32, gloo
     assert known_issues.apply(record, load(tmp_path, with_fields(**{field: matching}))).status == XFAIL
     assert known_issues.apply(record, load(tmp_path, with_fields(**{field: other}))).status == FAIL
 
 
-def test_expectations_apply_afresh_to_the_raw_outcomes(tmp_path):
-    first = known_issues.apply(make(FAIL, message="x"), load(tmp_path, ENTRY))
+def test_expectations_apply_afresh_to_the_raw_outcomes(tmp_path, make_record):
+    first = known_issues.apply(make_record(FAIL, message="x"), load(tmp_path, ENTRY))
     again = known_issues.apply(first, load(tmp_path, ENTRY))
     assert again == first
-    assert known_issues.apply(first, []) == make(FAIL, message="x")  # no entry: the raw record, as it was run
+    assert known_issues.apply(first, []) == make_record(FAIL, message="x")  # no entry: the raw record, as it was run
 
 
-def test_stale_only_where_the_entry_holds_a_case_it_applies_to_ran_and_none_met_it(tmp_path):
+def test_stale_only_where_the_entry_holds_a_case_it_applies_to_ran_and_none_met_it(tmp_path, make_record):
     issues = load(tmp_path, ENTRY)
-    other_versions = make(PASS, cell={**make().cell, "transformers": "4.57.6"})
+    other_versions = make_record(PASS, cell={**make_record().cell, "transformers": "4.57.6"})
     assert known_issues.stale(issues, [other_versions]) == []  # its conditions do not hold for this cell
-    assert known_issues.stale(issues, [make(PASS, clause="G2")]) == []  # no case it applies to ran
-    assert known_issues.stale(issues, [make(SKIP)]) == []  # a skipped case did not run
-    assert known_issues.stale(issues, [known_issues.apply(make(FAIL), issues)]) == []  # met
-    assert known_issues.stale(issues, [make(PASS)]) == issues  # it applies, ran, and passed
+    assert known_issues.stale(issues, [make_record(PASS, clause="G2")]) == []  # no case it applies to ran
+    assert known_issues.stale(issues, [make_record(SKIP)]) == []  # a skipped case did not run
+    assert known_issues.stale(issues, [known_issues.apply(make_record(FAIL), issues)]) == []  # met
+    assert known_issues.stale(issues, [make_record(PASS)]) == issues  # it applies, ran, and passed
 
 
 NEW_FINDING = """
@@ -126,12 +129,13 @@ link = "https://github.com/huggingface/transformers/issues"
 
 def test_a_new_finding_describes_itself_and_links_its_tracker(tmp_path):
     (issue,) = load(tmp_path, NEW_FINDING)
-    assert issue.kind == "new finding" and dict(issue.finding)["observed_value"] == "bfloat16"
+    assert issue.kind == "new finding"
+    assert dict(issue.finding)["observed_value"] == "bfloat16"
     with pytest.raises(UsageError, match="field 'seen_in' is required"):
         load(tmp_path, NEW_FINDING.replace('seen_in = "transformers 5.17.0"\n', ""))
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(("text", "message"), [
     ("[[issue]]\nclause = 'G1'\n", "field 'subject' is required"),
     ("not toml = = 1", "not valid TOML"),
     (ENTRY.replace(">=5.0,<6", "five"), "not a version specifier"),
@@ -155,7 +159,8 @@ def test_a_bad_entry_is_one_line_and_exit_2(tmp_path, capsys):
     path.write_text(with_fields(expected='"FLAKY"'))
     assert cli.main(["run", "--known-issues", str(path), "--clauses", "A1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "issue #1 (G1 reference): unknown expected status 'FLAKY'" in err
+    assert err.count("\n") == 1
+    assert "issue #1 (G1 reference): unknown expected status 'FLAKY'" in err
 
 
 def test_shipped_file_is_valid():
@@ -165,14 +170,15 @@ def test_shipped_file_is_valid():
         if issue.upstream:
             assert known_issues.UPSTREAM_LINK.match(issue.link), issue.name
         else:
-            assert issue.link.startswith("https://") and len(issue.finding) == len(known_issues.FINDING), issue.name
+            assert issue.link.startswith("https://"), issue.name
+            assert len(issue.finding) == len(known_issues.FINDING), issue.name
 
 
-def test_an_entry_may_name_several_clauses_and_subjects(tmp_path):
+def test_an_entry_may_name_several_clauses_and_subjects(tmp_path, make_record):
     issues = load(tmp_path, ENTRY.replace('clause = "G1"', 'clause = ["G1", "N1"]').replace(
         'subject = "reference"', 'subject = ["reference", "transformers"]'))
     for clause in ("G1", "N1"):
         for subject in ("reference", "transformers"):
-            assert known_issues.apply(make(FAIL, clause=clause, subject=subject), issues).status == XFAIL
-    assert known_issues.apply(make(FAIL, clause="G2"), issues).status == FAIL
+            assert known_issues.apply(make_record(FAIL, clause=clause, subject=subject), issues).status == XFAIL
+    assert known_issues.apply(make_record(FAIL, clause="G2"), issues).status == FAIL
     assert "(G1,N1 reference,transformers)" in issues[0].name

@@ -37,12 +37,14 @@ def test_the_smallest_range_over_failing_cells_narrowed_where_others_passed(tmp_
     text = draft(runs)
     (tmp_path / "d.toml").write_text(text)
     (drafted,) = read_toml_file(tmp_path / "d.toml", "draft")["issue"]
-    assert drafted["versions"]["transformers"] == "==4.57.6" and drafted["versions"]["torch"] == ">=2.12.1,<=2.14.1"
+    assert drafted["versions"]["transformers"] == "==4.57.6"
+    assert drafted["versions"]["torch"] == ">=2.12.1,<=2.14.1"
     assert drafted["layout"] == "sharded"  # bin ran in a failing cell and passed there
     assert drafted["expected"] == [PASS, FAIL]  # intermittent in one cell: PASS is among its outcomes
     assert drafted["reason"].startswith("rank 0: model.norm.weight: 64/64 elements differ (seen in 2 of 3 cells")
     assert drafted["link"] == ""
-    assert "# passing on every try: " in text and "CHECK" not in text
+    assert "# passing on every try: " in text
+    assert "CHECK" not in text
 
 
 def test_a_passing_cell_inside_the_range_is_named(tmp_path):
@@ -52,6 +54,7 @@ def test_a_passing_cell_inside_the_range_is_named(tmp_path):
     assert "# CHECK: passes on every try inside this range in py3.11.7-torch2.13.0+cpu" in draft(runs)
 
 
+@pytest.mark.slow
 def test_draft_of_a_real_run_once_its_links_are_filled_turns_the_fails_into_xfails(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["run", "--out", str(run), "--subject", "reference,mutant:perturbed_load", "--clauses", "G1",

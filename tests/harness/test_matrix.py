@@ -30,10 +30,14 @@ def test_default_profile_spans_the_versions_it_must():
     assert len(cells) >= 12
     assert {Version(v) for v in ("2.12.1", "2.13.0", "2.14.1")} <= versions["torch"]
     minor_lines = {(v.major, v.minor) for v in versions["deepspeed"]}
-    assert len(minor_lines) >= 4 and min(minor_lines) <= (0, 15) and Version("0.19.8") in versions["deepspeed"]
+    assert len(minor_lines) >= 4
+    assert min(minor_lines) <= (0, 15)
+    assert Version("0.19.8") in versions["deepspeed"]
     fours = sorted(v for v in versions["transformers"] if v.major == 4)
     fives = [v for v in versions["transformers"] if v.major == 5]
-    assert len(fours) >= 3 and fours[0] <= Version("4.46.99") and fours[-1] == Version("4.57.6")
+    assert len(fours) >= 3
+    assert fours[0] <= Version("4.46.99")
+    assert fours[-1] == Version("4.57.6")
     assert len(fives) >= 3
     assert len(versions["accelerate"]) >= 2
     newest = {lib: max(versions[lib]) for lib in LIBRARIES}
@@ -60,7 +64,7 @@ def test_full_profile_leaves_out_exclusions():
     assert [c.deepspeed for c in parse(data).profile("full")] == ["0.19.8"]
 
 
-@pytest.mark.parametrize("text, names", [
+@pytest.mark.parametrize(("text", "names"), [
     ("python = 3.11", "python"),
     ('python = "3.11"\n[axes]\ntorch = ["2.13.0"]', "axes"),
     ('python = "3.11"\n[axes]\ntorch = ["two"]\ndeepspeed = ["0.19.8"]\ntransformers = ["5.24.0"]\n'
@@ -80,7 +84,9 @@ def test_invalid_matrix_file_is_one_line_naming_the_field_and_exit_2(tmp_path, c
     bad.write_text(text)
     assert cli.main(["matrix", "--file", str(bad), "--list"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "matrix" in err and names in err, err
+    assert len(err.splitlines()) == 1, err
+    assert "matrix" in err, err
+    assert names in err, err
 
 
 def test_unknown_profile_and_missing_file_exit_2(tmp_path, capsys):
@@ -93,7 +99,7 @@ def test_unknown_profile_and_missing_file_exit_2(tmp_path, capsys):
 def test_a_profile_may_carry_options_for_every_cell_run():
     data = {**VALID, "profiles": {"quick": {**VALID["profiles"]["smoke"], "run_args": ["--world-sizes", "1,2"]}}}
     assert parse(data).run_args["quick"] == ["--world-sizes", "1,2"]
-    with pytest.raises(Exception, match="profiles.quick.run_args"):
+    with pytest.raises(Exception, match=r"profiles\.quick\.run_args"):
         parse({**data, "profiles": {"quick": {**VALID["profiles"]["smoke"], "run_args": "--world-sizes 1"}}})
 
 
@@ -140,7 +146,8 @@ def test_extra_packages_reach_matching_cells_and_tox():
     assert matrix.extras(by_name["torch2.0.0-ds0.19.8-tf5.24.0-acc1.15.0"]) == ["numpy<2"]
     assert matrix.extras(by_name["torch2.13.0-ds0.14.1-tf5.24.0-acc1.15.0"]) == []
     tox = render_tox(matrix)
-    assert "\n    torch2.0.0: numpy<2\n" in tox and "\n    torch2.0.0-ds0.14.1: six\n" in tox
+    assert "\n    torch2.0.0: numpy<2\n" in tox
+    assert "\n    torch2.0.0-ds0.14.1: six\n" in tox
     assert "torch2.13.0: numpy" not in tox
     for bad, field in (({"torch": "<2.3", "reason": "r"}, "packages"),
                        ({"torch": "<2.3", "packages": ["numpy <<2"], "reason": "r"}, "packages"),

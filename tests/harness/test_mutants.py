@@ -8,7 +8,7 @@ from zero3_conformance.mutants import MUTANTS, killing_cases
 from zero3_conformance.results import FAIL, PASS, TIMEOUT
 from zero3_conformance.runner import Runner, prepare_checkpoints
 
-pytestmark = pytest.mark.xdist_group("harness-mutants")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-mutants")]
 KILLED = (FAIL, TIMEOUT)  # a hang is as much a finding as a wrong value
 
 
@@ -20,7 +20,8 @@ def runner():
     runner.close()
 
 
-@pytest.mark.parametrize("name, target", [(name, target) for name in sorted(MUTANTS) for target in MUTANTS[name].kills])
+@pytest.mark.parametrize(("name", "target"),
+                         [(name, target) for name in sorted(MUTANTS) for target in MUTANTS[name].kills])
 def test_mutant_is_killed_and_reference_passes(runner, name, target):
     mutant_cases = killing_cases(name, target)
     prepare_checkpoints(mutant_cases)
@@ -37,7 +38,8 @@ def test_mutant_is_killed_and_reference_passes(runner, name, target):
 def test_there_are_at_least_ten_mutants_each_naming_its_killer():
     assert len(MUTANTS) >= 10
     for name, mutant in MUTANTS.items():
-        assert mutant.kills and mutant.__doc__, name
+        assert mutant.kills, name
+        assert mutant.__doc__, name
 
 
 def test_kill_matrix_verdicts_and_rendering():
@@ -53,7 +55,8 @@ def test_kill_matrix_verdicts_and_rendering():
     text = mutate.render(matrix)
     assert "2 of 2 mutants killed; every declared kill holds: yes" in text
     assert "| mutant | P5 | G1 | declared |" in text  # clauses in the contract's order
-    assert "| `a` | · | ✗ | G1 |" in text and "| `b` | ✗ | — | P5 |" in text
+    assert "| `a` | · | ✗ | G1 |" in text
+    assert "| `b` | ✗ | — | P5 |" in text
     matrix["mutants"]["b"]["clauses"]["P5"]["verdict"] = "reference fails"
     assert not mutate.all_killed(matrix)
     assert "1 of 2 mutants killed; every declared kill holds: NO" in mutate.render(matrix)

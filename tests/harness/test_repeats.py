@@ -14,7 +14,7 @@ from zero3_conformance.report.aggregate import BLAME_INTEGRATION, NOT_ATTRIBUTED
 from zero3_conformance.results import ERROR, FAIL, PASS, SKIP, TIMEOUT, RecordWriter, read_records
 from zero3_conformance.runner import Attempt, Runner, prepare_checkpoints
 
-pytestmark = pytest.mark.xdist_group("harness-repeats")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-repeats")]
 CASE = build_cases(subjects=["transformers"], clauses=["G1"], models=["llama"], world_sizes=[2])[0]
 
 
@@ -31,7 +31,7 @@ def scripted(runner, monkeypatch, script):
     return tries
 
 
-@pytest.mark.parametrize("script, expected", [
+@pytest.mark.parametrize(("script", "expected"), [
     ([PASS], [(PASS, False)]),
     ([SKIP], [(SKIP, False)]),
     ([FAIL, FAIL, FAIL], [(FAIL, False), (FAIL, False), (FAIL, True)]),  # the last try in a fresh world
@@ -57,7 +57,8 @@ def test_a_case_that_did_not_pass_is_tried_again(monkeypatch, script, expected):
 def test_no_repeats_when_asked(monkeypatch):
     runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)
     tries = scripted(runner, monkeypatch, {"transformers": [FAIL]})
-    assert runner.run_case(CASE).outcomes == [FAIL] and len(tries) == 1
+    assert runner.run_case(CASE).outcomes == [FAIL]
+    assert len(tries) == 1
 
 
 def test_where_the_subjects_differ_the_one_that_passed_is_tried_again(monkeypatch):
@@ -69,7 +70,8 @@ def test_where_the_subjects_differ_the_one_that_passed_is_tried_again(monkeypatc
     assert [r.outcomes for r in records] == [[FAIL] * 3, [PASS] * 3]
     assert [fresh for subject, _, fresh in tries if subject == "reference"] == [False, False, True]
     tries = scripted(runner, monkeypatch, {"transformers": [PASS], "reference": [PASS]})
-    assert [r.outcomes for r in runner.run_together(both)] == [[PASS], [PASS]] and len(tries) == 2
+    assert [r.outcomes for r in runner.run_together(both)] == [[PASS], [PASS]]
+    assert len(tries) == 2
 
 
 def flaky_on(runner, monkeypatch, subject, failing_tries):
@@ -91,7 +93,7 @@ def flaky_on(runner, monkeypatch, subject, failing_tries):
     monkeypatch.setattr(runner, "_try", try_with_fault)
 
 
-@pytest.mark.parametrize("failing_tries, intermittent, fault", [
+@pytest.mark.parametrize(("failing_tries", "intermittent", "fault"), [
     ({1, 3}, True, f"{NOT_ATTRIBUTED} (intermittent)"),  # fails on some tries only: no one subject blamed
     ({1, 2, 3}, False, BLAME_INTEGRATION),  # fails on every try, the reference passes every try
 ])
@@ -105,7 +107,8 @@ def test_a_fault_that_fails_on_some_tries_only_is_intermittent_in_real_worlds(mo
     with RecordWriter(tmp_path / "run" / "results.jsonl") as writer:
         records = runner.run(cases, writer)
     theirs, ours = sorted(records, key=lambda r: r.subject, reverse=True)
-    assert len(theirs.outcomes) == 3 and theirs.intermittent == intermittent
+    assert len(theirs.outcomes) == 3
+    assert theirs.intermittent == intermittent
     assert ours.outcomes == [PASS] * 3, ours.message  # the reference, tried again because the subjects differed
     (tmp_path / "run" / "summary.md").write_text("done")
     report = write_report([tmp_path / "run"], tmp_path / "report")

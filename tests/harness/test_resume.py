@@ -13,7 +13,7 @@ import pytest
 from zero3_conformance.cli import main
 from zero3_conformance.runner import default_parallel_worlds
 
-pytestmark = pytest.mark.xdist_group("harness-resume")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-resume")]
 SELECTION = ["--subject", "reference", "--models", "llama", "--clauses", "A1,P1,G1", "--world-sizes", "1,2"]
 
 
@@ -82,7 +82,8 @@ def test_a_killed_run_keeps_its_results_and_resume_finishes_only_the_rest(tmp_pa
     planned = int(partial.split(" of ")[1].split()[0])
     assert len(ids) == planned
     final = (out / "summary.md").read_text()
-    assert "PARTIAL" not in final and f"{planned} of {planned} planned results" in final
+    assert "PARTIAL" not in final
+    assert f"{planned} of {planned} planned results" in final
 
 
 def test_resume_refuses_a_directory_without_a_plan_and_options_it_would_ignore(tmp_path, capsys):

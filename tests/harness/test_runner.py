@@ -34,6 +34,7 @@ def _runner_recording(monkeypatch, fail_on=None):
     return runner, ran
 
 
+@pytest.mark.slow
 def test_two_worlds_run_at_once_largest_first_and_every_record_is_written(monkeypatch, tmp_path):
     runner, ran = _runner_recording(monkeypatch)
     cases = _cases()
@@ -41,14 +42,17 @@ def test_two_worlds_run_at_once_largest_first_and_every_record_is_written(monkey
     with RecordWriter(tmp_path / "results.jsonl") as writer:
         records = runner.run(cases, writer, lambda i, n, r: seen.append((i, n)), parallel_worlds=2)
     assert sorted(r.case_id for r in read_records(tmp_path / "results.jsonl")) == sorted(c.id for c in cases)
-    assert len(records) == len(cases) and seen == [(i, len(cases)) for i in range(1, len(cases) + 1)]
+    assert len(records) == len(cases)
+    assert seen == [(i, len(cases)) for i in range(1, len(cases) + 1)]
     by_size = {size: [r for r in ran if r[0] == size] for size in (1, 2, 3)}
     assert len({r[1] for r in by_size[3]}) == 1  # one world size stays on one thread, i.e. one world
     # The largest world sizes start first, side by side; the smallest follows on whichever thread frees up.
-    assert by_size[3][0][2] < by_size[2][-1][3] and by_size[2][0][2] < by_size[3][-1][3]
+    assert by_size[3][0][2] < by_size[2][-1][3]
+    assert by_size[2][0][2] < by_size[3][-1][3]
     assert by_size[1][0][2] >= min(by_size[3][-1][3], by_size[2][-1][3]) - 0.01
 
 
+@pytest.mark.slow
 def test_one_world_at_a_time_when_asked(monkeypatch, tmp_path):
     runner, ran = _runner_recording(monkeypatch)
     with RecordWriter(tmp_path / "results.jsonl") as writer:
@@ -58,6 +62,7 @@ def test_one_world_at_a_time_when_asked(monkeypatch, tmp_path):
     assert [r[0] for r in ran] == sorted((r[0] for r in ran), reverse=True)
 
 
+@pytest.mark.slow
 def test_an_error_in_one_world_size_stops_the_run(monkeypatch, tmp_path):
     runner, _ = _runner_recording(monkeypatch, fail_on=2)
     with RecordWriter(tmp_path / "results.jsonl") as writer, pytest.raises(RuntimeError, match="world size 2"):

@@ -20,7 +20,9 @@ def test_each_clause_runs_on_the_classes_it_is_about():
 
     cases = _cases(["bert"], subjects=["transformers"])
     base, heads, loss = base_class("bert"), head_classes("bert"), loss_head("bert")
-    assert base == "BertModel" and loss == "BertLMHeadModel" and len(heads) > 5
+    assert base == "BertModel"
+    assert loss == "BertLMHeadModel"
+    assert len(heads) > 5
     on = {clause: {c.head for c in cases if c.clause == clause} for clause in {c.clause for c in cases}}
     for clause in SWEEP_ROLES["base"]:
         assert on[clause] == {base}, clause
@@ -31,7 +33,8 @@ def test_each_clause_runs_on_the_classes_it_is_about():
     # The loss head's numerics load a checkpoint of the head itself; every other class loads the base one.
     assert {c.family.checkpoint_auto_class for c in cases if c.clause == "N1"} == {loss}
     assert {c.family.checkpoint_auto_class for c in cases if c.clause in ("G1", "G3", "G7")} == {base}
-    assert {c.world_size for c in cases} == {2} and {c.layout for c in cases} <= {None, "safetensors"}
+    assert {c.world_size for c in cases} == {2}
+    assert {c.layout for c in cases} <= {None, "safetensors"}
     assert not any(c.clause.startswith("A") or c.clause == "P3" for c in cases)  # no model, not the sweep's
 
 
@@ -42,7 +45,8 @@ def test_case_ids_name_the_head_and_never_collide_with_the_zoo():
     assert "G7-loading_report_matches_baseline[transformers-llama.LlamaForCausalLM-safetensors-ws2-fp32]" in ids
     assert "G7-loading_report_matches_baseline[transformers-llama-safetensors-ws2-fp32]" in ids  # the zoo's, as before
     zoo = next(c for c in cases if c.family.name == "llama" and not c.family.model_type)
-    assert zoo.head == "AutoModelForCausalLM" and zoo.model == "llama"
+    assert zoo.head == "AutoModelForCausalLM"
+    assert zoo.model == "llama"
 
 
 def test_a_type_that_does_not_build_tiny_is_a_skip_with_its_reason(monkeypatch):
@@ -50,13 +54,15 @@ def test_a_type_that_does_not_build_tiny_is_a_skip_with_its_reason(monkeypatch):
 
     monkeypatch.setattr(architectures, "MAX_PARAMETERS", 1000)
     cases = _cases(["mistral"], subjects=["reference"])
-    assert cases and all(c.skip.startswith("mistral: ") and "more than 1,000" in c.skip for c in cases)
+    assert cases
+    assert all(c.skip.startswith("mistral: ") and "more than 1,000" in c.skip for c in cases)
     assert {c.clause for c in cases} == set(SWEEP_ROLES["base"] + SWEEP_ROLES["every class"])
 
 
 def test_a_type_without_a_head_the_harness_trains_shows_its_numerics_as_skips():
     cases = _cases(["dpt"], subjects=["reference"], clauses=["N1", "S1"])
-    assert cases and all("is a head the harness makes a loss for" in c.skip for c in cases)
+    assert cases
+    assert all("is a head the harness makes a loss for" in c.skip for c in cases)
 
 
 def test_unknown_types_are_a_usage_error_and_all_means_every_type():
@@ -73,7 +79,7 @@ def _tiny(model_type):
     return tiny_config(model_type)
 
 
-@pytest.mark.parametrize("head, inputs", [
+@pytest.mark.parametrize(("head", "inputs"), [
     ("MistralForCausalLM", {"input_ids", "labels"}),
     ("ViTForImageClassification", {"pixel_values", "labels"}),
     ("Wav2Vec2ForSequenceClassification", {"input_values", "labels"}),
@@ -91,7 +97,8 @@ def test_inputs_for_every_modality_make_the_head_return_a_loss(head, inputs):
     assert set(batch) == inputs
     torch.manual_seed(0)
     loss = cls._from_config(config).eval()(**batch).loss
-    assert loss is not None and torch.isfinite(loss)
+    assert loss is not None
+    assert torch.isfinite(loss)
     assert all(torch.equal(batch[k], training_batch(cls, config, seed=7)[k]) for k in batch)  # deterministic
 
 
@@ -111,10 +118,12 @@ def test_an_input_the_harness_cannot_make_is_named():
         def forward(self, input_features, labels=None):
             pass
 
-    with pytest.raises(InputsUnavailable, match="cannot make input_features, which NeedsSpectrogram.forward requires"):
+    with pytest.raises(InputsUnavailable,
+                       match=r"cannot make input_features, which NeedsSpectrogram\.forward requires"):
         training_batch(NeedsSpectrogram, object(), seed=0)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("harness-sweep")
 def test_types_of_three_modalities_are_checked_for_real(tmp_path):
     """Text, vision and a multimodal model: construction, loading and numerics through their own classes."""
@@ -149,7 +158,8 @@ def test_coverage_counts_types_attempted_built_and_checked():
     records.append(_record("llama", "AutoModelForCausalLM", "P1", "reference", "PASS"))  # the zoo's: not counted
     coverage = architecture_coverage(records)
     assert (coverage["types"], coverage["built"], coverage["checked"]) == (3, 2, 2)  # a FAIL ran; a SKIP did not
-    assert coverage["unchecked"] == ["timm"] and coverage["reached"]["P1"] == 2
+    assert coverage["unchecked"] == ["timm"]
+    assert coverage["reached"]["P1"] == 2
     assert coverage["clauses"]["G7"] == {"PASS": 2, "FAIL": 2, "SKIP": 2}
     assert "3 model types attempted, 2 built (some record not a SKIP), 2 checked" in render(records, len(records))
     assert architecture_coverage(records[-1:]) is None
@@ -190,6 +200,7 @@ def test_the_compatibility_report_shows_each_cells_coverage(tmp_path):
     assert "2 model types attempted, 1 built, 1 checked, through 2 classes" in render_html(report, "cmd")
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("harness-sweep")
 def test_a_users_multimodal_checkpoint_is_checked_in_every_clause_family(tmp_path):
     """`--model PATH` on a checkpoint of an architecture beyond the zoo: inputs come from its config and
@@ -205,9 +216,11 @@ def test_a_users_multimodal_checkpoint_is_checked_in_every_clause_family(tmp_pat
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert code == 0, [r["message"] for r in records if r["status"] != "PASS"]
     ran = {r["clause"][0] for r in records if r["status"] != "SKIP"}
-    assert ran == {"P", "G", "N"} and {r["head"] for r in records} == {"LlavaForConditionalGeneration"}
+    assert ran == {"P", "G", "N"}
+    assert {r["head"] for r in records} == {"LlavaForConditionalGeneration"}
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("harness-sweep")
 def test_the_reference_loads_a_checkpoint_whose_fused_tensor_transformers_splits_on_load(tmp_path):
     """gte declares a one-to-many conversion (a fused up/gate projection split into two module tensors): the
@@ -217,4 +230,6 @@ def test_the_reference_loads_a_checkpoint_whose_fused_tensor_transformers_splits
     code = cli.main(["run", "--architectures", "gte", "--subject", "reference", "--clauses", "G1,G7,S2",
                      "--world-sizes", "2", "--out", str(out), "--quiet"])
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert code == 0 and records and all(r["status"] == "PASS" for r in records), [r["message"] for r in records]
+    assert code == 0, [r["message"] for r in records]
+    assert records, [r["message"] for r in records]
+    assert all(r["status"] == "PASS" for r in records), [r["message"] for r in records]

@@ -8,7 +8,10 @@ def test_exact_mismatch_names_tensor_position_and_values():
     got = expected.clone()
     got[1, 2] = 1e-3
     message = exact_mismatch("layer.weight", expected, got)
-    assert "layer.weight" in message and "(1, 2)" in message and "expected 0" in message and "got 0.001" in message
+    assert "layer.weight" in message
+    assert "(1, 2)" in message
+    assert "expected 0" in message
+    assert "got 0.001" in message
     assert exact_mismatch("w", expected, expected.clone()) is None
     assert "dtype" in exact_mismatch("w", expected, expected.double())
 
@@ -61,7 +64,10 @@ def test_closeness_names_the_worst_tensor_and_honours_an_elementwise_allowance()
     expected = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([2.0])}
     got = {"a": torch.tensor([1.0, 1e-3]), "b": torch.tensor([2.0])}
     problem = closeness_problem(expected, got, rtol=1e-5, atol=1e-6)
-    assert problem is not None and "1/2 tensors" in problem and "worst a" in problem and "(1,)" in problem
+    assert problem is not None
+    assert "1/2 tensors" in problem
+    assert "worst a" in problem
+    assert "(1,)" in problem
     # The allowance covers exactly the element that needs it, and no more.
     assert closeness_problem(expected, got, 1e-5, 1e-6, extra={"a": torch.tensor([0.0, 1e-3])}) is None
     assert closeness_problem(expected, got, 1e-5, 1e-6, extra={"a": torch.tensor([1e-3, 0.0])}) is not None

@@ -6,7 +6,7 @@ from zero3_conformance.checks.base import verdict
 from zero3_conformance.results import CRASH, ERROR, TIMEOUT
 from zero3_conformance.world import WorldPool
 
-pytestmark = pytest.mark.xdist_group("harness-world")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-world")]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def test_exception_on_one_rank_is_an_error_and_releases_the_others(pool):
     outcome = pool.get(2).run("zero3_conformance.faults:raise_on_rank", 1, timeout_s=120)
     status, message, _ = verdict(outcome, 2)
     assert status == ERROR
-    assert "injected failure on rank 1" in message and "rank 1" in message
+    assert "injected failure on rank 1" in message
+    assert "rank 1" in message
     assert outcome.seconds < 30  # released after the straggler grace, not the whole limit
 
 
@@ -51,7 +52,8 @@ def test_dead_rank_is_a_crash_with_its_signal(pool):
 
 def test_world_recovers_after_faults(pool):
     outcome = pool.get(2).run("zero3_conformance.faults:all_reduce_rank_sum", None, 60)
-    assert not outcome.timed_out and not outcome.exit_codes
+    assert not outcome.timed_out
+    assert not outcome.exit_codes
     assert [reply.value for reply in outcome.replies.values()] == [3.0, 3.0]
 
 
@@ -78,7 +80,9 @@ def test_a_stale_jit_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkey
     with open(held, "rb") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         assert clear_stale_build_locks() == [stale]
-    assert not stale.exists() and fresh.exists() and held.exists()  # a build may be running: its lock stays
+    assert not stale.exists()
+    assert fresh.exists()
+    assert held.exists()
 
 
 def test_a_world_that_will_not_start_is_tried_once_per_run(monkeypatch):

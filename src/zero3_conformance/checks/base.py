@@ -14,7 +14,8 @@ import gc
 import hashlib
 import logging
 import traceback
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 from ..compat import (
     NotConvertible,
@@ -36,13 +37,13 @@ SEED = 20260101
 class Check:
     clause: str
     name: str
-    fn: Callable[["Case"], None]
-    layouts: tuple[Optional[str], ...]
+    fn: Callable[[Case], None]
+    layouts: tuple[str | None, ...]
     dtypes: tuple[str, ...]
     world_sizes: tuple[int, ...]
-    families: Optional[tuple[str, ...]]  # None: every family; (): no model involved
+    families: tuple[str, ...] | None  # None: every family; (): no model involved
     summary: str
-    timeout_s: Optional[float] = None  # a tighter limit than the run's, for checks that can hang
+    timeout_s: float | None = None  # a tighter limit than the run's, for checks that can hang
 
     @property
     def id(self) -> str:
@@ -52,10 +53,10 @@ class Check:
 REGISTRY: dict[str, Check] = {}
 
 
-def check(clause: str, name: str, *, layouts: tuple[Optional[str], ...] = (None,), dtypes: tuple[str, ...] = ("fp32",),
-          world_sizes: tuple[int, ...] = (1, 2, 3), families: Optional[tuple[str, ...]] = None,
-          timeout_s: Optional[float] = None) -> Callable:
-    def register(fn: Callable[["Case"], None]) -> Callable[["Case"], None]:
+def check(clause: str, name: str, *, layouts: tuple[str | None, ...] = (None,), dtypes: tuple[str, ...] = ("fp32",),
+          world_sizes: tuple[int, ...] = (1, 2, 3), families: tuple[str, ...] | None = None,
+          timeout_s: float | None = None) -> Callable:
+    def register(fn: Callable[[Case], None]) -> Callable[[Case], None]:
         summary = (fn.__doc__ or "").strip().splitlines()[0]
         entry = Check(clause, name, fn, layouts, dtypes, world_sizes, families, summary, timeout_s)
         if entry.id in REGISTRY:
@@ -126,7 +127,7 @@ class Findings:
             raise
         except NotConvertible as exc:
             raise NotApplicable(f"{self.subject.name} cannot load this checkpoint: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any exception from the subject is the finding
+        except Exception as exc:  # any exception from the subject is the finding
             tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
             raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
                 from exc
@@ -214,7 +215,7 @@ class Findings:
             return self.subject.from_config(self.model_class(), self.model_config())
 
     def zero3_from_pretrained(self, model_class: Any = None, path: Any = None,
-                              ds_config: Optional[dict[str, Any]] = None, what: str = "",
+                              ds_config: dict[str, Any] | None = None, what: str = "",
                               **options: Any) -> tuple[Any, dict[str, Any]]:
         """(model, loading report) from the subject under its stage-3 config, which stays alive until
         end_zero3() or the case's end: the case's class, checkpoint and config unless given; `options` are
@@ -239,14 +240,14 @@ class Case(Findings):
         self.rank, self.world_size = ctx.rank, ctx.world_size
         self.subject_name: str = payload["subject"]
         self.subject = get_subject(self.subject_name)
-        self.family: Optional[Family] = Family(**payload["family"]) if payload.get("family") else None
-        self.layout: Optional[str] = payload.get("layout")
+        self.family: Family | None = Family(**payload["family"]) if payload.get("family") else None
+        self.layout: str | None = payload.get("layout")
         self.dtype: str = payload["dtype"]
         self.ds_config: dict[str, Any] = payload["ds_config"]
-        self.checkpoint_path: Optional[str] = self._checkpoint_here(payload.get("checkpoint"))
+        self.checkpoint_path: str | None = self._checkpoint_here(payload.get("checkpoint"))
         self.device = ctx.device
 
-    def _checkpoint_here(self, path: Optional[str]) -> Optional[str]:
+    def _checkpoint_here(self, path: str | None) -> str | None:
         """The case's checkpoint in this rank's cache: in a launched world a node may share no files with rank
         0's, and writes the same checkpoint itself (a zoo or sweep checkpoint is the same wherever it is
         written); elsewhere it is there already. A user's checkpoint is the path given, on every node."""

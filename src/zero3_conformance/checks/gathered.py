@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..compat import checkpoint_conversion
 from ..reference.checkpoint import CheckpointReader
@@ -28,7 +28,7 @@ def _report(case: Case, problems: list[str], what: str) -> None:
 
 
 def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
-                compare: Callable[[str, Any, Any], Optional[str]], what: str) -> None:
+                compare: Callable[[str, Any, Any], str | None], what: str) -> None:
     """Compares every expected tensor with the ZeRO-3 model's; every rank must also see the same values. A
     tensor the baseline leaves undefined is not compared: it is listed in the record's metrics, and a case
     with nothing else to compare is a SKIP saying so."""
@@ -186,7 +186,7 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
         raise NotApplicable(f"no parameter this checkpoint provides has a size that world size {case.world_size} "
                             f"leaves uneven")
 
-    def compare(name: str, want: Any, got: Any) -> Optional[str]:
+    def compare(name: str, want: Any, got: Any) -> str | None:
         problem = exact_mismatch(name, want, got)
         numel = int(uneven[name].ds_numel)
         return problem and f"{problem} [numel {numel}, shard {ceil_div(numel, case.world_size)}]"
@@ -200,7 +200,7 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
 def loading_report_matches_baseline(case: Case) -> None:
     """Missing / unexpected / mismatched keys are reported as without ZeRO, for the same checkpoint and class."""
     _, expected = case.baseline_from_pretrained()
-    model, got = case.zero3_from_pretrained()
+    _model, got = case.zero3_from_pretrained()
     for problem in report_differences(expected, got):
         case.fail(problem)
 

@@ -18,7 +18,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..architectures import base_class, foreign_config_reason, head_classes, labelled_head, loss_head
 from ..compat import build_from_config, concrete_class, dtype_kwarg, uninitialized_memory_filled
@@ -45,11 +45,11 @@ class Load:
     model_class: Any
     path: Path
     options: dict[str, Any]
-    ds_config: Optional[dict[str, Any]] = None  # the case's own unless the options need another precision
-    reader: Optional[CheckpointReader] = None  # the file the options select, to see the baseline read it
+    ds_config: dict[str, Any] | None = None  # the case's own unless the options need another precision
+    reader: CheckpointReader | None = None  # the file the options select, to see the baseline read it
     baseline: Any = None
-    expected: Optional[dict[str, Any]] = None  # the baseline's loading report
-    tensors: Optional[dict[str, Any]] = None  # the baseline's tensors as ZeRO-3 holds them (_as_partitioned)
+    expected: dict[str, Any] | None = None  # the baseline's loading report
+    tensors: dict[str, Any] | None = None  # the baseline's tensors as ZeRO-3 holds them (_as_partitioned)
     baseline_error: str = ""
 
 
@@ -69,7 +69,7 @@ def _shifted(tensors: dict[str, Any], by: float) -> dict[str, Any]:
 
 
 def _derived_checkpoint(case: Case, name: str, files: dict[str, dict[str, Any]],
-                        config_changes: Optional[dict[str, Any]] = None) -> Path:
+                        config_changes: dict[str, Any] | None = None) -> Path:
     """The case's checkpoint directory (config and any other files) with its weights replaced by `files`
     (file name -> tensors), and `config_changes` written into config.json."""
     import json
@@ -161,7 +161,7 @@ def _check_subject(case: Case, load: Load) -> None:
             case.expect(want == have, f"{load.what}: config.{key} expected {want!r} (without ZeRO), got {have!r}")
     initialized = initialized_keys(load.expected)
 
-    def compare(key: str, want: Any, have: Any) -> Optional[str]:
+    def compare(key: str, want: Any, have: Any) -> str | None:
         problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
         return problem and f"{load.what}: {problem}"
 
@@ -291,7 +291,7 @@ def use_safetensors_false_loads_like_baseline(case: Case) -> None:
                  "use_safetensors=False beside a model.safetensors")
 
 
-def _a_head(case: Case, config: Any, base: str) -> Optional[str]:
+def _a_head(case: Case, config: Any, base: str) -> str | None:
     """The case's own class where it is a head, else the type's trained head, else its first head: one built
     from the type's own config (a head with a config class of its own, e.g. a text-only head of a multimodal
     type, is not, as the sweep does not build it from this config either)."""

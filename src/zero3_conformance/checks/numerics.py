@@ -9,7 +9,7 @@ both sides (eval mode): the checks are about ZeRO-3, not about random masks.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .. import compat
 from ..dsconfig import torch_dtype
@@ -76,7 +76,7 @@ def batch_for(case: Case, step: int, rank: int) -> dict[str, Any]:
         raise NotApplicable(str(exc)) from None
 
 
-def deepspeed_engine(case: Case, model: Any, optimizer: Optional[str], **zero_options: Any) -> Any:
+def deepspeed_engine(case: Case, model: Any, optimizer: str | None, **zero_options: Any) -> Any:
     """The case's DeepSpeed config (less NEUTRALIZED, plus `zero_options`) wrapped around `model`."""
     import deepspeed
 
@@ -110,7 +110,7 @@ def _baseline(case: Case) -> Any:
     return model.eval()
 
 
-def _pair(case: Case, optimizer: Optional[str] = None) -> tuple[Any, Any]:
+def _pair(case: Case, optimizer: str | None = None) -> tuple[Any, Any]:
     """(baseline model, ZeRO-3 engine over the subject's model), both from the same checkpoint."""
     baseline = _baseline(case)
     model, _ = case.zero3_from_pretrained()
@@ -192,13 +192,13 @@ def _any_rank(case: Case, flag: bool) -> bool:
     return bool(held.item())
 
 
-def _plus(extra: Optional[dict[str, Any]], more: dict[str, Any]) -> dict[str, Any]:
+def _plus(extra: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
     return {name: a + extra[name] if extra is not None and name in extra else a for name, a in more.items()}
 
 
 def _compare(case: Case, what: str, baseline: dict[str, Any], got: dict[str, Any],
-             reference: Optional[dict[str, Any]] = None, extra: Optional[dict[str, Any]] = None,
-             step: Optional[int] = None, in_fp64: Optional[Callable[[], Optional[dict[str, Any]]]] = None) -> None:
+             reference: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+             step: int | None = None, in_fp64: Callable[[], dict[str, Any] | None] | None = None) -> None:
     """Fails the case if `got` (the ZeRO-3 side) is not close to the baseline: in fp32 elementwise within
     TOLERANCES, plus the baseline's own fp32 error against `in_fp64()` (the same quantities in fp64, computed
     on every rank once some rank's fixed tolerance fails); in low precision by the baseline's own error
@@ -241,16 +241,16 @@ def _low_precision_allowance(case: Case, reference: dict[str, Any], baseline: di
     return allowance
 
 
-def _fp32_reference(case: Case, baseline: Any) -> Optional[Any]:
+def _fp32_reference(case: Case, baseline: Any) -> Any | None:
     """The baseline in fp32 with its (training-dtype) weights upcast, for low-precision cases; else None."""
     if case.dtype == "fp32":
         return None
     return copy.deepcopy(baseline).float()
 
 
-def _in_fp64(baseline: Any, compute: Callable[[Any], dict[str, Any]]) -> Callable[[], Optional[dict[str, Any]]]:
+def _in_fp64(baseline: Any, compute: Callable[[Any], dict[str, Any]]) -> Callable[[], dict[str, Any] | None]:
     """`compute` on an fp64 copy of the baseline, deferred; None where the model does not run in fp64."""
-    def run() -> Optional[dict[str, Any]]:
+    def run() -> dict[str, Any] | None:
         try:
             return compute(copy.deepcopy(baseline).double())
         except Exception:  # noqa: BLE001 - a model that cannot run in fp64 keeps the fixed tolerance alone
@@ -316,7 +316,7 @@ def gradients_match_baseline(case: Case) -> None:
              in_fp64=_in_fp64(baseline, lambda m: _baseline_gradients(case, m, 0)[0]))
 
 
-def _baseline_steps(case: Case, baseline: Any, optimizer: str, stepped: Optional[set[str]] = None) -> dict[str, Any]:
+def _baseline_steps(case: Case, baseline: Any, optimizer: str, stepped: set[str] | None = None) -> dict[str, Any]:
     """The baseline's fp32 master weights after STEPS steps; its parameters are left at their values in
     its own dtype. The master weights are kept apart, as DeepSpeed's optimizer keeps them in low precision.
     `stepped` collects the parameters that got a gradient in some step (torch's optimizers skip the others)."""
@@ -372,7 +372,7 @@ def _steps_match(case: Case, optimizer: str) -> None:
                       f"rank {case.rank}): {len(changed)} of {len(untouched)} tensors, expected unchanged as torch's "
                       f"optimizer leaves them; first {exact_mismatch(changed[0], want[changed[0]], have[changed[0]])}")
 
-    def stepped_only(tensors: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    def stepped_only(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if tensors is None else {n: t for n, t in tensors.items() if n in stepped and t is not None}
 
     exact = stepped_only(exact)

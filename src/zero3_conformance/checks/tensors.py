@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 # G3/G4 compare a ZeRO-built tensor's init with the baseline's init, which used other random draws.
 # Sample mean and std of n draws wander by about std/sqrt(n); SIGMAS such wanderings are allowed,
@@ -23,7 +23,7 @@ def identical(a: Any, b: Any) -> bool:
     return torch.equal(a, b)
 
 
-def exact_mismatch(name: str, expected: Any, got: Any) -> Optional[str]:
+def exact_mismatch(name: str, expected: Any, got: Any) -> str | None:
     """None if `got` equals `expected` bit for bit (shape, dtype, values); else what differs."""
 
     if tuple(got.shape) != tuple(expected.shape):
@@ -59,7 +59,7 @@ def _position(flat_index: int, shape: Any) -> tuple[int, ...]:
 MIN_STATISTICS = 16
 
 
-def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> Optional[str]:
+def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> str | None:
     """None if `got` is initialized as the baseline's own init would have initialized it."""
     import torch
 
@@ -124,13 +124,13 @@ def tied_groups(model: Any) -> list[tuple[str, ...]]:
 
 
 def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float, atol: float,
-                      extra: Optional[dict[str, Any]] = None) -> Optional[str]:
+                      extra: dict[str, Any] | None = None) -> str | None:
     """None if every tensor is close (|got - expected| <= atol + rtol * |expected| + extra, elementwise, where
     `extra` optionally gives a tensor's own additional allowance); else how many are not and the worst of
     them: its name, max abs and rel difference, and where."""
     import torch
 
-    worst: Optional[tuple[float, str]] = None
+    worst: tuple[float, str] | None = None
     failing = []
     for name in sorted(expected):
         if name not in got:

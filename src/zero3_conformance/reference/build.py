@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from .. import compat
 from ..dsconfig import dtype_name, with_dtype
@@ -32,7 +33,7 @@ from .checkpoint import CheckpointReader
 from .config import ZeroConfig, active_config
 
 
-def active_zero3() -> Optional[ZeroConfig]:
+def active_zero3() -> ZeroConfig | None:
     """The live stage-3 config, or None: without one, the builders make ordinary models."""
     config = active_config()
     return config if config is not None and config.is_zero3() else None
@@ -165,7 +166,7 @@ def _inits_gather_what_they_write() -> Iterator[None]:
         yield
 
 
-def _initialize(model: Any, only: Optional[set[str]] = None) -> None:
+def _initialize(model: Any, only: set[str] | None = None) -> None:
     """Runs the model's own per-module init on gathered parameters, children before parents as transformers
     does. With `only`, just the modules that own or whose direct children own one of those parameter names
     (the ones a checkpoint does not provide): an init may write its children's parameters (e.g. attention
@@ -223,7 +224,7 @@ def _persistent_keys(model: Any) -> set[str]:
 class _Plan:
     """Which checkpoint keys feed which model keys, and what the loading report says."""
 
-    def __init__(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion],
+    def __init__(self, model: Any, reader: CheckpointReader, conversion: compat.CheckpointConversion | None,
                  ignore_mismatched_sizes: bool = False):
         model_keys = _persistent_keys(model)
         renamer = None if conversion else self._prefix_renamer(model, reader.keys(), model_keys)
@@ -247,7 +248,7 @@ class _Plan:
         self.unexpected = sorted(set(_drop_ignored(unexpected, getattr(model, "_keys_to_ignore_on_load_unexpected",
                                                                          None))))
 
-    def _mismatched(self, model: Any, reader: CheckpointReader, conversion: Optional[compat.CheckpointConversion],
+    def _mismatched(self, model: Any, reader: CheckpointReader, conversion: compat.CheckpointConversion | None,
                     ignore: bool) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
         """Tensors read one to one whose stored shape is not the model's (e.g. a classifier for another number
         of labels): with `ignore_mismatched_sizes` they are reported, not loaded, and initialized instead;
@@ -278,14 +279,14 @@ class _Plan:
         return lambda key: key
 
 
-def _drop_ignored(keys: list[str], patterns: Optional[list[str]]) -> list[str]:
+def _drop_ignored(keys: list[str], patterns: list[str] | None) -> list[str]:
     if not patterns:
         return keys
     return [k for k in keys if not any(re.search(p, k) for p in patterns)]
 
 
 def _module_tensors(reader: CheckpointReader, plan: _Plan, keys: list[str],
-                    conversion: Optional[compat.CheckpointConversion]) -> dict[str, Any]:
+                    conversion: compat.CheckpointConversion | None) -> dict[str, Any]:
     """The checkpoint tensors for these model keys, converted to the model's layout where it differs."""
     raw = {src: reader.get(src) for key in keys for src in plan.sources.get(key, [])}
     needs_conversion = any(plan.sources.get(key) != [key] for key in keys if key in plan.sources)
@@ -328,8 +329,8 @@ def _resolved_dtype(dtype: Any, config: Any, reader: CheckpointReader) -> Any:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: Optional[str] = None,
-                    use_safetensors: Optional[bool] = None, key_mapping: Optional[dict[str, str]] = None,
+def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: str | None = None,
+                    use_safetensors: bool | None = None, key_mapping: dict[str, str] | None = None,
                     ignore_mismatched_sizes: bool = False, **config_overrides: Any) -> tuple[Any, dict[str, Any]]:
     """Returns (model, loading report with missing_keys / unexpected_keys / mismatched_keys). The options
     are transformers' own: which files (`variant`, `use_safetensors`), renamed keys (`key_mapping`),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..zoo import detect_layout
 
 
-def with_variant(file_name: str, variant: Optional[str]) -> str:
+def with_variant(file_name: str, variant: str | None) -> str:
     """`model.safetensors` -> `model.VARIANT.safetensors`, as transformers names a variant's files."""
     if not variant:
         return file_name
@@ -28,7 +28,7 @@ WEIGHT_FILES = {"sharded": "model.safetensors.index.json", "safetensors": "model
                 "bin": "pytorch_model.bin"}
 
 
-def choose_layout(path: Path, variant: Optional[str], use_safetensors: Optional[bool]) -> str:
+def choose_layout(path: Path, variant: str | None, use_safetensors: bool | None) -> str:
     """Which of the directory's weight files a load with these options reads: safetensors first unless
     `use_safetensors=False`; only safetensors with `use_safetensors=True`."""
     if variant is None and use_safetensors is None:
@@ -43,8 +43,8 @@ def choose_layout(path: Path, variant: Optional[str], use_safetensors: Optional[
 
 
 class CheckpointReader:
-    def __init__(self, path: Path, variant: Optional[str] = None, use_safetensors: Optional[bool] = None,
-                 key_mapping: Optional[dict[str, str]] = None):
+    def __init__(self, path: Path, variant: str | None = None, use_safetensors: bool | None = None,
+                 key_mapping: dict[str, str] | None = None):
         self.path = Path(path)
         self.layout = choose_layout(self.path, variant, use_safetensors)
         file_name = with_variant(WEIGHT_FILES[self.layout], variant)
@@ -103,7 +103,7 @@ class CheckpointReader:
         return self._open[file]
 
 
-def _renamed(key: str, key_mapping: Optional[dict[str, str]]) -> str:
+def _renamed(key: str, key_mapping: dict[str, str] | None) -> str:
     """`key_mapping`'s regular expressions, in order, each replacing its first match."""
     for pattern, replacement in (key_mapping or {}).items():
         key = re.sub(pattern, replacement, key, count=1)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from ..dsconfig import precision, read_config_source, torch_dtype
 
-_active: Optional["weakref.ref[ZeroConfig]"] = None
+_active: weakref.ref[ZeroConfig] | None = None
 
 
 class ZeroConfig:
     """Accepts a dict (deep-copied, so later changes to the caller's dict do not leak in), a path to a
     JSON file (str or pathlib.Path); raises ValueError naming the problem if the config is malformed."""
 
-    def __init__(self, config_file_or_dict: Union[str, Path, dict[str, Any]]):
+    def __init__(self, config_file_or_dict: str | Path | dict[str, Any]):
         global _active
         self.config = read_config_source(config_file_or_dict)
         _active = weakref.ref(self)
@@ -37,7 +37,7 @@ class ZeroConfig:
         return torch_dtype(precision(self.config))
 
 
-def active_config() -> Optional[ZeroConfig]:
+def active_config() -> ZeroConfig | None:
     return _active() if _active is not None else None
 
 

@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from .. import compat
 from .build import active_zero3, partitioned_construction
@@ -112,7 +113,7 @@ def _resize_partitioned(model: Any, new_num_tokens: int, zero: Any) -> Any:
     return embeddings
 
 
-def _padded(new_num_tokens: Optional[int], pad_to_multiple_of: Optional[int], old_rows: int) -> int:
+def _padded(new_num_tokens: int | None, pad_to_multiple_of: int | None, old_rows: int) -> int:
     rows = old_rows if new_num_tokens is None else new_num_tokens
     return rows if pad_to_multiple_of is None else -(-rows // pad_to_multiple_of) * pad_to_multiple_of
 
@@ -125,7 +126,7 @@ def _partitioned_base_steps(zero: Any) -> Iterator[None]:
     import deepspeed
     from transformers import PreTrainedModel
 
-    def resize(self: Any, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+    def resize(self: Any, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                mean_resizing: bool = True) -> Any:
         embeddings = self.get_input_embeddings()
         rows = _padded(new_num_tokens, pad_to_multiple_of, int(embeddings.weight.ds_shape[0]))
@@ -135,12 +136,12 @@ def _partitioned_base_steps(zero: Any) -> Iterator[None]:
         held.enter_context(deepspeed.zero.GatheredParameters([embeddings.weight]))
         return embeddings
 
-    def resized_embeddings(self: Any, old: Any, new_num_tokens: Optional[int] = None,
-                           pad_to_multiple_of: Optional[int] = None, mean_resizing: bool = True) -> Any:
+    def resized_embeddings(self: Any, old: Any, new_num_tokens: int | None = None,
+                           pad_to_multiple_of: int | None = None, mean_resizing: bool = True) -> Any:
         _resized(self, old, _padded(new_num_tokens, pad_to_multiple_of, int(old.weight.ds_shape[0])), zero)
         return old
 
-    def resized_lm_head(self: Any, old: Any, new_num_tokens: Optional[int] = None, transposed: bool = False,
+    def resized_lm_head(self: Any, old: Any, new_num_tokens: int | None = None, transposed: bool = False,
                         mean_resizing: bool = True) -> Any:
         dim = 1 if transposed else 0
         _resized(self, old, _padded(new_num_tokens, None, int(old.weight.ds_shape[dim])), zero, dim)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .. import known_issues
 from ..cell import COMPLETE, cell_label, read_cell_file, topology_suffix
@@ -47,7 +48,7 @@ class CellResult:
         return counts
 
 
-def load_cell(run_dir: Path, issues: Optional[Sequence[known_issues.KnownIssue]] = None) -> CellResult:
+def load_cell(run_dir: Path, issues: Sequence[known_issues.KnownIssue] | None = None) -> CellResult:
     """One run directory: its records, and cell.json where a matrix run wrote one. With `issues`, the records
     are triaged afresh against them from their raw outcomes."""
     run_dir = Path(run_dir)
@@ -141,8 +142,8 @@ def _failing_clauses(cell: CellResult) -> set[str]:
     return {f"{r.clause}/{r.subject}" for r in cell.records if r.status in BAD_STATUSES}
 
 
-def aggregate(run_dirs: list[Path], baseline: Optional[dict[str, Any]] = None,
-              issues: Optional[Sequence[known_issues.KnownIssue]] = None) -> dict[str, Any]:
+def aggregate(run_dirs: list[Path], baseline: dict[str, Any] | None = None,
+              issues: Sequence[known_issues.KnownIssue] | None = None) -> dict[str, Any]:
     """The report's content, as report.json holds it; with `issues`, every record triaged afresh against them."""
     from .. import __version__
 

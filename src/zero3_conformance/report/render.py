@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ..cell import COMPLETE
 from ..contract import clause_groups
@@ -139,8 +140,8 @@ def _read_json(path: Path, what: str) -> Any:
         raise UsageError(f"cannot read {what} {path}: {exc}") from None
 
 
-def write_report(run_dirs: list[Path], out: Path, baseline: Optional[Path] = None, command: str = "",
-                 kill_matrix: Optional[Path] = None, issues: Optional[Sequence[KnownIssue]] = None) -> dict:
+def write_report(run_dirs: list[Path], out: Path, baseline: Path | None = None, command: str = "",
+                 kill_matrix: Path | None = None, issues: Sequence[KnownIssue] | None = None) -> dict:
     """With `issues`, every record is triaged afresh against them (the runs are not run again)."""
     old = _read_json(baseline, "baseline report") if baseline is not None else None
     report = aggregate(run_dirs, old, issues)

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import types
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..errors import UsageError
 from ..results import read_records
@@ -44,7 +44,7 @@ class NoScript(Exception):
 @dataclasses.dataclass
 class Reproducer:
     record: Any
-    script: Optional[str]  # None where no standalone script exists; `why` says so
+    script: str | None  # None where no standalone script exists; `why` says so
     why: str
     report: str
 
@@ -171,7 +171,7 @@ def _difference(values: dict[str, Any], default: dict[str, Any]) -> dict[str, An
     return out
 
 
-def _as_source(value: Any) -> Optional[str]:
+def _as_source(value: Any) -> str | None:
     """Python source that rebuilds `value`: a literal, a compiled pattern, or a tuple or list of these; None
     where there is none."""
     if isinstance(value, re.Pattern):
@@ -289,7 +289,7 @@ def _assemble(record: Any, values: dict[str, Any], copied: list[str], imports: l
     return "\n\n\n".join(parts)
 
 
-def _report(record: Any, selection: dict[str, Any], script: Optional[str], why: str, run_dir: Path) -> str:
+def _report(record: Any, selection: dict[str, Any], script: str | None, why: str, run_dir: Path) -> str:
     from ..contract import clause_text
 
     cell = record.cell
