@@ -26,7 +26,13 @@ def pytest_addoption(parser: Any) -> None:
                          f"(default {DEFAULT_REPEAT}; 0: none)")
 
 
+MARKERS = ("conformance: a check of a subject against the ZeRO-3 contract",
+           "slow: starts worlds of processes or builds real models (seconds to minutes each)")
+
+
 def pytest_configure(config: Any) -> None:
+    for marker in MARKERS:  # wherever the suite runs from, not only in this repository
+        config.addinivalue_line("markers", marker)
     if config.getoption("--z3-repeat") < 0:
         raise pytest.UsageError(f"--z3-repeat must be 0 or more, not {config.getoption('--z3-repeat')}")
 

@@ -76,3 +76,22 @@ def test_an_intermittent_failure_says_so_first_and_repeats_can_be_turned_off(pyt
     bad = pytester.runpytest_subprocess(*picked, "--z3-repeat", "-1")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--z3-repeat must be 0 or more, not -1*"])
+
+
+@pytest.mark.slow
+def test_the_installed_package_runs_the_suite_from_any_directory(tmp_path):
+    """`pytest --pyargs zero3_conformance`, from a directory with no checkout in it, runs the catalog's cases
+    with pytest's own options (-k, --junitxml)."""
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ElementTree
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "zero3_conformance", "-p", "no:cacheprovider",
+                           "-k", "A1-zero3_flag_follows_stage", "--junitxml", "suite.xml", "-q"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 passed" in done.stdout
+    cases = ElementTree.parse(tmp_path / "suite.xml").getroot().iter("testcase")
+    assert sorted(case.get("name") for case in cases) == [
+        "test_contract[A1-zero3_flag_follows_stage[reference-none-ws1-fp32]]",
+        "test_contract[A1-zero3_flag_follows_stage[transformers-none-ws1-fp32]]"]
