@@ -10,12 +10,11 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .checks.registry import load_checks
 from .contract import clause_key
 from .dsconfig import PLAIN, VARIANTS
 from .errors import UsageError
-from .mutants import MUTANTS
-from .registry import load_checks
-from .subjects import SUBJECTS
+from .subjects import DEFAULT_SUBJECTS, SUBJECTS
 from .zoo import FAMILIES, Family, detect_layout, sweep_family
 
 DEFAULT_WORLD_SIZES = (1, 2, 3)
@@ -62,7 +61,8 @@ class CaseSpec:
         return f"{self.check_id}[{'-'.join(parts)}]"
 
     def payload(self, ds_config: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
-        return {"check": self.check_id, "subject": self.subject,
+        # The module that registers the subject: a rank imports it to find the subject by name.
+        return {"check": self.check_id, "subject": self.subject, "subject_module": SUBJECTS[self.subject].__module__,
                 "family": dataclasses.asdict(self.family) if self.family else None,
                 "layout": self.layout, "dtype": self.dtype, "ds_config": ds_config, "checkpoint": checkpoint,
                 "variant": self.variant}
@@ -141,9 +141,7 @@ def build_cases(subjects: Sequence[str] | None = None, models: Sequence[str] | N
     """The cases of a selection, once per ZeRO-3 configuration variant (default: the plain one);
     `launched_size`: every case at the size of the launched world it runs in."""
     registry = load_checks()
-    # Mutants (broken variants of the reference, for the harness's self-tests) only run when named.
-    known_subjects = [*SUBJECTS, *(f"mutant:{m}" for m in MUTANTS)]
-    chosen_subjects = _choose("subject", subjects, known_subjects) if subjects else list(SUBJECTS)
+    chosen_subjects = _choose("subject", subjects, SUBJECTS) if subjects else list(DEFAULT_SUBJECTS)
     all_clauses = sorted({c.clause for c in registry.values()}, key=clause_key)
     chosen_clauses = set(_choose("clause", clauses, all_clauses))
     if user_model is not None:

@@ -142,7 +142,7 @@ def cmd_env() -> int:
 
 
 def cmd_list() -> int:
-    from .registry import load_checks
+    from .checks.registry import load_checks
 
     for entry in sorted(load_checks().values(), key=lambda c: clause_key(c.clause)):
         print(f"{entry.id:45s} {entry.summary}")
@@ -186,7 +186,7 @@ def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """A run in worlds the harness starts; inside a world a launcher started, a run in that world."""
-    from . import launched
+    from . import launched, mutants  # noqa: F401 - mutants registers the mutant:NAME subjects a run may name
 
     launch = launched.detect()
     return _run(args) if launch is None else _run_launched(args, launch)
@@ -359,8 +359,9 @@ def _copy_markdown(report_dir: Path, target: Path | None) -> None:
 
 def cmd_mutate(args: argparse.Namespace) -> int:
     from . import mutate
+    from .checks.registry import load_checks
     from .mutants import MUTANTS
-    from .registry import load_checks
+    from .report import kill_matrix
     from .runner import Runner
 
     names = _csv(args.mutants) or sorted(MUTANTS)
@@ -383,9 +384,9 @@ def cmd_mutate(args: argparse.Namespace) -> int:
     finally:
         runner.close()
     mutate.write(args.out, matrix)
-    print(mutate.render(matrix).split("\n## The mutants")[0].rstrip())
+    print(kill_matrix.render(matrix).split("\n## The mutants")[0].rstrip())
     print(f"kill matrix in {args.out}/kill-matrix.md and kill-matrix.json")
-    return 0 if mutate.all_killed(matrix) else 1
+    return 0 if kill_matrix.all_killed(matrix) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

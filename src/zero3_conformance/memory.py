@@ -136,7 +136,7 @@ def measure(spec: dict[str, Any], warmed: set[tuple[str, str]]) -> dict[str, Any
     (lazy imports, first use) are paid by a small warm-up build the first time the path is taken."""
     import torch
 
-    from .checks.base import clear_leftover_zero3
+    from .subjects import clear_leftover_zero3
 
     if spec["subject"] != "baseline":
         _join_group(spec["backend"])

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from .subjects import ReferenceSubject
+from .subjects import ReferenceSubject, register
 
 _strong_refs: list[Any] = []
 
@@ -291,6 +291,10 @@ MUTANTS: dict[str, type[Mutant]] = {
     "dtype_ignored": DtypeIgnored,
     "loading_options_dropped": LoadingOptionsDropped,
 }
+
+
+for _name, _mutant in MUTANTS.items():  # a run names one as "mutant:NAME"; none runs unless named
+    register(f"mutant:{_name}", _mutant)
 
 
 def killing_cases(name: str, target: str, subject: str | None = None) -> list[Any]:

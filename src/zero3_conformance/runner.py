@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 from .catalog import CaseSpec
 from .cell import describe_cell, local_device, visible_gpus
-from .checks.base import gave_up, verdict
 from .dsconfig import PLAIN, with_dtype, with_zero3_variant
 from .known_issues import KnownIssue
 from .known_issues import apply as apply_known_issues
 from .launched import LaunchedPool, LaunchedWorld
 from .results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
+from .verdict import gave_up, verdict
 from .world import WorldPool, WorldStartError
 from .zoo import FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
 
@@ -28,7 +28,7 @@ NODE_CHECKPOINTS_S = 3600.0  # a launched world's nodes write the run's checkpoi
 # A record's metric for a case that never ran (its world could not start, or a launched world broke
 # earlier): `run --resume` runs it.
 NOT_RUN = "not_run"
-RANK_PRELOAD = ("transformers", "zero3_conformance.registry", "zero3_conformance.warm")
+RANK_PRELOAD = ("transformers", "zero3_conformance.checks.registry", "zero3_conformance.warm")
 # Inherited by rank processes: no hub, no progress bars, no per-load chatter in the run's output.
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore"}
@@ -151,7 +151,7 @@ class Runner:
             self.unstartable[case.world_size] = str(exc)
             return attempt(ERROR, f"not run: {exc}", {NOT_RUN: True})
         timeout_s = min(self.timeout_s, case.timeout_s or self.timeout_s)
-        outcome = world.run("zero3_conformance.checks.base:execute", payload, timeout_s, gave_up)
+        outcome = world.run("zero3_conformance.checks.execute:execute", payload, timeout_s, gave_up)
         return attempt(*verdict(outcome, case.world_size))
 
     def _record(self, case: CaseSpec, tries: Sequence[Attempt]) -> Record:

@@ -105,17 +105,40 @@ class ReferenceSubject:
         return resize_token_embeddings(model, new_num_tokens)
 
 
-SUBJECTS: dict[str, type[Subject]] = {"transformers": TransformersSubject, "reference": ReferenceSubject}
+# Every subject a run can name, registered by the module that defines it (the mutants register themselves
+# when their module is imported); the default ones are what a run checks when it names none.
+SUBJECTS: dict[str, type[Subject]] = {}
+DEFAULT_SUBJECTS: list[str] = []
+
+
+def register(name: str, subject: type[Subject], default: bool = False) -> None:
+    SUBJECTS[name] = subject
+    if default:
+        DEFAULT_SUBJECTS.append(name)
+
+
+register("transformers", TransformersSubject, default=True)
+register("reference", ReferenceSubject, default=True)
 
 
 def get_subject(name: str) -> Subject:
-    if name.startswith("mutant:"):
-        from .mutants import MUTANTS
-
-        mutant = MUTANTS.get(name[len("mutant:"):])
-        if mutant is not None:
-            return mutant()
     try:
         return SUBJECTS[name]()
     except KeyError:
         raise UsageError(f"unknown subject {name!r}; known: {', '.join(SUBJECTS)}") from None
+
+
+def clear_leftover_zero3() -> list[str]:
+    """Turns off ZeRO-3 registrations still alive in this process once a case's own objects are gone (a
+    config object held somewhere it should not be), so one case's leak cannot decide the next one's
+    result. Returns what it turned off."""
+    from .reference import config as reference_config
+
+    found = []
+    if compat.hf_is_deepspeed_zero3_enabled()():
+        compat.hf_unset_deepspeed_config()()
+        found.append("transformers HfDeepSpeedConfig")
+    if reference_config.is_zero3_enabled():
+        reference_config.unregister()
+        found.append("reference ZeroConfig")
+    return found

@@ -5,9 +5,9 @@ import pytest
 
 from zero3_conformance import contract
 from zero3_conformance.catalog import build_cases
+from zero3_conformance.checks.registry import load_checks
 from zero3_conformance.contract import clause_ids
 from zero3_conformance.errors import UsageError
-from zero3_conformance.registry import load_checks
 from zero3_conformance.zoo import FAMILIES
 
 CONTRACT = Path(__file__).resolve().parents[2] / "CONTRACT.md"

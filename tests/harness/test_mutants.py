@@ -43,7 +43,7 @@ def test_there_are_at_least_ten_mutants_each_naming_its_killer():
 
 
 def test_kill_matrix_verdicts_and_rendering():
-    from zero3_conformance import mutate
+    from zero3_conformance.report import kill_matrix
 
     matrix = {"clauses": ["G1", "P5"], "mutants": {
         "a": {"doc": "A bug.", "declared": ["G1"], "clauses": {"G1": {"verdict": "killed"},
@@ -51,15 +51,15 @@ def test_kill_matrix_verdicts_and_rendering():
         "b": {"doc": "B bug.", "declared": ["P5"], "clauses": {"G1": {"verdict": "not applicable"},
                                                                  "P5": {"verdict": "killed"}}},
     }}
-    assert mutate.all_killed(matrix)
-    text = mutate.render(matrix)
+    assert kill_matrix.all_killed(matrix)
+    text = kill_matrix.render(matrix)
     assert "2 of 2 mutants killed; every declared kill holds: yes" in text
     assert "| mutant | P5 | G1 | declared |" in text  # clauses in the contract's order
     assert "| `a` | · | ✗ | G1 |" in text
     assert "| `b` | ✗ | — | P5 |" in text
     matrix["mutants"]["b"]["clauses"]["P5"]["verdict"] = "reference fails"
-    assert not mutate.all_killed(matrix)
-    assert "1 of 2 mutants killed; every declared kill holds: NO" in mutate.render(matrix)
+    assert not kill_matrix.all_killed(matrix)
+    assert "1 of 2 mutants killed; every declared kill holds: NO" in kill_matrix.render(matrix)
 
 
 def test_mutate_rejects_unknown_names_with_exit_2(capsys):

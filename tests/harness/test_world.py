@@ -2,8 +2,8 @@
 
 import pytest
 
-from zero3_conformance.checks.base import verdict
 from zero3_conformance.results import CRASH, ERROR, TIMEOUT
+from zero3_conformance.verdict import verdict
 from zero3_conformance.world import WorldPool
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-world")]

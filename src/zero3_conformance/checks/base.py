@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import gc
 import hashlib
-import logging
 import traceback
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -23,12 +22,9 @@ from ..compat import (
     dtype_kwarg,
     torch_load_refusal,
     uninitialized_memory_filled,
-    zero3_partitioning,
 )
-from ..dsconfig import PLAIN
 from ..errors import exception_line
-from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
-from ..world import RankContext, TaskOutcome
+from ..world import RankContext
 
 SEED = 20260101
 
@@ -300,154 +296,6 @@ def engine_config(ds_config: dict[str, Any]) -> dict[str, Any]:
     config = {key: value for key, value in copy.deepcopy(ds_config).items() if key not in NEUTRALIZED}
     config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
     return config
-
-
-_variant_errors: dict[str, str] = {}  # per variant: DeepSpeed's error from an attempted build ("" where it builds)
-
-
-def _require_variant_builds(ctx: RankContext, payload: dict[str, Any]) -> None:
-    """SKIP, quoting DeepSpeed's own error, where DeepSpeed does not build the case's ZeRO-3 configuration
-    variant here: a module constructed under the partitioning context that variant's config asks for, wrapped
-    in an engine and run forward (MiCS's gathers, for one, need collectives some backends lack)."""
-    variant = payload.get("variant", PLAIN)
-    if variant == PLAIN:
-        return
-    if variant not in _variant_errors:
-        import deepspeed
-        import torch
-
-        try:
-            with zero3_partitioning(payload["ds_config"]):
-                module = torch.nn.Linear(8, 8)
-            engine, *_ = deepspeed.initialize(model=module, config=engine_config(payload["ds_config"]))
-            engine(torch.ones(2, 8, dtype=next(engine.parameters()).dtype, device=ctx.device))
-            getattr(engine, "destroy", lambda: None)()
-            _variant_errors[variant] = ""
-        except Exception as exc:  # noqa: BLE001 - DeepSpeed's answer is the reason the case cannot run
-            _variant_errors[variant] = f"DeepSpeed {deepspeed.__version__} does not build the {variant} variant " \
-                                       f"on {ctx.backend}: {exception_line(exc)}"
-    if _variant_errors[variant]:
-        raise NotApplicable(_variant_errors[variant])
-
-
-def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Runs one case in this rank; always returns {status, message, metrics, agreed}."""
-    from ..registry import load_checks
-
-    load_checks()
-    # DeepSpeed's warnings (e.g. about the client optimizers N3 uses on purpose) would bury the run's output.
-    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-    entry = REGISTRY[payload["check"]]
-    inherited = clear_leftover_zero3()  # whatever an earlier case left, this one starts clean
-    case = Case(ctx, payload)
-    try:
-        _require_variant_builds(ctx, payload)
-        entry.fn(case)
-        status, message = (FAIL, "\n".join(case.findings)) if case.findings else (PASS, "")
-    except NotApplicable as exc:
-        status, message = SKIP, str(exc)
-    except SubjectRaised as exc:
-        status, message = FAIL, "\n".join([*case.findings, str(exc)])
-    except Exception:  # noqa: BLE001 - the check itself broke
-        status, message = ERROR, traceback.format_exc()[-3000:]
-    finally:
-        case.close()
-        gc.collect()  # drop this case's config objects and models before the next case
-    left = clear_leftover_zero3()
-    if left:  # the culprit is named in its own record; the next case starts clean regardless
-        case.metrics["left_zero3_on"] = left
-    if inherited:
-        case.metrics["started_with_zero3_on"] = inherited
-    return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed}
-
-
-def clear_leftover_zero3() -> list[str]:
-    """Turns off ZeRO-3 registrations still alive in this process once a case's own objects are gone (a
-    config object held somewhere it should not be), so one case's leak cannot decide the next one's
-    result. Returns what it turned off."""
-    from .. import compat
-    from ..reference import config as reference_config
-
-    found = []
-    if compat.hf_is_deepspeed_zero3_enabled()():
-        compat.hf_unset_deepspeed_config()()
-        found.append("transformers HfDeepSpeedConfig")
-    if reference_config.is_zero3_enabled():
-        reference_config.unregister()
-        found.append("reference ZeroConfig")
-    return found
-
-
-def gave_up(value: Any) -> bool:
-    """A rank that ends a case without passing may leave its peers waiting in a collective (a SKIP too: a
-    limitation one rank meets, e.g. the reference converting what only rank 0 reads)."""
-    return isinstance(value, dict) and value.get("status") in (FAIL, ERROR, SKIP)
-
-
-def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, Any]]:
-    """Combines every rank's outcome into one (status, message, metrics)."""
-    if outcome.exit_codes:
-        codes = ", ".join(f"rank {r}: {_exit_text(c)}" for r, c in sorted(outcome.exit_codes.items()))
-        return CRASH, f"rank died ({codes})", {}
-    if outcome.timed_out:
-        waiting = sorted(set(range(world_size)) - set(outcome.replies))
-        stacks = "\n".join(f"--- rank {r} stack ---\n{s}" for r, s in outcome.stacks.items())
-        # What the ranks that did finish ended with is usually why the others wait (one rank raised early).
-        finished = "".join(f"rank {r} ended {_reply_text(reply)}\n" for r, reply in sorted(outcome.replies.items()))
-        return TIMEOUT, f"ranks {waiting} did not finish within the limit\n{finished}{stacks}", {}
-    results: dict[int, dict[str, Any]] = {}
-    for rank, reply in sorted(outcome.replies.items()):
-        if not reply.ok:
-            return ERROR, f"rank {rank}: {reply.error}\n{reply.traceback[-3000:]}", {}
-        results[rank] = reply.value
-    missing = sorted(set(range(world_size)) - set(results))
-    status = most_severe(r["status"] for r in results.values())
-    by_message: dict[str, list[int]] = {}
-    for rank, result in results.items():
-        if result["status"] == status and result["message"]:
-            by_message.setdefault(result["message"], []).append(rank)
-    lines = [f"rank {_ranks(ranks)}: {message}" if world_size > 1 else message for message, ranks in by_message.items()]
-    if missing:
-        lines.append(f"ranks {missing} were still inside the check and were stopped")
-    if status == PASS:
-        lines = _disagreements(results)
-        if lines:
-            status = FAIL
-    metrics = results[min(results)]["metrics"] if results else {}
-    return status, "\n".join(lines), metrics
-
-
-def _reply_text(reply: Any) -> str:
-    if not reply.ok:
-        return f"with an error: {reply.error}"
-    value = reply.value if isinstance(reply.value, dict) else {}
-    return f"{value.get('status')}: {value.get('message', '')[:2000]}".rstrip(": ")
-
-
-def _disagreements(results: dict[int, dict[str, Any]]) -> list[str]:
-    first = min(results)
-    lines = []
-    for rank, result in results.items():
-        for key in sorted(set(result["agreed"]) | set(results[first]["agreed"])):
-            expected, got = results[first]["agreed"].get(key), result["agreed"].get(key)
-            if expected != got:
-                lines.append(f"{key}: rank {rank} saw {got}, rank {first} saw {expected}")
-    return lines[:20]
-
-
-def _ranks(ranks: list[int]) -> str:
-    return ",".join(map(str, ranks))
-
-
-def _exit_text(code: int) -> str:
-    if code < 0:
-        import signal
-
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -23,7 +23,7 @@ import traceback
 from typing import Any
 
 
-def build(subject: str, way: str, checkpoint: str, ds_config: dict[str, Any]) -> tuple[Any, Any]:
+def build(subject: str, subject_module: str, way: str, checkpoint: str, ds_config: dict[str, Any]) -> tuple[Any, Any]:
     """(the object that must stay alive, the model)."""
     from transformers import AutoConfig, AutoModel
 
@@ -38,8 +38,11 @@ def build(subject: str, way: str, checkpoint: str, ds_config: dict[str, Any]) ->
             config = AutoConfig.from_pretrained(checkpoint)
             model = AutoModel.from_config(config)
         return dschf, model
+    import importlib
+
     from zero3_conformance.subjects import get_subject
 
+    importlib.import_module(subject_module)  # it registers the subject
     implementation = get_subject(subject)
     config_object = implementation.make_config(ds_config)
     if way == "from_pretrained":
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace, seen: dict[str, Any], at: Any) -> None:
 
     ds_config = json.loads(open(args.ds_config, encoding="utf-8").read())
     at(f"AutoModel.{args.way} under the config object")
-    keep_alive, model = build(args.subject, args.way, args.checkpoint, ds_config)
+    keep_alive, model = build(args.subject, args.subject_module, args.way, args.checkpoint, ds_config)
     seen["process_group"] = {"initialized": dist.is_initialized(),
                              "world_size": dist.get_world_size() if dist.is_initialized() else None}
     seen["parameters"] = parameters_seen(model)
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace, seen: dict[str, Any], at: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subject", required=True)
+    parser.add_argument("--subject-module", default="zero3_conformance.subjects", help="the module registering it")
     parser.add_argument("--way", choices=("from_pretrained", "from_config"), required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--ds-config", required=True)

@@ -97,7 +97,7 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
             first_line = (xpass["message"] or "").split("\n")[0]
             lines += [f"- `{xpass['case']}` in `{xpass['cell']}`: {first_line}"]
     if report.get("kill_matrix"):
-        from ..mutate import render as render_kill_matrix
+        from .kill_matrix import render as render_kill_matrix
 
         lines += ["", render_kill_matrix(report["kill_matrix"]).replace("\n# ", "\n## ").replace("# ", "## ", 1)
                   .replace("\n## The mutants", "\n### The mutants").rstrip()]

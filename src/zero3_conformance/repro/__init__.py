@@ -98,8 +98,8 @@ def _case_spec(record: Any) -> Any:
 
 
 def _script(record: Any, selection: dict[str, Any]) -> str:
+    from ..checks.registry import load_checks
     from ..dsconfig import with_dtype
-    from ..registry import load_checks
     from ..zoo import SHARD_SIZE
 
     if not scripted(record.clause, record.check):

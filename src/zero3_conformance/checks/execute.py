@@ -1,0 +1,76 @@
+"""Runs one case inside a rank: the check, its verdict on this rank, and the clean-up between cases.
+`execute` is what the runner hands each rank of a world (by name: "zero3_conformance.checks.execute:execute")."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import traceback
+from typing import Any
+
+from ..compat import zero3_partitioning
+from ..dsconfig import PLAIN
+from ..errors import exception_line
+from ..results import ERROR, FAIL, PASS, SKIP
+from ..subjects import clear_leftover_zero3
+from ..world import RankContext
+from .base import REGISTRY, Case, NotApplicable, SubjectRaised, engine_config
+from .registry import load_checks
+
+_variant_errors: dict[str, str] = {}  # per variant: DeepSpeed's error from an attempted build ("" where it builds)
+
+
+def _require_variant_builds(ctx: RankContext, payload: dict[str, Any]) -> None:
+    """SKIP, quoting DeepSpeed's own error, where DeepSpeed does not build the case's ZeRO-3 configuration
+    variant here: a module constructed under the partitioning context that variant's config asks for, wrapped
+    in an engine and run forward (MiCS's gathers, for one, need collectives some backends lack)."""
+    variant = payload.get("variant", PLAIN)
+    if variant == PLAIN:
+        return
+    if variant not in _variant_errors:
+        import deepspeed
+        import torch
+
+        try:
+            with zero3_partitioning(payload["ds_config"]):
+                module = torch.nn.Linear(8, 8)
+            engine, *_ = deepspeed.initialize(model=module, config=engine_config(payload["ds_config"]))
+            engine(torch.ones(2, 8, dtype=next(engine.parameters()).dtype, device=ctx.device))
+            getattr(engine, "destroy", lambda: None)()
+            _variant_errors[variant] = ""
+        except Exception as exc:  # noqa: BLE001 - DeepSpeed's answer is the reason the case cannot run
+            _variant_errors[variant] = f"DeepSpeed {deepspeed.__version__} does not build the {variant} variant " \
+                                       f"on {ctx.backend}: {exception_line(exc)}"
+    if _variant_errors[variant]:
+        raise NotApplicable(_variant_errors[variant])
+
+
+def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Runs one case in this rank; always returns {status, message, metrics, agreed}."""
+    load_checks()
+    importlib.import_module(payload["subject_module"])  # it registers the subject the case names
+    # DeepSpeed's warnings (e.g. about the client optimizers N3 uses on purpose) would bury the run's output.
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    entry = REGISTRY[payload["check"]]
+    inherited = clear_leftover_zero3()  # whatever an earlier case left, this one starts clean
+    case = Case(ctx, payload)
+    try:
+        _require_variant_builds(ctx, payload)
+        entry.fn(case)
+        status, message = (FAIL, "\n".join(case.findings)) if case.findings else (PASS, "")
+    except NotApplicable as exc:
+        status, message = SKIP, str(exc)
+    except SubjectRaised as exc:
+        status, message = FAIL, "\n".join([*case.findings, str(exc)])
+    except Exception:  # noqa: BLE001 - the check itself broke
+        status, message = ERROR, traceback.format_exc()[-3000:]
+    finally:
+        case.close()
+        gc.collect()  # drop this case's config objects and models before the next case
+    left = clear_leftover_zero3()
+    if left:  # the culprit is named in its own record; the next case starts clean regardless
+        case.metrics["left_zero3_on"] = left
+    if inherited:
+        case.metrics["started_with_zero3_on"] = inherited
+    return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed}
