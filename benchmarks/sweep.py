@@ -15,8 +15,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from zero3_conformance.contract import clause_key
+from zero3_conformance.report.summary import is_sweep_record
 from zero3_conformance.results import PASS, SKIP, read_records
-from zero3_conformance.summary import clause_key, is_sweep_record
 
 
 def main() -> None:

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import known_issues, summary
+from . import known_issues
 from .catalog import build_cases
 from .cell import describe_cell, local_device
 from .contract import clause_key
 from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
 from .errors import UsageError
+from .report import summary
 from .results import DEFAULT_REPEAT, Record, RecordWriter, run_succeeded, write_whole
 
 
@@ -301,7 +302,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     import shutil
 
     from . import matrix as matrix_file
-    from .matrix_runner import COMPLETE, run_profile, served_elsewhere
+    from .matrix.runner import COMPLETE, run_profile, served_elsewhere
     from .report import write_report
 
     if args.jobs < 1:

@@ -3,10 +3,10 @@ The tests that need a GPU skip without one, saying so; the same code runs over g
 
 import pytest
 
-from zero3_conformance import summary
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.cell import local_device, visible_gpus
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.report import summary
 from zero3_conformance.results import PASS, SKIP
 from zero3_conformance.runner import Runner, prepare_checkpoints
 

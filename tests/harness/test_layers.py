@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "zero3_conformance"
 NEVER = {
     "zero3_conformance.checks": ("zero3_conformance.runner", "zero3_conformance.catalog", "zero3_conformance.cli",
                                  "zero3_conformance.report", "zero3_conformance.mutants", "zero3_conformance.mutate",
-                                 "zero3_conformance.matrix_runner", "zero3_conformance.verdict"),
+                                 "zero3_conformance.matrix", "zero3_conformance.verdict"),
     "zero3_conformance.report": ("zero3_conformance.runner", "zero3_conformance.cli", "zero3_conformance.mutate",
-                                 "zero3_conformance.matrix_runner", "zero3_conformance.catalog"),
+                                 "zero3_conformance.matrix.runner", "zero3_conformance.catalog"),
     "zero3_conformance.subjects": ("zero3_conformance.mutants", "zero3_conformance.catalog"),
     "zero3_conformance.catalog": ("zero3_conformance.mutants", "zero3_conformance.runner", "zero3_conformance.cli"),
     "zero3_conformance.world": ("zero3_conformance.checks", "zero3_conformance.runner", "zero3_conformance.catalog"),

@@ -12,7 +12,7 @@ import pytest
 
 from zero3_conformance import cli
 from zero3_conformance.matrix import Cell
-from zero3_conformance.matrix_runner import (
+from zero3_conformance.matrix.runner import (
     COMPLETE,
     NOT_IMPORTABLE,
     NOT_INSTALLABLE,
@@ -22,8 +22,8 @@ from zero3_conformance.matrix_runner import (
 )
 from zero3_conformance.report import write_report
 from zero3_conformance.report.aggregate import BLAME_INTEGRATION, BLAME_STACK, load_cell
+from zero3_conformance.report.summary import write as write_summary
 from zero3_conformance.results import FAIL, PASS, XFAIL, XPASS, Record, RecordWriter
-from zero3_conformance.summary import write as write_summary
 
 FAKE_TOX = textwrap.dedent('''
     import json, os, sys

@@ -150,7 +150,7 @@ def _record(model, head, clause, subject, status):
 
 
 def test_coverage_counts_types_attempted_built_and_checked():
-    from zero3_conformance.summary import CHECKED_WHEN_RAN, architecture_coverage, render
+    from zero3_conformance.report.summary import CHECKED_WHEN_RAN, architecture_coverage, render
 
     records = [_record(t, f"{t.title()}Model", clause, subject, status)
                for t, status in (("vit", "PASS"), ("clip", "FAIL"), ("timm", "SKIP"))
@@ -166,7 +166,7 @@ def test_coverage_counts_types_attempted_built_and_checked():
 
 
 def test_tensors_left_uninitialized_without_zero_are_listed_once_per_class():
-    from zero3_conformance.summary import render
+    from zero3_conformance.report.summary import render
 
     left = ["text_decoder.cls.predictions.bias"]
     records = [_record("blip", "BlipForQuestionAnswering", clause, subject, "PASS")

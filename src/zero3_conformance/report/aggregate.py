@@ -23,7 +23,7 @@ from .. import known_issues
 from ..cell import COMPLETE, cell_label, read_cell_file, topology_suffix
 from ..errors import UsageError
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record, read_records
-from ..summary import architecture_coverage
+from .summary import architecture_coverage
 
 BLAME_INTEGRATION = "transformers integration"
 BLAME_STACK = "deepspeed/torch"

@@ -13,9 +13,9 @@ from ..contract import clause_groups
 from ..errors import UsageError
 from ..known_issues import KnownIssue
 from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, write_whole
-from ..summary import CHECKED_WHEN_RAN
 from .aggregate import aggregate, verdict
 from .html import render_html
+from .summary import CHECKED_WHEN_RAN
 
 GROUPS = clause_groups()
 MESSAGE_CHARS = 1500

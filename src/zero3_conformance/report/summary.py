@@ -6,10 +6,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from .cell import cell_label
-from .contract import clause_key
-from .known_issues import note
-from .results import BAD_STATUSES, SKIP, STATUSES, XFAIL, XPASS, Record, run_succeeded, write_whole
+from ..cell import cell_label
+from ..contract import clause_key
+from ..known_issues import note
+from ..results import BAD_STATUSES, SKIP, STATUSES, XFAIL, XPASS, Record, run_succeeded, write_whole
 
 
 def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:

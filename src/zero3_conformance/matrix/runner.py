@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
-from .cell import (
+from ..cell import (
     CELL_FILE,
     COMPLETE,
     NOT_IMPORTABLE,
@@ -25,9 +25,9 @@ from .cell import (
     SERVED,
     read_cell_file,
 )
-from .launched import SERVED_FILE
-from .matrix import Cell
-from .results import write_whole
+from ..launched import SERVED_FILE
+from ..results import write_whole
+from . import Cell
 
 IMPORT_CHECK = "import torch, deepspeed, transformers, accelerate, zero3_conformance"
 OUT_ENV = "ZERO3_CONFORMANCE_MATRIX_OUT"  # where tox.ini's command writes a cell's run directory

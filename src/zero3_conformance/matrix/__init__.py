@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from .cell import LIBRARIES
-from .errors import UsageError, read_toml_file
+from ..cell import LIBRARIES
+from ..errors import UsageError, read_toml_file
 
 SHORT = {"torch": "torch", "deepspeed": "ds", "transformers": "tf", "accelerate": "acc"}
 PROFILE_KEYS = {"cells", "all"}  # exactly one of them
 PROFILE_OPTIONS = {"run_args"}  # options every cell's `zero3-conformance run` gets
 # In a source checkout (the matrix is run from one: tox builds the project from it).
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / "matrix" / "matrix.toml"
+DEFAULT_FILE = Path(__file__).resolve().parents[3] / "matrix" / "matrix.toml"
 
 
 @dataclasses.dataclass(frozen=True)
