@@ -187,7 +187,8 @@ def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """A run in worlds the harness starts; inside a world a launcher started, a run in that world."""
-    from . import launched, mutants  # noqa: F401 - mutants registers the mutant:NAME subjects a run may name
+    from . import launched
+    from .mutation import mutants  # noqa: F401 - registers the mutant:NAME subjects a run may name
 
     launch = launched.detect()
     return _run(args) if launch is None else _run_launched(args, launch)
@@ -359,9 +360,9 @@ def _copy_markdown(report_dir: Path, target: Path | None) -> None:
 
 
 def cmd_mutate(args: argparse.Namespace) -> int:
-    from . import mutate
     from .checks.registry import load_checks
-    from .mutants import MUTANTS
+    from .mutation import kill
+    from .mutation.mutants import MUTANTS
     from .report import kill_matrix
     from .runner import Runner
 
@@ -381,10 +382,10 @@ def cmd_mutate(args: argparse.Namespace) -> int:
 
     runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)  # a mutant that hangs would cost its limit on every try
     try:
-        matrix = mutate.kill_matrix(runner, names, clauses, progress)
+        matrix = kill.kill_matrix(runner, names, clauses, progress)
     finally:
         runner.close()
-    mutate.write(args.out, matrix)
+    kill.write(args.out, matrix)
     print(kill_matrix.render(matrix).split("\n## The mutants")[0].rstrip())
     print(f"kill matrix in {args.out}/kill-matrix.md and kill-matrix.json")
     return 0 if kill_matrix.all_killed(matrix) else 1

@@ -3,9 +3,9 @@ kept alive) does not decide the next case's result, and the leak is named in the
 
 import pytest
 
-from zero3_conformance import mutants  # noqa: F401 - registers the mutant:NAME subjects
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.mutation import mutants  # noqa: F401 - registers the mutant:NAME subjects
 from zero3_conformance.results import FAIL, PASS
 from zero3_conformance.runner import Runner, prepare_checkpoints
 

@@ -4,7 +4,7 @@ the same cases: the checks are shown able to fail."""
 import pytest
 
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.mutants import MUTANTS, killing_cases
+from zero3_conformance.mutation.mutants import MUTANTS, killing_cases
 from zero3_conformance.results import FAIL, PASS, TIMEOUT
 from zero3_conformance.runner import Runner, prepare_checkpoints
 

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from .subjects import ReferenceSubject, register
+from ..subjects import ReferenceSubject, register
 
 _strong_refs: list[Any] = []
 
@@ -25,7 +25,7 @@ def _patched(module: Any, name: str, replacement: Any) -> Iterator[None]:
 
 def _initialization_skipped() -> contextlib.AbstractContextManager:
     """The reference with its init step removed: parameters stay as zero.Init left them."""
-    from .reference import build
+    from ..reference import build
 
     return _patched(build, "_initialize", lambda model, only=None: None)
 
@@ -261,8 +261,8 @@ class LoadingOptionsDropped(Mutant):
 
 
 def _fp32_construction() -> contextlib.AbstractContextManager:
-    from .dsconfig import with_dtype
-    from .reference import build
+    from ..dsconfig import with_dtype
+    from ..reference import build
 
     original = build.partitioned_construction
 
@@ -301,7 +301,7 @@ def killing_cases(name: str, target: str, subject: str | None = None) -> list[An
     """The cases of `target` (a clause, or one check id of it) that must catch mutant `name`, for its
     family: the largest world size up to 2, one dtype (fp32 where the check has it), and the whole-file and
     sharded layouts. `subject` defaults to the mutant itself; pass "reference" for the control run."""
-    from .catalog import build_cases
+    from ..catalog import build_cases
 
     mutant = MUTANTS[name]
     clause = target.split("-")[0]

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from .checks.registry import load_checks
-from .contract import clause_key
+from ..checks.registry import load_checks
+from ..contract import clause_key
+from ..report.kill_matrix import render
+from ..results import CRASH, FAIL, PASS, TIMEOUT, write_whole
+from ..runner import Runner, prepare_checkpoints
 from .mutants import MUTANTS, killing_cases
-from .report.kill_matrix import render
-from .results import CRASH, FAIL, PASS, TIMEOUT, write_whole
-from .runner import Runner, prepare_checkpoints
 
 KILLING = (FAIL, TIMEOUT, CRASH)
 COSTLY = ("P3",)
