@@ -24,6 +24,7 @@ used one agrees to within 2 MB. The figures:
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
 import os
 import sys
@@ -105,6 +106,7 @@ def _build(spec: dict[str, Any]) -> Any:
             config = AutoConfig.from_pretrained(spec["checkpoint"])
             return model_class.from_config(config)
         return model_class.from_pretrained(spec["checkpoint"], trust_remote_code=False)
+    importlib.import_module(spec["subject_module"])  # it registers the subject
     subject = get_subject(spec["subject"])
     config_object = subject.make_config(spec["ds_config"])
     if spec["build"] == "from_config":
@@ -302,9 +304,11 @@ def _measured_here(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_everywhere(rank: int, world_size: int, backend: str, subject: str, build: str, ds_config: dict[str, Any],
-                     family: Any, warmup_family: Any, in_process: bool = False
+                     family: Any, warmup_family: Any, in_process: bool = False,
+                     subject_module: str = "zero3_conformance.subjects"
                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Called in every rank of a world: each rank's probe process builds `family` once with `subject`, the
+    """Called in every rank of a world: each rank's probe process builds `family` once with `subject` (which
+    `subject_module` registers), the
     probes forming a process group of their own. Then rank 0's probe measures the baseline's build (no
     ZeRO). Returns (every rank's figures, the baseline's; {} on ranks other than 0). After any failure every
     rank's probe is retired, so the next measurement starts from fresh processes in a fresh group.
@@ -324,7 +328,8 @@ def probe_everywhere(rank: int, world_size: int, backend: str, subject: str, bui
     dist.barrier()
     if rank != 0:
         checkpoint, warmup_checkpoint = written_here()
-    spec = {"subject": subject, "build": build, "checkpoint": checkpoint, "ds_config": ds_config, "backend": backend,
+    spec = {"subject": subject, "subject_module": subject_module, "build": build, "checkpoint": checkpoint,
+            "ds_config": ds_config, "backend": backend,
             "auto_class": family.auto_class, "warmup_checkpoint": warmup_checkpoint}
     try:
         figures: dict[str, Any] = _measured_here(spec) if in_process else \
