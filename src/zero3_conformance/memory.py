@@ -24,13 +24,11 @@ used one agrees to within 2 MB. The figures:
 from __future__ import annotations
 
 import ctypes
-import importlib
 import json
 import os
 import sys
 import threading
 import time
-from datetime import timedelta
 from typing import Any
 
 MB = 1024 * 1024
@@ -106,8 +104,7 @@ def _build(spec: dict[str, Any]) -> Any:
             config = AutoConfig.from_pretrained(spec["checkpoint"])
             return model_class.from_config(config)
         return model_class.from_pretrained(spec["checkpoint"], trust_remote_code=False)
-    importlib.import_module(spec["subject_module"])  # it registers the subject
-    subject = get_subject(spec["subject"])
+    subject = get_subject(spec["subject"], spec["subject_module"])
     config_object = subject.make_config(spec["ds_config"])
     if spec["build"] == "from_config":
         return config_object, subject.from_config(model_class, AutoConfig.from_pretrained(spec["checkpoint"]))
@@ -121,14 +118,9 @@ def _join_group(backend: str) -> None:
 
     if dist.is_available() and dist.is_initialized():
         return
-    import deepspeed
+    from .world import join_loopback_group
 
-    from .world import loopback_store
-
-    rank, world_size, timeout = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), timedelta(minutes=30)
-    dist.init_process_group(backend, store=loopback_store(rank, world_size, int(os.environ["MASTER_PORT"]), timeout),
-                            rank=rank, world_size=world_size, timeout=timeout)
-    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    join_loopback_group(backend, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["MASTER_PORT"]))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Protocol
 
 from . import compat
@@ -121,7 +122,11 @@ register("transformers", TransformersSubject, default=True)
 register("reference", ReferenceSubject, default=True)
 
 
-def get_subject(name: str) -> Subject:
+def get_subject(name: str, registered_in: str | None = None) -> Subject:
+    """A new instance of the subject registered as `name`. `registered_in`: the module that registers it,
+    imported first, for a process that may not have imported it yet (a rank, a memory probe, a script)."""
+    if registered_in:
+        importlib.import_module(registered_in)
     try:
         return SUBJECTS[name]()
     except KeyError:

@@ -67,9 +67,22 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def loopback_store(rank: int, world_size: int, port: int, timeout: timedelta) -> Any:
-    """The world's key-value store, served by rank 0 on loopback only: left to itself, torch's store listens on
-    every interface of the machine whatever MASTER_ADDR says."""
+GROUP_TIMEOUT = timedelta(minutes=30)
+
+
+def join_loopback_group(backend: str, rank: int, world_size: int, port: int) -> None:
+    """Joins the process group of a world on this machine, and DeepSpeed's side of it. Its key-value store is
+    served by rank 0 on loopback only: left to itself, torch's store listens on every interface of the
+    machine whatever MASTER_ADDR says."""
+    import deepspeed
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, store=_loopback_store(rank, world_size, port), rank=rank,
+                            world_size=world_size, timeout=GROUP_TIMEOUT)
+    deepspeed.init_distributed(dist_backend=backend, timeout=GROUP_TIMEOUT)
+
+
+def _loopback_store(rank: int, world_size: int, port: int) -> Any:
     import torch.distributed as dist
 
     listen_fd = None
@@ -79,7 +92,7 @@ def loopback_store(rank: int, world_size: int, port: int, timeout: timedelta) ->
             sock.bind(("127.0.0.1", port))
             sock.listen(128)
             listen_fd = sock.detach()  # the store's now: it polls the socket until the process ends
-    return dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timeout, master_listen_fd=listen_fd)
+    return dist.TCPStore("127.0.0.1", port, world_size, rank == 0, GROUP_TIMEOUT, master_listen_fd=listen_fd)
 
 
 def resolve(path: str) -> Callable[..., Any]:
@@ -180,12 +193,7 @@ def _rank_main(
             else:
                 torch.cuda.set_device(rank)
                 device = f"cuda:{rank}"
-            import deepspeed
-
-            timeout = timedelta(minutes=30)
-            torch.distributed.init_process_group(backend, store=loopback_store(rank, world_size, port, timeout),
-                                                 rank=rank, world_size=world_size, timeout=timeout)
-            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # DeepSpeed's side of that group
+            join_loopback_group(backend, rank, world_size, port)
             for module in preload:
                 importlib.import_module(module)
             ctx = RankContext(rank, world_size, backend, device)

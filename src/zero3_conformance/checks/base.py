@@ -235,7 +235,8 @@ class Case(Findings):
         self.ctx = ctx
         self.rank, self.world_size = ctx.rank, ctx.world_size
         self.subject_name: str = payload["subject"]
-        self.subject = get_subject(self.subject_name)
+        self.subject_module: str = payload["subject_module"]  # the module that registers the subject
+        self.subject = get_subject(self.subject_name, self.subject_module)
         self.family: Family | None = Family(**payload["family"]) if payload.get("family") else None
         self.layout: str | None = payload.get("layout")
         self.dtype: str = payload["dtype"]

@@ -62,7 +62,7 @@ def _documented(case: Case, way: str) -> None:
         config_path.write_text(json.dumps(ds_config), encoding="utf-8")
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                    str(world_size), str(SCRIPT), "--subject", case.subject_name,
-                   "--subject-module", type(case.subject).__module__, "--way", way,
+                   "--subject-module", case.subject_module, "--way", way,
                    "--checkpoint", str(case.checkpoint_path), "--ds-config", str(config_path), "--out", workdir]
         started = time.monotonic()
         exit_code, output = _launch(command, workdir)

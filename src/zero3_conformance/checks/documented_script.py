@@ -38,12 +38,9 @@ def build(subject: str, subject_module: str, way: str, checkpoint: str, ds_confi
             config = AutoConfig.from_pretrained(checkpoint)
             model = AutoModel.from_config(config)
         return dschf, model
-    import importlib
-
     from zero3_conformance.subjects import get_subject
 
-    importlib.import_module(subject_module)  # it registers the subject
-    implementation = get_subject(subject)
+    implementation = get_subject(subject, subject_module)
     config_object = implementation.make_config(ds_config)
     if way == "from_pretrained":
         model, _ = implementation.from_pretrained(AutoModel, checkpoint)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import traceback
 from typing import Any
@@ -49,7 +48,6 @@ def _require_variant_builds(ctx: RankContext, payload: dict[str, Any]) -> None:
 def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Runs one case in this rank; always returns {status, message, metrics, agreed}."""
     load_checks()
-    importlib.import_module(payload["subject_module"])  # it registers the subject the case names
     # DeepSpeed's warnings (e.g. about the client optimizers N3 uses on purpose) would bury the run's output.
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     entry = REGISTRY[payload["check"]]

@@ -186,7 +186,7 @@ def _peak_memory_within_bound(case: Case, build: str) -> None:
     everyone, baseline = probe_everywhere(case.rank, case.world_size, case.ctx.backend, case.subject_name, build,
                                           case.ds_config, MEMORY_FAMILY, MEMORY_WARMUP_FAMILY,
                                           in_process=case.ctx.launched,
-                                          subject_module=type(case.subject).__module__)
+                                          subject_module=case.subject_module)
     mine = everyone[case.rank]
     if "error" in mine:
         raise RuntimeError(mine["error"])
