@@ -16,8 +16,8 @@ from typing import Any
 
 from zero3_conformance.checks.partition import MEMORY_SLACK_MB, _model_sizes
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.memory import probe_everywhere
-from zero3_conformance.world import WorldPool
+from zero3_conformance.memory.client import probe_everywhere
+from zero3_conformance.worlds.world import WorldPool
 from zero3_conformance.zoo import _MEMORY_LLAMA, MEMORY_WARMUP_FAMILY, Family, _kw, ensure_checkpoint
 
 # llama-shaped, 615 MiB in fp32: 10 layers of 12.8 M parameters and two 16.4 M embeddings.

@@ -11,8 +11,8 @@ from collections import defaultdict
 from typing import Any
 
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.execution.runner import Runner, prepare_checkpoints
 from zero3_conformance.results import BAD_STATUSES
-from zero3_conformance.runner import Runner, prepare_checkpoints
 
 
 def run_timed(cases: list, fresh_world_per_check: bool = False, cold_zoo: bool = False,
@@ -36,7 +36,7 @@ def _run(cases: list, fresh_world_per_check: bool, start_method: str | None) -> 
     runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)  # the checks' own cost, one try each
     runner.pool.start_method = start_method
     if start_method == "spawn":  # spawned ranks import only what the checks need, as a launcher per check would
-        runner.pool.preload = tuple(m for m in runner.pool.preload if m != "zero3_conformance.warm")
+        runner.pool.preload = tuple(m for m in runner.pool.preload if m != "zero3_conformance.execution.warm")
     starting: list[float] = []
     get = runner.pool.get
 

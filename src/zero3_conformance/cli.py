@@ -12,24 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from . import known_issues
-from .catalog import build_cases
 from .cell import describe_cell, local_device
 from .contract import clause_key
 from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
 from .errors import UsageError
-from .report import summary
-from .results import DEFAULT_REPEAT, Record, RecordWriter, run_succeeded, write_whole
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _world_sizes(text: str) -> list[int]:
-    try:
-        return [int(part) for part in _csv(text)]
-    except ValueError:
-        raise UsageError(f"invalid --world-sizes {text!r}: expected comma-separated integers") from None
+from .execution.plan import comma_list
+from .results import DEFAULT_REPEAT, Record, run_succeeded, write_whole
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,13 +138,6 @@ def cmd_list() -> int:
     return 0
 
 
-PLAN_FILE = "run.json"  # what a run was asked to check, so `run --resume DIR` can finish it
-SELECTION = ("subject", "models", "architectures", "clauses", "world_sizes", "variants", "model", "ds_config",
-             "known_issues", "timeout", "repeat")
-# What a plan written before a key existed meant by leaving it out.
-SELECTION_BEFORE = {"repeat": 0, "architectures": "", "variants": ""}
-
-
 def _selection(args: argparse.Namespace) -> dict:
     return {"subject": args.subject, "models": args.models, "architectures": args.architectures,
             "clauses": args.clauses, "world_sizes": args.world_sizes, "variants": args.variants,
@@ -165,30 +146,10 @@ def _selection(args: argparse.Namespace) -> dict:
             "known_issues": str(args.known_issues), "timeout": args.timeout, "repeat": args.repeat}
 
 
-def _resumed(run_dir: Path) -> tuple[dict, list[Record]]:
-    """The plan of an earlier run in `run_dir` and its finished records; a torn last line is dropped."""
-    from .dsconfig import validate
-    from .results import read_records
-
-    try:
-        plan = json.loads((run_dir / PLAN_FILE).read_text(encoding="utf-8"))
-        selection = {key: plan["selection"][key] if key in plan["selection"] else SELECTION_BEFORE[key]
-                     for key in SELECTION}
-    except OSError:
-        raise UsageError(f"cannot resume {run_dir}: no {PLAN_FILE} (not a run directory, or one from before "
-                         "runs could be resumed)") from None
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"cannot resume {run_dir}: {PLAN_FILE} is not a run plan") from None
-    validate(selection["ds_config"], str(run_dir / PLAN_FILE))
-    results = run_dir / "results.jsonl"
-    records = read_records(results) if results.is_file() else []
-    return selection, records
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """A run in worlds the harness starts; inside a world a launcher started, a run in that world."""
-    from . import launched
     from .mutation import mutants  # noqa: F401 - registers the mutant:NAME subjects a run may name
+    from .worlds import launched
 
     launch = launched.detect()
     return _run(args) if launch is None else _run_launched(args, launch)
@@ -197,9 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_launched(args: argparse.Namespace, launch: Any) -> int:
     """Every rank joins; rank 0 runs the cases and writes the run directory, the others serve its tasks, and
     every rank exits with rank 0's status."""
-    from . import launched
-    from .runner import quiet_environment
-    from .world import WorldStartError
+    from .execution.runner import quiet_environment
+    from .worlds import launched
+    from .worlds.world import WorldStartError
 
     quiet_environment()
     warnings.simplefilter("ignore")  # as a self-started world's ranks do (PYTHONWARNINGS): they are its output
@@ -225,9 +186,7 @@ def _run_launched(args: argparse.Namespace, launch: Any) -> int:
 
 
 def _run(args: argparse.Namespace, world: Any = None) -> int:
-    from .results import write_records
-    from .runner import NOT_RUN, Runner, default_parallel_worlds, prepare_checkpoints
-    from .zoo import detect_layout, user_family
+    from .execution.plan import PLAN_FILE, SELECTION, Run
 
     if args.repeat < 0:
         raise UsageError(f"--repeat must be 0 or more, not {args.repeat}")
@@ -239,60 +198,20 @@ def _run(args: argparse.Namespace, world: Any = None) -> int:
         if given:
             raise UsageError(f"--resume takes what to check from its run directory's {PLAN_FILE}; leave out "
                              f"{', '.join(given)}")
-        out: Path = args.resume
-        selection, finished = _resumed(out)
-        finished = [r for r in finished if not r.metrics.get(NOT_RUN)]  # run now
+        run = Run.resume(args.resume, world)
     else:
-        out, selection, finished = args.out, _selection(args), []
-    user_model = None
-    if selection["model"] is not None:
-        detect_layout(Path(selection["model"]))
-        user_model = user_family(Path(selection["model"]))
-    issues = known_issues.load(Path(selection["known_issues"]))
-    asked_sizes = _world_sizes(selection["world_sizes"]) if selection["world_sizes"] else None
-    if world is not None and asked_sizes and asked_sizes != [world.world_size]:
-        raise UsageError(f"--world-sizes {selection['world_sizes']}: the launched world has {world.world_size} "
-                         f"ranks, and every case runs at its size")
-    cases = build_cases(_csv(selection["subject"]), _csv(selection["models"]), _csv(selection["clauses"]),
-                        asked_sizes, user_model, _csv(selection["architectures"]),
-                        launched_size=world.world_size if world is not None else None,
-                        variants=_csv(selection["variants"]))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.resume is None:
-            write_whole(out / PLAN_FILE, json.dumps({"schema": 1, "selection": selection}, indent=2) + "\n")
-        write_records(out / "results.jsonl", finished)  # drops a line a killed run left torn
-        (out / "summary.md").unlink(missing_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot write to output directory {out}: {exc.strerror}") from None
-    done = {r.case_id for r in finished}
-    remaining = [case for case in cases if case.id not in done]
-    prepare_checkpoints(remaining)
-    runner = Runner(selection["ds_config"], timeout_s=selection["timeout"], known_issues=issues,
-                    repeat=selection["repeat"], launched=world)
-    other_cells = {json.dumps(r.cell, sort_keys=True) for r in finished} - {json.dumps(runner.cell, sort_keys=True)}
-    if other_cells:
-        raise UsageError(f"cannot resume {out}: it was run on another cell ({sorted(other_cells)[0]}), this "
-                         f"environment is {json.dumps(runner.cell, sort_keys=True)}")
-    records = list(finished)
-    width = len(str(len(cases)))
+        run = Run(args.out, _selection(args), world=world)
+    out, total = run.out, len(run.cases)
+    width = len(str(total))
 
-    def progress(index: int, total: int, record: Record) -> None:
-        records.append(record)
-        # Rewritten after every result, so a run killed outright still has a summary that says it is partial.
-        summary.write(out / "summary.md", records, len(cases))
+    def progress(record: Record) -> None:
         if not args.quiet:
-            print(f"[{len(records):{width}d}/{len(cases)}] {record.status:7s} {record.case_id} "
+            print(f"[{len(run.records):{width}d}/{total}] {record.status:7s} {record.case_id} "
                   f"({record.duration_s:.1f}s)", flush=True)
 
-    if finished and not args.quiet:
-        print(f"resuming {out}: {len(finished)} of {len(cases)} results kept, {len(remaining)} to run", flush=True)
-    parallel_worlds = 1 if world is not None else args.parallel_worlds or default_parallel_worlds(runner.backend)
-    with RecordWriter(out / "results.jsonl") as writer:
-        runner.run(remaining, writer, progress, parallel_worlds)
-    notes = [f"possibly stale known issue {i.name}: it applies to cases that ran here and none met it "
-             f"(expected {' or '.join(i.expected)}; {i.link})" for i in known_issues.stale(issues, records)]
-    summary.write(out / "summary.md", records, len(cases), notes)
+    if run.finished and not args.quiet:
+        print(f"resuming {out}: {len(run.finished)} of {total} results kept, {len(run.remaining)} to run", flush=True)
+    records = run.execute(args.parallel_worlds, progress)
     ok = run_succeeded(records)
     print(f"{'PASSED' if ok else 'FAILED'}: {len(records)} results in {out}/results.jsonl, summary in {out}/summary.md")
     return 0 if ok else 1
@@ -310,7 +229,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     path = args.file or matrix_file.DEFAULT_FILE
     matrix = matrix_file.load(path)
-    cells = matrix.cells(args.profile, _csv(args.cells))
+    cells = matrix.cells(args.profile, comma_list(args.cells))
     if args.nodes < 1:
         raise UsageError(f"--nodes must be at least 1, got {args.nodes}")
     if args.github_matrix:
@@ -361,17 +280,17 @@ def _copy_markdown(report_dir: Path, target: Path | None) -> None:
 
 def cmd_mutate(args: argparse.Namespace) -> int:
     from .checks.registry import load_checks
+    from .execution.runner import Runner
     from .mutation import kill
     from .mutation.mutants import MUTANTS
     from .report import kill_matrix
-    from .runner import Runner
 
-    names = _csv(args.mutants) or sorted(MUTANTS)
+    names = comma_list(args.mutants) or sorted(MUTANTS)
     unknown = [n for n in names if n not in MUTANTS]
     if unknown:
         raise UsageError(f"unknown mutant {unknown[0]!r}; known: {', '.join(sorted(MUTANTS))}")
     known_clauses = {c.clause for c in load_checks().values()}
-    clauses = _csv(args.clauses) or sorted(known_clauses)
+    clauses = comma_list(args.clauses) or sorted(known_clauses)
     if set(clauses) - known_clauses:
         raise UsageError(f"unknown clause {sorted(set(clauses) - known_clauses)[0]!r}; known: "
                          f"{', '.join(sorted(known_clauses, key=clause_key))}")
@@ -423,7 +342,7 @@ def cmd_architectures(args: argparse.Namespace) -> int:
     from . import architectures
 
     known = architectures.model_types()
-    types = _csv(args.types) or known
+    types = comma_list(args.types) or known
     unknown = [t for t in types if t not in known]
     if unknown:
         raise UsageError(f"unknown model type {unknown[0]!r}: not a type with an AutoModel class in "

@@ -1,6 +1,7 @@
 """pytest front end: the conformance suite runs the catalog's cases in persistent worlds shared by a
-session, tries again a case that did not pass (--z3-repeat N), applies the known-issues file, and can write
-the same records as the CLI (--z3-results DIR)."""
+session, tries again a case that did not pass (--z3-repeat N), applies the known-issues file, can write
+the same records as the CLI (--z3-results DIR), and can finish an interrupted session from them
+(--z3-resume)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ def pytest_addoption(parser: Any) -> None:
     group.addoption("--z3-repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
                     help=f"further tries of a case that neither passes nor skips, the last in a fresh world "
                          f"(default {DEFAULT_REPEAT}; 0: none)")
+    group.addoption("--z3-resume", action="store_true",
+                    help="with --z3-results DIR: a case DIR already has a record of is reported from it, not run "
+                         "again (an interrupted session finishes where it stopped)")
 
 
+RESULTS_PATTERN = "results-*.jsonl"  # one file per worker (xdist's id, or "main")
 MARKERS = ("conformance: a check of a subject against the ZeRO-3 contract",
            "slow: starts worlds of processes or builds real models (seconds to minutes each)")
 
@@ -35,20 +40,43 @@ def pytest_configure(config: Any) -> None:
         config.addinivalue_line("markers", marker)
     if config.getoption("--z3-repeat") < 0:
         raise pytest.UsageError(f"--z3-repeat must be 0 or more, not {config.getoption('--z3-repeat')}")
+    if config.getoption("--z3-resume"):
+        _resumable(config.getoption("--z3-results"))
+
+
+def _resumable(out: Path | None) -> None:
+    """A usage error, before any case runs, where --z3-resume has nothing of this cell to finish."""
+    from .cell import describe_cell, local_device
+    from .errors import UsageError
+    from .execution.plan import finished_records, same_cell
+
+    if out is None:
+        raise pytest.UsageError("--z3-resume needs --z3-results DIR: the directory whose records it finishes")
+    try:
+        same_cell(out, finished_records(out, RESULTS_PATTERN), describe_cell(*local_device()))
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 class ConformanceSession:
     def __init__(self, config: Any):
         from .dsconfig import DEFAULT_ZERO3_CONFIG
-        from .runner import Runner
+        from .execution.plan import finished_records
+        from .execution.runner import Runner
 
         issues = known_issues.load(config.getoption("--z3-known-issues"))
         self.runner = Runner(DEFAULT_ZERO3_CONFIG, known_issues=issues, repeat=config.getoption("--z3-repeat"))
         out: Path | None = config.getoption("--z3-results")
+        self.kept: dict[str, Record] = {}
+        if config.getoption("--z3-resume") and out is not None:
+            # Every worker's file: under xdist a case may land on another worker than the one that ran it.
+            self.kept = {r.case_id: r for r in finished_records(out, RESULTS_PATTERN)}
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.writer = RecordWriter(out / f"results-{worker}.jsonl") if out else None
+        self.writer = RecordWriter(out / RESULTS_PATTERN.replace("*", worker)) if out else None
 
     def run(self, case: Any) -> Record:
+        if case.id in self.kept:
+            return self.kept[case.id]  # finished by the session this one resumes: its record stands
         record = self.runner.run_case(case)
         if self.writer:
             self.writer.write(record)

@@ -4,8 +4,11 @@ status rank 0 hands out (3, so that the tests can tell it from a crash)."""
 
 import json
 import sys
+from pathlib import Path
 
-from zero3_conformance import launched
+from zero3_conformance.worlds import launched
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tasks are harness.faults's, as in the tests
 
 STATUS = 3
 LIMIT_S = 60.0  # each task's limit: above the launched world's grace for ranks left inside a task
@@ -22,7 +25,7 @@ def main(tasks: list[str]) -> int:
     for task in tasks:
         name, _, argument = task.partition("=")
         try:
-            outcome = pool.get(ctx.world_size).run(f"zero3_conformance.faults:{name}", int(argument or 0), LIMIT_S)
+            outcome = pool.get(ctx.world_size).run(f"harness.faults:{name}", int(argument or 0), LIMIT_S)
         except launched.WorldStartError as exc:
             outcomes.append({"task": task, "not_run": str(exc)})
             continue

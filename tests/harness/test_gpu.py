@@ -6,9 +6,9 @@ import pytest
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.cell import local_device, visible_gpus
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.execution.runner import Runner, prepare_checkpoints
 from zero3_conformance.report import summary
 from zero3_conformance.results import PASS, SKIP
-from zero3_conformance.runner import Runner, prepare_checkpoints
 
 pytestmark = pytest.mark.xdist_group("harness-gpu")
 needs_gpu = pytest.mark.skipif(visible_gpus() == 0, reason="no CUDA GPU visible: the NCCL path needs one")

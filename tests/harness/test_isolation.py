@@ -5,9 +5,9 @@ import pytest
 
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.execution.runner import Runner, prepare_checkpoints
 from zero3_conformance.mutation import mutants  # noqa: F401 - registers the mutant:NAME subjects
 from zero3_conformance.results import FAIL, PASS
-from zero3_conformance.runner import Runner, prepare_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-isolation")]
 _leaked = []

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from zero3_conformance import launched
 from zero3_conformance.cli import main
 from zero3_conformance.errors import UsageError
-from zero3_conformance.world import free_loopback_port
+from zero3_conformance.worlds import launched
+from zero3_conformance.worlds.world import free_loopback_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-launched")]
 DRIVER = Path(__file__).with_name("launched_driver.py")

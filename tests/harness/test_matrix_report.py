@@ -43,7 +43,7 @@ FAKE_TOX = textwrap.dedent('''
         sys.exit(0)
     out = Path(os.environ["ZERO3_CONFORMANCE_MATRIX_OUT"]) / cell
     if behaviour == "served":  # the node of ranks 2-3 of a launched world of 2 nodes; rank 0's run found a FAIL
-        from zero3_conformance.launched import Launch, note_served
+        from zero3_conformance.worlds.launched import Launch, note_served
         note_served(Launch("torch", 2, 4, 0, 2, "node0", 29500), out, 1)
         sys.exit(1)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from zero3_conformance.memory import ProbeProcess
+from zero3_conformance.memory.client import ProbeProcess
 from zero3_conformance.zoo import MEMORY_FAMILY, MEMORY_WARMUP_FAMILY, ensure_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-memory-probe")]

@@ -4,9 +4,9 @@ the same cases: the checks are shown able to fail."""
 import pytest
 
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.execution.runner import Runner, prepare_checkpoints
 from zero3_conformance.mutation.mutants import MUTANTS, killing_cases
 from zero3_conformance.results import FAIL, PASS, TIMEOUT
-from zero3_conformance.runner import Runner, prepare_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-mutants")]
 KILLED = (FAIL, TIMEOUT)  # a hang is as much a finding as a wrong value

@@ -8,8 +8,8 @@ import torch
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.checks.numerics import _compare
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG, with_dtype
-from zero3_conformance.runner import RANK_PRELOAD, prepare_checkpoints
-from zero3_conformance.world import WorldPool
+from zero3_conformance.execution.runner import RANK_PRELOAD, prepare_checkpoints
+from zero3_conformance.worlds.world import WorldPool
 from zero3_conformance.zoo import ensure_checkpoint
 
 

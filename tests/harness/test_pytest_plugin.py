@@ -42,7 +42,7 @@ def test_without_known_issues_the_finding_fails(pytester):
 
 FLAKY_CONFTEST = """
 from zero3_conformance.results import FAIL
-from zero3_conformance.runner import Attempt, Runner
+from zero3_conformance.execution.runner import Attempt, Runner
 
 real_try = Runner._try
 tries = []
@@ -95,3 +95,35 @@ def test_the_installed_package_runs_the_suite_from_any_directory(tmp_path):
     assert sorted(case.get("name") for case in cases) == [
         "test_contract[A1-zero3_flag_follows_stage[reference-none-ws1-fp32]]",
         "test_contract[A1-zero3_flag_follows_stage[transformers-none-ws1-fp32]]"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_session_resumes_from_its_records(pytester):
+    """--z3-resume: a case the results directory already has a record of is reported from that record and
+    not run again; the others run and are written beside the kept ones."""
+    pytester.makepyfile(test_suite=SUITE)
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-results", "records", "-k", "A1")
+    first.assert_outcomes(passed=2)
+    records = pytester.path / "records" / "results-main.jsonl"
+    kept = [json.loads(line) for line in records.read_text().splitlines()]
+    for record in kept:  # marked, so that a record the resumed session reports can be told from a rerun
+        record["message"] = "kept from the interrupted session"
+    records.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    resumed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-results", "records", "--z3-resume",
+                                            "-rA")
+    resumed.assert_outcomes(passed=3, xfailed=1)
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert sorted((r["clause"], r["subject"]) for r in lines) == [
+        ("A1", "reference"), ("A1", "transformers"), ("A4", "reference"), ("A4", "transformers")]
+    assert [r["message"] for r in lines if r["clause"] == "A1"] == ["kept from the interrupted session"] * 2
+
+    for record in kept:
+        record["cell"] = {**record["cell"], "torch": "0.0.1"}
+    records.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    other = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-results", "records", "--z3-resume")
+    assert other.ret == pytest.ExitCode.USAGE_ERROR
+    other.stderr.fnmatch_lines(["*cannot resume records: it was run on another cell*0.0.1*"])
+    alone = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-resume")
+    assert alone.ret == pytest.ExitCode.USAGE_ERROR
+    alone.stderr.fnmatch_lines(["*--z3-resume needs --z3-results DIR*"])

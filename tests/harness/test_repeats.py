@@ -9,10 +9,10 @@ import pytest
 from zero3_conformance import cli
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.execution.runner import Attempt, Runner, prepare_checkpoints
 from zero3_conformance.report import write_report
 from zero3_conformance.report.aggregate import BLAME_INTEGRATION, NOT_ATTRIBUTED
 from zero3_conformance.results import ERROR, FAIL, PASS, SKIP, TIMEOUT, RecordWriter, read_records
-from zero3_conformance.runner import Attempt, Runner, prepare_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-repeats")]
 CASE = build_cases(subjects=["transformers"], clauses=["G1"], models=["llama"], world_sizes=[2])[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from zero3_conformance.cli import main
-from zero3_conformance.runner import default_parallel_worlds
+from zero3_conformance.execution.runner import default_parallel_worlds
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-resume")]
 SELECTION = ["--subject", "reference", "--models", "llama", "--clauses", "A1,P1,G1", "--world-sizes", "1,2"]

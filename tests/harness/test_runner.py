@@ -7,8 +7,8 @@ import pytest
 
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+from zero3_conformance.execution.runner import Attempt, Runner
 from zero3_conformance.results import PASS, RecordWriter, read_records
-from zero3_conformance.runner import Attempt, Runner
 
 
 def _cases():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from zero3_conformance.reference.checkpoint import CheckpointReader
-from zero3_conformance.world import World
+from zero3_conformance.worlds.world import World
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "zero3_conformance"
 
@@ -82,7 +82,7 @@ def test_worlds_meet_on_loopback_and_keep_their_files_private():
     world = World(2)
     try:
         world.start()
-        outcome = world.run("zero3_conformance.faults:where_this_rank_talks", None, 120)
+        outcome = world.run("harness.faults:where_this_rank_talks", None, 120)
     finally:
         world.close()
     assert sorted(outcome.replies) == [0, 1]

@@ -3,8 +3,8 @@
 import pytest
 
 from zero3_conformance.results import CRASH, ERROR, TIMEOUT
-from zero3_conformance.verdict import verdict
-from zero3_conformance.world import WorldPool
+from zero3_conformance.worlds.verdict import verdict
+from zero3_conformance.worlds.world import WorldPool
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-world")]
 
@@ -19,23 +19,23 @@ def pool():
 def test_a_world_runs_many_tasks_in_every_rank(pool):
     world = pool.get(2)
     for _ in range(5):
-        outcome = world.run("zero3_conformance.faults:all_reduce_rank_sum", None, 60)
+        outcome = world.run("harness.faults:all_reduce_rank_sum", None, 60)
         assert {r: reply.value for r, reply in outcome.replies.items()} == {0: 3.0, 1: 3.0}
     assert pool.get(2) is world  # persistent: the same world serves the next task
 
 
 def test_hang_is_a_timeout_with_stacks_and_the_world_is_replaced(pool):
     world = pool.get(2)
-    outcome = world.run("zero3_conformance.faults:hang_on_rank", 0, timeout_s=4)
+    outcome = world.run("harness.faults:hang_on_rank", 0, timeout_s=4)
     status, message, _ = verdict(outcome, 2)
     assert status == TIMEOUT
     assert "hang_on_rank" in message  # every waiting rank's Python stack is in the message
     assert world.broken
-    assert pool.get(2).run("zero3_conformance.faults:all_reduce_rank_sum", None, 60).replies[1].value == 3.0
+    assert pool.get(2).run("harness.faults:all_reduce_rank_sum", None, 60).replies[1].value == 3.0
 
 
 def test_exception_on_one_rank_is_an_error_and_releases_the_others(pool):
-    outcome = pool.get(2).run("zero3_conformance.faults:raise_on_rank", 1, timeout_s=120)
+    outcome = pool.get(2).run("harness.faults:raise_on_rank", 1, timeout_s=120)
     status, message, _ = verdict(outcome, 2)
     assert status == ERROR
     assert "injected failure on rank 1" in message
@@ -44,14 +44,14 @@ def test_exception_on_one_rank_is_an_error_and_releases_the_others(pool):
 
 
 def test_dead_rank_is_a_crash_with_its_signal(pool):
-    outcome = pool.get(2).run("zero3_conformance.faults:kill_rank", 1, timeout_s=120)
+    outcome = pool.get(2).run("harness.faults:kill_rank", 1, timeout_s=120)
     status, message, _ = verdict(outcome, 2)
     assert status == CRASH
     assert "SIGSEGV" in message
 
 
 def test_world_recovers_after_faults(pool):
-    outcome = pool.get(2).run("zero3_conformance.faults:all_reduce_rank_sum", None, 60)
+    outcome = pool.get(2).run("harness.faults:all_reduce_rank_sum", None, 60)
     assert not outcome.timed_out
     assert not outcome.exit_codes
     assert [reply.value for reply in outcome.replies.values()] == [3.0, 3.0]
@@ -61,7 +61,7 @@ def test_a_stale_jit_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkey
     import os
     import time
 
-    from zero3_conformance.runner import STALE_LOCK_S, clear_stale_build_locks
+    from zero3_conformance.execution.runner import STALE_LOCK_S, clear_stale_build_locks
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
@@ -88,9 +88,9 @@ def test_a_stale_jit_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkey
 def test_a_world_that_will_not_start_is_tried_once_per_run(monkeypatch):
     from zero3_conformance.catalog import build_cases
     from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
+    from zero3_conformance.execution.runner import Runner
     from zero3_conformance.results import ERROR
-    from zero3_conformance.runner import Runner
-    from zero3_conformance.world import WorldStartError
+    from zero3_conformance.worlds.world import WorldStartError
 
     runner = Runner(DEFAULT_ZERO3_CONFIG)
     attempts = []

@@ -24,7 +24,7 @@ from ..compat import (
     uninitialized_memory_filled,
 )
 from ..errors import exception_line
-from ..world import RankContext
+from ..worlds.world import RankContext
 
 SEED = 20260101
 

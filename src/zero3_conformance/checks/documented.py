@@ -16,8 +16,8 @@ from typing import Any
 
 from ..compat import build_from_config
 from ..dsconfig import partition_group_size
-from ..launched import outside_any_world
-from ..world import die_with_parent
+from ..worlds.launched import outside_any_world
+from ..worlds.world import die_with_parent
 from .base import Case, ceil_div, check, engine_config
 
 SCRIPT = Path(__file__).with_name("documented_script.py")

@@ -13,7 +13,7 @@ from ..dsconfig import PLAIN
 from ..errors import exception_line
 from ..results import ERROR, FAIL, PASS, SKIP
 from ..subjects import clear_leftover_zero3
-from ..world import RankContext
+from ..worlds.world import RankContext
 from .base import REGISTRY, Case, NotApplicable, SubjectRaised, engine_config
 from .registry import load_checks
 

@@ -6,7 +6,7 @@ import gc
 from typing import Any
 
 from ..dsconfig import partition_group_size, torch_dtype, with_stage
-from ..memory import MB
+from ..memory.probe import MB
 from ..zoo import LAYOUTS
 from .base import Case, SubjectRaised, ceil_div, check
 from .tensors import identical, undefined
@@ -180,7 +180,7 @@ def _model_sizes(family: Any) -> tuple[float, float]:
 
 
 def _peak_memory_within_bound(case: Case, build: str) -> None:
-    from ..memory import probe_everywhere
+    from ..memory.client import probe_everywhere
     from ..zoo import MEMORY_FAMILY, MEMORY_WARMUP_FAMILY
 
     everyone, baseline = probe_everywhere(case.rank, case.world_size, case.ctx.backend, case.subject_name, build,

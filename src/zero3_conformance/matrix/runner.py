@@ -25,8 +25,8 @@ from ..cell import (
     SERVED,
     read_cell_file,
 )
-from ..launched import SERVED_FILE
 from ..results import write_whole
+from ..worlds.launched import SERVED_FILE
 from . import Cell
 
 IMPORT_CHECK = "import torch, deepspeed, transformers, accelerate, zero3_conformance"

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from ..checks.registry import load_checks
 from ..contract import clause_key
+from ..execution.runner import Runner, prepare_checkpoints
 from ..report.kill_matrix import render
 from ..results import CRASH, FAIL, PASS, TIMEOUT, write_whole
-from ..runner import Runner, prepare_checkpoints
 from .mutants import MUTANTS, killing_cases
 
 KILLING = (FAIL, TIMEOUT, CRASH)

@@ -28,8 +28,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UsageError
-from .results import write_whole
+from ..errors import UsageError
+from ..results import write_whole
 from .world import RankContext, RankReply, TaskOutcome, WorldStartError, collect, gloo_environment, run_task
 
 POLL_S = 0.05

@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from .world import RankContext
+from zero3_conformance.worlds.world import RankContext
 
 
 def all_reduce_rank_sum(ctx: RankContext, payload: Any) -> float:

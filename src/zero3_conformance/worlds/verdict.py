@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
+from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
 from .world import TaskOutcome
 
 

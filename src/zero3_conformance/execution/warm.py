@@ -12,8 +12,8 @@ FIRST_USE = ("deepspeed.runtime.engine", "deepspeed.runtime.zero.stage3", "deeps
 
 
 def import_first_use() -> None:
-    from .compat import concrete_class
-    from .zoo import FAMILIES, auto_class
+    from ..compat import concrete_class
+    from ..zoo import FAMILIES, auto_class
 
     for name in FIRST_USE:
         try:

@@ -133,7 +133,7 @@ def rank_context(backend: str, preload: tuple[str, ...], start_method: str | Non
     context = mp.get_context("forkserver")
     # Only the first world's list counts (there is one server per process); a rank still imports its own
     # preload, which costs nothing where the server has it already.
-    context.set_forkserver_preload(["zero3_conformance.gloo_env", *preload])
+    context.set_forkserver_preload(["zero3_conformance.worlds.gloo_env", *preload])
     return context
 
 

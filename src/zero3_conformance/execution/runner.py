@@ -12,23 +12,23 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from .catalog import CaseSpec
-from .cell import describe_cell, local_device, visible_gpus
-from .dsconfig import PLAIN, with_dtype, with_zero3_variant
-from .known_issues import KnownIssue
-from .known_issues import apply as apply_known_issues
-from .launched import LaunchedPool, LaunchedWorld
-from .results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
-from .verdict import gave_up, verdict
-from .world import WorldPool, WorldStartError
-from .zoo import FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
+from ..catalog import CaseSpec
+from ..cell import describe_cell, local_device, visible_gpus
+from ..dsconfig import PLAIN, with_dtype, with_zero3_variant
+from ..known_issues import KnownIssue
+from ..known_issues import apply as apply_known_issues
+from ..results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
+from ..worlds.launched import LaunchedPool, LaunchedWorld
+from ..worlds.verdict import gave_up, verdict
+from ..worlds.world import WorldPool, WorldStartError
+from ..zoo import FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
 
 CHECK_TIMEOUT_S = 180.0
 NODE_CHECKPOINTS_S = 3600.0  # a launched world's nodes write the run's checkpoints (the sweep's: minutes)
 # A record's metric for a case that never ran (its world could not start, or a launched world broke
 # earlier): `run --resume` runs it.
 NOT_RUN = "not_run"
-RANK_PRELOAD = ("transformers", "zero3_conformance.checks.registry", "zero3_conformance.warm")
+RANK_PRELOAD = ("transformers", "zero3_conformance.checks.registry", "zero3_conformance.execution.warm")
 # Inherited by rank processes: no hub, no progress bars, no per-load chatter in the run's output.
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore"}
