@@ -325,7 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_known_issues(args: argparse.Namespace) -> int:
-    from .known_issues_draft import draft
+    from .report.draft import draft
 
     issues = known_issues.load(args.known_issues) if args.known_issues else None
     text = draft(args.run_dirs, issues)

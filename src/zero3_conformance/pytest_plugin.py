@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from . import known_issues
-from .results import DEFAULT_REPEAT, FAIL, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter
+from .results import DEFAULT_REPEAT, FAIL, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter, write_records
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -40,12 +40,14 @@ def pytest_configure(config: Any) -> None:
         config.addinivalue_line("markers", marker)
     if config.getoption("--z3-repeat") < 0:
         raise pytest.UsageError(f"--z3-repeat must be 0 or more, not {config.getoption('--z3-repeat')}")
-    if config.getoption("--z3-resume"):
-        _resumable(config.getoption("--z3-results"))
+    if config.getoption("--z3-resume") and not hasattr(config, "workerinput"):  # once, before workers start
+        _resume_from(config.getoption("--z3-results"))
 
 
-def _resumable(out: Path | None) -> None:
-    """A usage error, before any case runs, where --z3-resume has nothing of this cell to finish."""
+def _resume_from(out: Path | None) -> None:
+    """Before any case runs: a usage error where --z3-resume has nothing of this cell to finish; then each
+    worker's file keeps only the records whose case ran (a torn last line and the `not_run` ones go, as
+    `run --resume` does), so that a case run again has one record."""
     from .cell import describe_cell, local_device
     from .errors import UsageError
     from .execution.plan import finished_records, same_cell
@@ -56,6 +58,8 @@ def _resumable(out: Path | None) -> None:
         same_cell(out, finished_records(out, RESULTS_PATTERN), describe_cell(*local_device()))
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
+    for path in sorted(out.glob(RESULTS_PATTERN)):
+        write_records(path, finished_records(out, path.name))
 
 
 class ConformanceSession:

@@ -7,7 +7,7 @@ import pytest
 
 from zero3_conformance import cli, known_issues
 from zero3_conformance.errors import UsageError, read_toml_file
-from zero3_conformance.known_issues_draft import draft
+from zero3_conformance.report.draft import draft
 from zero3_conformance.results import FAIL, PASS
 
 from .test_matrix_report import CELL, _record, _run_dir

@@ -18,7 +18,7 @@ LAYERS = (
     ("the memory probe", ("memory",)),
     ("checks, rank side", ("checks",)),
     ("the catalog of cases", ("catalog",)),
-    ("what is read from runs", ("matrix", "report", "known_issues_draft", "repro")),
+    ("what is read from runs", ("matrix", "report", "repro")),
     ("running cases", ("execution",)),
     ("front ends", ("mutation", "pytest_plugin", "suite", "cli", "__main__")),
 )

@@ -108,7 +108,10 @@ def test_an_interrupted_session_resumes_from_its_records(pytester):
     kept = [json.loads(line) for line in records.read_text().splitlines()]
     for record in kept:  # marked, so that a record the resumed session reports can be told from a rerun
         record["message"] = "kept from the interrupted session"
-    records.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    never_ran = {**kept[0], "clause": "A4", "check": "malformed_config_rejected", "subject": "reference",
+                 "case_id": "A4-malformed_config_rejected[reference-none-ws1-fp32]", "status": "ERROR",
+                 "metrics": {"not_run": True}}  # its world broke before it: the resumed session runs it
+    records.write_text("".join(json.dumps(r) + "\n" for r in [*kept, never_ran]) + '{"torn')
 
     resumed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-results", "records", "--z3-resume",
                                             "-rA")
@@ -117,6 +120,7 @@ def test_an_interrupted_session_resumes_from_its_records(pytester):
     assert sorted((r["clause"], r["subject"]) for r in lines) == [
         ("A1", "reference"), ("A1", "transformers"), ("A4", "reference"), ("A4", "transformers")]
     assert [r["message"] for r in lines if r["clause"] == "A1"] == ["kept from the interrupted session"] * 2
+    assert [r["status"] for r in lines if r["clause"] == "A4" and r["subject"] == "reference"] == ["PASS"]
 
     for record in kept:
         record["cell"] = {**record["cell"], "torch": "0.0.1"}

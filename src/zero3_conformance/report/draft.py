@@ -23,9 +23,9 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from .known_issues import VERSIONED, KnownIssue, versions_hold
-from .report.aggregate import CellResult, load_cell
-from .results import BAD_STATUSES, PASS, SEVERITY, SKIP, Record
+from ..known_issues import VERSIONED, KnownIssue, versions_hold
+from ..results import BAD_STATUSES, PASS, SEVERITY, SKIP, Record
+from .aggregate import CellResult, load_cell
 
 GROUP = ("clause", "check", "subject", "model")
 NARROWED = ("head", "layout", "world_size", "dtype")
