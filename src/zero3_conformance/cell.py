@@ -16,6 +16,8 @@ LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
 # run ended (one of these statuses).
 CELL_FILE = "cell.json"
 NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_IMPORTABLE", "COMPLETE", "RUN_FAILED"
+# A run directory whose run did not record its end (killed, or still running): see rundir.completion.
+PARTIAL = "PARTIAL"
 # The run was launched across nodes and this node's ranks served another node's rank 0, which holds the records.
 SERVED = "SERVED"
 

@@ -186,7 +186,8 @@ def _run_launched(args: argparse.Namespace, launch: Any) -> int:
 
 
 def _run(args: argparse.Namespace, world: Any = None) -> int:
-    from .execution.plan import PLAN_FILE, SELECTION, Run
+    from .execution.plan import SELECTION, Run
+    from .rundir import PLAN_FILE
 
     if args.repeat < 0:
         raise UsageError(f"--repeat must be 0 or more, not {args.repeat}")
@@ -310,6 +311,15 @@ def cmd_mutate(args: argparse.Namespace) -> int:
     return 0 if kill_matrix.all_killed(matrix) else 1
 
 
+def _say_unfinished(run_dirs: Sequence[Path]) -> None:
+    """One line for each run directory whose run did not record that it finished."""
+    from .rundir import completion_of
+
+    for run_dir in run_dirs:
+        if note := completion_of(run_dir).note:
+            print(f"{run_dir}: {note}")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -318,6 +328,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         f" --compatibility {args.compatibility}" if args.compatibility else "")
     issues = known_issues.load(args.known_issues) if args.known_issues else None
     report = write_report(args.run_dirs, args.out, args.baseline, command, args.kill_matrix, issues)
+    _say_unfinished(args.run_dirs)
     _copy_markdown(args.out, args.compatibility)
     print(f"report in {args.out}/report.md and report.json: {len(report['cells'])} cells, "
           f"{len(report['failures'])} failures")
@@ -329,6 +340,7 @@ def cmd_known_issues(args: argparse.Namespace) -> int:
 
     issues = known_issues.load(args.known_issues) if args.known_issues else None
     text = draft(args.run_dirs, issues)
+    _say_unfinished(args.run_dirs)
     try:
         write_whole(args.out, text)
     except OSError as exc:
@@ -363,6 +375,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from . import repro
 
     made = repro.write(args.case_id, args.run_dir, args.out)
+    _say_unfinished([args.run_dir])
     if made.script is None:
         print(f"no standalone script for {args.case_id}: {made.why}; {args.out / 'report.md'} gives the harness "
               f"command that reruns it")
@@ -377,6 +390,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
     for written in findings.write_all(args.run_dirs, args.out, known_issues.load(args.known_issues)):
         print(f"{args.out / written.short_name}: {written.sightings} cases seen; reproducer: {written.reproducer}")
+    _say_unfinished(args.run_dirs)
     return 0
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from . import known_issues
 from .results import DEFAULT_REPEAT, FAIL, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter, write_records
+from .rundir import WORKER_RESULTS, clear_end, mark_finished, records
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -30,7 +31,9 @@ def pytest_addoption(parser: Any) -> None:
                          "again (an interrupted session finishes where it stopped)")
 
 
-RESULTS_PATTERN = "results-*.jsonl"  # one file per worker (xdist's id, or "main")
+RESULTS_PATTERN = WORKER_RESULTS
+_PLANNED = pytest.StashKey[int]()
+_PLANNED_KEY = "zero3_conformance_planned"  # a worker's count of the cases it collected, sent to the controller
 MARKERS = ("conformance: a check of a subject against the ZeRO-3 contract",
            "slow: starts worlds of processes or builds real models (seconds to minutes each)")
 
@@ -40,8 +43,39 @@ def pytest_configure(config: Any) -> None:
         config.addinivalue_line("markers", marker)
     if config.getoption("--z3-repeat") < 0:
         raise pytest.UsageError(f"--z3-repeat must be 0 or more, not {config.getoption('--z3-repeat')}")
-    if config.getoption("--z3-resume") and not hasattr(config, "workerinput"):  # once, before workers start
+    if hasattr(config, "workerinput"):
+        return
+    # Once, in the controlling process, before workers start.
+    if config.getoption("--z3-resume"):
         _resume_from(config.getoption("--z3-results"))
+    if config.getoption("--z3-results") is not None:
+        clear_end(config.getoption("--z3-results"))  # this session ends it anew, or it stays unfinished
+    config.stash[_PLANNED] = 0
+
+
+def pytest_collection_finish(session: Any) -> None:
+    """The session's conformance cases: what it plans to record (under xdist every worker collects them all)."""
+    planned = sum("conformance_session" in getattr(item, "fixturenames", ()) for item in session.items)
+    if hasattr(session.config, "workerinput"):
+        session.config.workeroutput[_PLANNED_KEY] = planned
+    else:
+        session.config.stash[_PLANNED] = planned
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:  # pytest-xdist's: a worker finished
+    planned = getattr(node, "workeroutput", {}).get(_PLANNED_KEY, 0)
+    node.config.stash[_PLANNED] = max(node.config.stash.get(_PLANNED, 0), planned)
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    """The controlling process's last act: the results directory records that the session ended, with the cases
+    it planned and those recorded there (a session cut short records fewer, and reads as PARTIAL)."""
+    out = session.config.getoption("--z3-results")
+    if out is None or hasattr(session.config, "workerinput") or exitstatus == pytest.ExitCode.USAGE_ERROR:
+        return
+    recorded = len({record.case_id for record in records(out)})
+    mark_finished(out, session.config.stash.get(_PLANNED, 0), recorded)
 
 
 def _resume_from(out: Path | None) -> None:

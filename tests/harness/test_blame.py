@@ -1,6 +1,7 @@
 """Blame never rests on a coin toss: one subject is named only when the difference held on every try of both;
 intermittent cases are shown apart; the report counts per cell what is known upstream, new or intermittent."""
 
+import dataclasses
 import json
 
 import pytest
@@ -130,3 +131,19 @@ def test_no_one_subject_is_blamed_in_a_cell_where_the_reference_itself_was_inter
     faults = {f["case"]: f["likely_fault"] for f in racy["failures"]}
     assert faults["G1-c[transformers-llama-ws2-fp32]"].startswith(
         f"{NOT_ATTRIBUTED} (would be {BLAME_INTEGRATION}, but the reference itself was intermittent on 1 case")
+
+
+def test_blame_pairs_a_case_with_the_same_case_of_the_other_subject_variant_included(tmp_path):
+    """Under hpZ the reference passes on every try and transformers fails on every one, beside plain cases
+    failing for both: the hpZ failure is the transformers integration's, not deepspeed/torch's."""
+    def record(subject, status, variant):
+        suffix = "" if variant == "plain" else f"-{variant}"
+        return dataclasses.replace(_record("G1", subject, status, "gathered 1.97e-31"), variant=variant,
+                                   case_id=f"G1-c[{subject}-llama-ws2-fp32{suffix}]")
+
+    run_dir = _run_dir(tmp_path / "cell", [record("transformers", FAIL, "plain"), record("reference", FAIL, "plain"),
+                                           record("transformers", FAIL, "hpz"), record("reference", PASS, "hpz")])
+    faults = {f["case"]: f["likely_fault"] for f in write_report([run_dir], tmp_path / "r")["failures"]}
+    assert faults == {"G1-c[reference-llama-ws2-fp32]": BLAME_STACK,
+                      "G1-c[transformers-llama-ws2-fp32]": BLAME_STACK,
+                      "G1-c[transformers-llama-ws2-fp32-hpz]": BLAME_INTEGRATION}

@@ -16,6 +16,7 @@ from zero3_conformance.matrix.runner import (
     COMPLETE,
     NOT_IMPORTABLE,
     NOT_INSTALLABLE,
+    RUN_FAILED,
     SERVED,
     run_profile,
     served_elsewhere,
@@ -24,6 +25,7 @@ from zero3_conformance.report import write_report
 from zero3_conformance.report.aggregate import BLAME_INTEGRATION, BLAME_STACK, load_cell
 from zero3_conformance.report.summary import write as write_summary
 from zero3_conformance.results import FAIL, PASS, XFAIL, XPASS, Record, RecordWriter
+from zero3_conformance.rundir import mark_finished
 
 FAKE_TOX = textwrap.dedent('''
     import json, os, sys
@@ -49,7 +51,9 @@ FAKE_TOX = textwrap.dedent('''
     out.mkdir(parents=True, exist_ok=True)
     (out / "calls").write_text(str(int((out / "calls").read_text()) + 1 if (out / "calls").exists() else 1))
     (out / "results.jsonl").write_text("")
-    (out / "summary.md").write_text("done")
+    if behaviour != "unfinished":  # as `run` does last: the plan records the run's end
+        from zero3_conformance.rundir import mark_finished
+        mark_finished(out, planned=0, recorded=0)
     sys.exit(0)
 ''')
 
@@ -78,6 +82,15 @@ def test_broken_cells_are_recorded_not_dropped_and_resume_keeps_finished_ones(tm
     report = write_report(run_dirs, tmp_path / "report")
     assert [c["status"] for c in report["cells"]] == [COMPLETE, NOT_INSTALLABLE, NOT_IMPORTABLE]
     assert "NOT_INSTALLABLE" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_cell_whose_run_exits_without_recording_its_end_did_not_finish(tmp_path, fake_tox, monkeypatch):
+    monkeypatch.setenv("FAKE_TOX", json.dumps({CELLS[0].name: "unfinished"}))
+    [run_dir] = run_profile(CELLS[:1], tmp_path / "runs", fake_tox, tmp_path, {})
+    info = json.loads((run_dir / "cell.json").read_text())
+    assert info["status"] == RUN_FAILED
+    assert info["message"].startswith("PARTIAL: 0 recorded, completion not recorded")
+    assert write_report([run_dir], tmp_path / "report")["cells"][0]["passed"] is False
 
 
 def test_a_node_that_served_another_nodes_rank_0_is_no_cell_of_its_report(tmp_path, fake_tox, monkeypatch):
@@ -119,6 +132,7 @@ def _run_dir(path: Path, records) -> Path:
         for record in records:
             writer.write(record)
     write_summary(path / "summary.md", records, len(records))
+    mark_finished(path, len(records), len(records))
     return path
 
 

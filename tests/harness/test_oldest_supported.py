@@ -21,6 +21,8 @@ from zero3_conformance.cell import CELL_FILE, COMPLETE
 from zero3_conformance.matrix import load
 
 ROOT = Path(__file__).resolve().parents[2]
+# Both tests use the oldest cell's tox environment: one worker builds it, and runs them one after the other.
+pytestmark = pytest.mark.xdist_group("harness-oldest-cell")
 CLAUSES = ("A1", "P1", "G1", "G4", "S2")
 FINDING = "G4-from_config_init_matches_baseline[transformers-gpt2-ws2-fp32]"  # known before transformers 4.57
 SUBJECTS = ("reference", "transformers")
@@ -83,3 +85,33 @@ def _the_known_finding_reproduces_in_the_cell_only(cell, run_dir, records, tmp_p
     assert f"{tensor}: init statistics differ" in outcomes["cell"][1], (tensor, outcomes["cell"][1][-3000:])
     assert outcomes["here"][0] == 0, outcomes["here"][1][-3000:]
     assert "HOLDS: no finding" in outcomes["here"][1], outcomes["here"][1][-3000:]
+
+
+@pytest.mark.slow
+def test_two_deepspeed_releases_run_at_once_each_with_its_own_op(tmp_path):
+    """`run` in this environment and in the oldest cell's (another deepspeed release), started together with
+    TORCH_EXTENSIONS_DIR unset and an empty cache: each builds DeepSpeed's op in a directory of its own stack,
+    and neither world loads the other's op."""
+    cell = _oldest_cell_over_this_torch()
+    assert cell.deepspeed != version("deepspeed")
+    tox = subprocess.run([sys.executable, "-m", "tox", "run", "-e", cell.name, "--notest"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=1800)
+    assert tox.returncode == 0, tox.stdout[-3000:] + tox.stderr[-3000:]
+    cache = tmp_path / "cache"  # torch's default root for JIT ops is $XDG_CACHE_HOME/torch_extensions
+    environment = {k: v for k, v in os.environ.items() if k not in ("TORCH_EXTENSIONS_DIR", "XDG_CACHE_HOME")}
+    runs = {}
+    for where, python in (("cell", ROOT / ".tox" / cell.name / "bin" / "python"), ("here", Path(sys.executable))):
+        env = {**environment, "XDG_CACHE_HOME": str(cache), "ZERO3_CONFORMANCE_CACHE": str(tmp_path / where / "zoo")}
+        runs[where] = subprocess.Popen([str(python), "-m", "zero3_conformance", "run", "--clauses", "P1", "--models",
+                                        "gpt2", "--out", str(tmp_path / where / "run"), "--quiet"], env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for where, process in runs.items():
+        output = process.communicate(timeout=1200)[0]
+        records = [json.loads(line) for line in (tmp_path / where / "run" / "results.jsonl").read_text().splitlines()]
+        errors = [f"{r['case_id']}: {r['message'][:1500]}" for r in records if r["status"] == "ERROR"]
+        assert not errors, f"{where}: {len(errors)} ERRORs of {len(records)}:\n" + "\n".join(errors[:3])
+        assert process.returncode in (0, 1), output[-3000:]
+    built = sorted(path.name for path in (cache / "torch_extensions").iterdir())
+    assert len(built) == 2, built
+    for deepspeed in (cell.deepspeed, version("deepspeed")):
+        assert any(name.endswith(f"-deepspeed{deepspeed}-cpu") for name in built), built

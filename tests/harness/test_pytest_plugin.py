@@ -4,6 +4,9 @@ import json
 
 import pytest
 
+from zero3_conformance.cell import COMPLETE
+from zero3_conformance.report.aggregate import load_cell
+
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.xdist_group("harness-plugin")
 
@@ -28,6 +31,20 @@ def test_records_and_outcomes(pytester):
     assert sorted((r["clause"], r["subject"], r["status"]) for r in records) == [
         ("A1", "reference", "PASS"), ("A1", "transformers", "PASS"),
         ("A4", "reference", "PASS"), ("A4", "transformers", "XFAIL")]
+    # The session's last act: the directory records that it ended, with its cases planned and recorded.
+    assert json.loads((pytester.path / "records" / "run.json").read_text())["finished"] == {"planned": 4,
+                                                                                          "recorded": 4}
+    assert load_cell(pytester.path / "records").status == COMPLETE
+
+
+@pytest.mark.slow
+def test_under_xdist_the_controller_records_the_end_with_every_workers_cases(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-results", "records", "-n", "2",
+                                           "-k", "A1")
+    result.assert_outcomes(passed=2)
+    assert json.loads((pytester.path / "records" / "run.json").read_text())["finished"] == {"planned": 2,
+                                                                                          "recorded": 2}
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 
 from zero3_conformance.cli import main
 from zero3_conformance.execution.runner import default_parallel_worlds
+from zero3_conformance.report.aggregate import load_cell
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-resume")]
 SELECTION = ["--subject", "reference", "--models", "llama", "--clauses", "A1,P1,G1", "--world-sizes", "1,2"]
@@ -71,6 +72,7 @@ def test_a_killed_run_keeps_its_results_and_resume_finishes_only_the_rest(tmp_pa
     # world running at once.
     summarized = int(partial.split(" of ")[0].rsplit(maxsplit=1)[1])
     assert len(kept) - default_parallel_worlds("gloo") <= summarized <= len(kept), (summarized, len(kept))
+    assert load_cell(out).status == "PARTIAL"  # the run never recorded its end
     with results.open("a") as torn:  # as if killed in the middle of a write
         torn.write('{"case_id": "P1-half')
 
@@ -84,6 +86,8 @@ def test_a_killed_run_keeps_its_results_and_resume_finishes_only_the_rest(tmp_pa
     final = (out / "summary.md").read_text()
     assert "PARTIAL" not in final
     assert f"{planned} of {planned} planned results" in final
+    assert json.loads((out / "run.json").read_text())["finished"] == {"planned": planned, "recorded": planned}
+    assert load_cell(out).status == "COMPLETE"
 
 
 def test_resume_refuses_a_directory_without_a_plan_and_options_it_would_ignore(tmp_path, capsys):

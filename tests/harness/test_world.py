@@ -134,3 +134,18 @@ def test_a_task_cyclic_garbage_is_still_collected_between_tasks(pool):
     world = pool.get(2)
     assert all(r.value for r in world.run(f"{__name__}:make_garbage_cycle", None, 60).replies.values())
     assert all(r.value for r in world.run(f"{__name__}:garbage_cycle_is_gone", None, 60).replies.values())
+
+
+def test_a_world_that_fails_on_deepspeeds_op_names_the_op_cache_in_one_line(tmp_path, monkeypatch):
+    """DeepSpeed builds or loads its JIT op as a world starts; where that fails (an op of another release, a
+    build cut short, a directory it cannot write), the first line of the error names the op's directory."""
+    from zero3_conformance.worlds.world import World, WorldStartError
+
+    not_a_directory = tmp_path / "torch_extensions"
+    not_a_directory.write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(not_a_directory))
+    with pytest.raises(WorldStartError) as raised:
+        World(1, "gloo", start_timeout_s=300).start()
+    first_line = str(raised.value).splitlines()[0]
+    assert first_line.startswith("world of 1 ranks (gloo) did not start: DeepSpeed's JIT-built op in "
+                                 f"{not_a_directory} failed to build or load"), str(raised.value)

@@ -14,12 +14,11 @@ from ..catalog import CaseSpec, build_cases
 from ..dsconfig import validate
 from ..errors import UsageError
 from ..report import summary
-from ..results import Record, RecordWriter, read_records, write_records, write_whole
+from ..results import Record, RecordWriter, read_records, write_records
+from ..rundir import PLAN_FILE, RESULTS_FILE, SUMMARY_FILE, mark_finished, write_plan
 from ..zoo import detect_layout, user_family
 from .runner import NOT_RUN, Runner, default_parallel_worlds, prepare_checkpoints
 
-PLAN_FILE = "run.json"  # what a run was asked to check, so that `run --resume DIR` can finish it
-RESULTS_FILE = "results.jsonl"
 SELECTION = ("subject", "models", "architectures", "clauses", "world_sizes", "variants", "model", "ds_config",
              "known_issues", "timeout", "repeat")
 # What a plan written before a key existed meant by leaving it out.
@@ -91,7 +90,6 @@ class Run:
     def __init__(self, out: Path, selection: dict[str, Any], finished: Sequence[Record] | None = None,
                  world: Any = None):
         self.out, self.selection, self.world = out, selection, world
-        self.resumed = finished is not None  # its plan is in `out` already
         self.issues = known_issues.load(Path(selection["known_issues"]))
         self.cases = cases_of(selection, world.world_size if world is not None else None)
         self.finished = list(finished or ())
@@ -108,11 +106,10 @@ class Run:
         """Runs what is left and returns every record of the run, the kept ones first."""
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            if not self.resumed:
-                write_whole(self.out / PLAN_FILE,
-                            json.dumps({"schema": 1, "selection": self.selection}, indent=2) + "\n")
+            # The plan, with the number of cases and no end marker: the run records its end as its last act.
+            write_plan(self.out, self.selection, len(self.cases))
             write_records(self.out / RESULTS_FILE, self.finished)  # drops a line a killed run left torn
-            (self.out / "summary.md").unlink(missing_ok=True)
+            (self.out / SUMMARY_FILE).unlink(missing_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot write to output directory {self.out}: {exc.strerror}") from None
         prepare_checkpoints(self.remaining)
@@ -122,7 +119,7 @@ class Run:
 
         def progress(index: int, total: int, record: Record) -> None:
             self.records.append(record)
-            summary.write(self.out / "summary.md", self.records, len(self.cases))
+            summary.write(self.out / SUMMARY_FILE, self.records, len(self.cases))
             on_record(record)
 
         if self.world is not None:
@@ -132,5 +129,6 @@ class Run:
         notes = [f"possibly stale known issue {i.name}: it applies to cases that ran here and none met it "
                  f"(expected {' or '.join(i.expected)}; {i.link})"
                  for i in known_issues.stale(self.issues, self.records)]
-        summary.write(self.out / "summary.md", self.records, len(self.cases), notes)
+        summary.write(self.out / SUMMARY_FILE, self.records, len(self.cases), notes)
+        mark_finished(self.out, len(self.cases), len(self.records))
         return self.records

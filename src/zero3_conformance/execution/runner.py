@@ -17,6 +17,7 @@ from ..cell import describe_cell, local_device, visible_gpus
 from ..dsconfig import PLAIN, with_dtype, with_zero3_variant
 from ..known_issues import KnownIssue
 from ..known_issues import apply as apply_known_issues
+from ..op_cache import use_own_op_cache
 from ..results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
 from ..worlds.launched import LaunchedPool, LaunchedWorld
 from ..worlds.verdict import gave_up, verdict
@@ -271,9 +272,7 @@ def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
     out. Removes lock files older than any build takes that no process holds an OS lock on."""
     import fcntl
 
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    root = use_own_op_cache()  # the directory this run's worlds build in
     removed = []
     for lock in root.glob("*/*/lock"):
         try:

@@ -26,6 +26,7 @@ from ..cell import (
     read_cell_file,
 )
 from ..results import write_whole
+from ..rundir import completion, records
 from ..worlds.launched import SERVED_FILE
 from . import Cell
 
@@ -69,14 +70,15 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
     ran = tox_call("run", "-e", cell.name, "--", "--quiet", *run_args)
     # The run exits 0 (all passed) or 1 (findings): both are complete runs. Anything else broke the run.
     finished = ran.returncode in (0, 1)
-    if finished and (run_dir / "summary.md").is_file():
-        status, message = COMPLETE, ""
+    ended = completion(run_dir, len(records(run_dir)))
+    if finished and ended.finished:
+        status, message = COMPLETE, ended.note
     elif finished and (run_dir / SERVED_FILE).is_file():
         served = json.loads((run_dir / SERVED_FILE).read_text(encoding="utf-8"))
         status, message = SERVED, f"this node's ranks {served['ranks']} served rank 0 at {served['served']}, " \
                                   f"whose node holds the records"
-    else:
-        status, message = RUN_FAILED, _tail(ran)
+    else:  # a run that ended without recording its end did not finish what it planned
+        status, message = RUN_FAILED, "\n".join(filter(None, [ended.note if finished else "", _tail(ran)]))
     return _write_cell_file(run_dir, cell, extras, status, message, time.monotonic() - started,
                             exit_status=ran.returncode)
 

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from ..op_cache import use_own_op_cache
 from .probe import ALLOCATOR_ENV, fixed_mmap_threshold, measure
 
 
@@ -22,6 +23,7 @@ class ProbeProcess:
         import tempfile
 
         self._stderr = tempfile.TemporaryFile()
+        use_own_op_cache()  # the probe's DeepSpeed builds its op where this stack's worlds do
         self._proc = subprocess.Popen([sys.executable, "-m", "zero3_conformance.memory.probe"],
                                       env={**os.environ, **(env or {}), **ALLOCATOR_ENV}, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0)

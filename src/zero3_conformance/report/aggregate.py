@@ -1,12 +1,12 @@
 """From run directories to one aggregate: per cell, per clause, counts, failures and where the fault likely lies.
 
-Blame compares the two subjects on the same case (same check, model, layout, world size, dtype), on every
-try of each: a report names one subject only when the difference held on every try of both (`reference`
-passed every try and `transformers` failed every one: the transformers integration; the reverse: this
-harness's reference), and only in a cell where the reference's own outcomes were reproducible on every
-case (a reference that is intermittent anywhere in the cell shows the stack under both subjects is not,
-and a difference that held three times may still be chance). Both failing on every try points at
-deepspeed/torch. Any other mix of outcomes is intermittent: attributed to deepspeed/torch when both
+Blame compares the two subjects on the same case (same check, model, head, layout, world size, dtype and
+ZeRO-3 configuration variant), on every try of each: a report names one subject only when the difference held
+on every try of both (`reference` passed every try and `transformers` failed every one: the transformers
+integration; the reverse: this harness's reference), and only in a cell where the reference's own outcomes
+were reproducible on every case (a reference that is intermittent anywhere in the cell shows the stack under
+both subjects is not, and a difference that held three times may still be chance). Both failing on every try
+points at deepspeed/torch. Any other mix of outcomes is intermittent: attributed to deepspeed/torch when both
 subjects failed at least once, else not attributed.
 """
 
@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import known_issues
-from ..cell import COMPLETE, cell_label, read_cell_file, topology_suffix
+from ..cell import CELL_FILE, COMPLETE, PARTIAL, cell_label, read_cell_file, topology_suffix
 from ..errors import UsageError
-from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record, read_records
+from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record
+from ..rundir import RESULTS_FILE, completion, result_files
+from ..rundir import records as read_run_records
 from .summary import architecture_coverage
 
 BLAME_INTEGRATION = "transformers integration"
@@ -53,24 +55,27 @@ def load_cell(run_dir: Path, issues: Sequence[known_issues.KnownIssue] | None = 
     are triaged afresh against them from their raw outcomes."""
     run_dir = Path(run_dir)
     info = read_cell_file(run_dir)
-    results = run_dir / "results.jsonl"
-    if info is None and not results.is_file():
-        raise UsageError(f"{run_dir} is not a run directory: no results.jsonl or cell.json")
-    records = read_records(results) if results.is_file() else []
+    if info is None and not result_files(run_dir):
+        raise UsageError(f"{run_dir} is not a run directory: no {RESULTS_FILE} or {CELL_FILE}")
+    records = read_run_records(run_dir)
     if issues is not None:
         records = [known_issues.apply(record, issues) for record in records]
-    status = info["status"] if info else COMPLETE
-    if status == COMPLETE and not (run_dir / "summary.md").is_file():
-        status = "PARTIAL"  # a run that was cut off before it wrote its summary
+    if info and info["status"] != COMPLETE:  # a matrix cell that never ran, or whose run broke
+        status, message = info["status"], info.get("message", "")
+    else:  # finished only where the run said so as its last act
+        ended = completion(run_dir, len(records))
+        status, message = (COMPLETE if ended.finished else PARTIAL), ended.note
     cell = records[0].cell if records else {**(info or {}).get("pins", {})}
     # A matrix cell's name is its versions; a launched world's shape makes it another cell of the report.
     matrix_name = (info or {}).get("cell")
     name = matrix_name + topology_suffix(cell) if matrix_name else cell_label(cell) if records else run_dir.name
-    return CellResult(name, status, (info or {}).get("message", ""), cell, records)
+    return CellResult(name, status, message, cell, records)
 
 
 def _case_key(record: Record) -> tuple:
-    return (record.clause, record.check, record.model, record.head, record.layout, record.world_size, record.dtype)
+    """A case's full identity but its subject: the cases blame compares, subject against subject."""
+    return (record.clause, record.check, record.model, record.head, record.layout, record.world_size, record.dtype,
+            record.variant)
 
 
 def likely_fault(record: Record, others: Sequence[Record], reference_flaky: int = 0) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import json
 import pprint
 import re
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError
-from ..results import read_records
+from ..rundir import RESULTS_FILE, completion_of, read_plan_file, records, result_files
 from . import prelude
 
 SUBJECT = "transformers"
@@ -65,18 +64,16 @@ def write(case_id: str, run_dir: Path, out: Path) -> Reproducer:
 
 
 def _find(case_id: str, run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    results = run_dir / "results.jsonl"
-    if not results.is_file():
-        raise UsageError(f"{run_dir} is not a run directory (no results.jsonl)")
-    matches = [r for r in read_records(results) if r.case_id == case_id]
+    if not result_files(run_dir):
+        raise UsageError(f"{run_dir} is not a run directory (no {RESULTS_FILE})")
+    matches = [r for r in records(run_dir) if r.case_id == case_id]
     if not matches:
-        raise UsageError(f"no case {case_id!r} in {results}")
+        raise UsageError(f"no case {case_id!r} in {run_dir}")
     record = matches[-1]
     if record.subject != SUBJECT:
         raise UsageError(f"{case_id} is a case of the {record.subject} subject: a reproducer is for the "
                          f"{SUBJECT} subject's findings")
-    selection = json.loads((run_dir / "run.json").read_text()).get("selection", {}) \
-        if (run_dir / "run.json").is_file() else {}
+    selection = (read_plan_file(run_dir) or {}).get("selection", {})
     return record, selection
 
 
@@ -300,6 +297,7 @@ def _report(record: Any, selection: dict[str, Any], script: str | None, why: str
              f"{cell.get('device')}, world size {record.world_size}.", "",
              "**Contract clause** " + clause_text(record.clause), "",
              f"**Case:** `{record.case_id}` (zero3-conformance {cell.get('harness', '')})", "",
+             *([f"**Run:** `{run_dir}`, {ended}", ""] if (ended := completion_of(run_dir).note) else []),
              "## Expected vs observed", "", "```", record.message.strip() or record.status, "```", ""]
     if script is not None:
         lines += ["## Reproduce", "", "```sh", RUN_COMMAND.format(n=record.world_size), "```", "",

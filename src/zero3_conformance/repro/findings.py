@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import known_issues
 from ..errors import UsageError
-from ..results import read_records
+from ..rundir import RESULTS_FILE, completion_of, records, result_files
 from . import RUN_COMMAND, SUBJECT, Reproducer, scripted, write
 
 README = "README.md"  # in every folder this command writes, and in `out` itself
@@ -44,10 +44,9 @@ def sightings(run_dirs: Iterable[Path], issues: list[known_issues.KnownIssue]) -
     """Short name -> the cases of these runs whose outcomes met an entry of that new finding."""
     seen: dict[str, list[Sighting]] = collections.defaultdict(list)
     for run_dir in run_dirs:
-        results = run_dir / "results.jsonl"
-        if not results.is_file():
-            raise UsageError(f"{run_dir} is not a run directory (no results.jsonl)")
-        for record in read_records(results):
+        if not result_files(run_dir):
+            raise UsageError(f"{run_dir} is not a run directory (no {RESULTS_FILE})")
+        for record in records(run_dir):
             issue = known_issues.meeting(record, issues)
             if issue is not None and not issue.upstream:
                 seen[issue.short_name].append(Sighting(run_dir, record))
@@ -132,6 +131,10 @@ def _index(written: list[Written], run_dirs: list[Path]) -> str:
     lines = ["# Findings", "", "Each new finding of the known-issues file (not reported upstream yet), with the "
              "cells where it was seen, a standalone reproducer where one exists and a bug report. Regenerated "
              "by:", "", "```sh", "zero3-conformance findings " + " ".join(f"--from {d.name}" for d in run_dirs)
-             + " --out findings", "```", "", "| finding | cases seen | reproducer |", "|---|---|---|"]
+             + " --out findings", "```", ""]
+    unfinished = [(d, ended.note) for d in run_dirs if (ended := completion_of(d)).note]
+    if unfinished:  # a case such a run never reached cannot show a finding here
+        lines += ["Runs that did not record their end:", ""] + [f"- `{d}`: {note}" for d, note in unfinished] + [""]
+    lines += ["| finding | cases seen | reproducer |", "|---|---|---|"]
     lines += [f"| [{w.short_name}]({w.short_name}/README.md) | {w.sightings} | {w.reproducer} |" for w in written]
     return "\n".join(lines) + "\n"

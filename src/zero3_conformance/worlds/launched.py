@@ -22,6 +22,7 @@ import pickle
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError
+from ..op_cache import op_fault, use_own_op_cache
 from ..results import write_whole
 from .world import RankContext, RankReply, TaskOutcome, WorldStartError, collect, gloo_environment, run_task
 
@@ -138,13 +140,16 @@ def join(launch: Launch, backend: str) -> RankContext:
     else:
         torch.cuda.set_device(launch.local_rank)
         device = f"cuda:{launch.local_rank}"
+    use_own_op_cache()
     import deepspeed
 
     try:
         deepspeed.init_distributed(dist_backend=backend, timeout=JOIN_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - one line naming the problem, not a traceback
+        fault = op_fault(f"{exc}\n{traceback.format_exc()}")
         raise WorldStartError(f"cannot join the launched world at {launch.master_addr}:{launch.master_port} "
-                              f"as rank {launch.rank} of {launch.world_size}: {type(exc).__name__}: {exc}") from None
+                              f"as rank {launch.rank} of {launch.world_size}: "
+                              + (f"{fault}; " if fault else "") + f"{type(exc).__name__}: {exc}") from None
     return RankContext(launch.rank, launch.world_size, backend, device, launched=True)
 
 

@@ -25,6 +25,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+from ..op_cache import op_fault, use_own_op_cache
+
 # A rank that raised while the others are still inside the task gets this long to be joined by them
 # before the world is declared stuck (the others are usually waiting in a collective).
 STRAGGLER_GRACE_S = 5.0
@@ -279,6 +281,7 @@ class World:
         self.start_timeout_s = start_timeout_s
         self.broken = False
         self._ids = itertools.count()
+        use_own_op_cache()  # before the ranks take this process's environment, and before any forkserver starts
         self._ctx = rank_context(backend, preload, start_method)
         self._procs: list[Any] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="zero3-world-")
@@ -300,7 +303,8 @@ class World:
         failed = [r for r in outcome.replies.values() if not r.ok]
         if outcome.timed_out or outcome.exit_codes or failed:
             self.close()
-            detail = failed[0].error if failed else (
+            fault = op_fault(failed[0].error + failed[0].traceback) if failed else None
+            detail = (f"{fault}\n" if fault else "") + failed[0].error if failed else (
                 f"ranks died with exit codes {outcome.exit_codes}" if outcome.exit_codes else
                 f"start timed out after {self.start_timeout_s:.0f} s" + "".join(
                     f"\n--- rank {r} stack ---\n{stack[-1500:]}" for r, stack in sorted(outcome.stacks.items())))
