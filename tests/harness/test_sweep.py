@@ -233,3 +233,33 @@ def test_the_reference_loads_a_checkpoint_whose_fused_tensor_transformers_splits
     assert code == 0, [r["message"] for r in records]
     assert records, [r["message"] for r in records]
     assert all(r["status"] == "PASS" for r in records), [r["message"] for r in records]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("harness-sweep")
+def test_harness_limits_are_decided_before_the_subjects_and_subject_faults_stay_failures(tmp_path):
+    """A5's training step on a vision-text checkpoint whose config has no vocab_size takes inputs made from
+    its config and forward signature, and holds for both subjects (a step that assumed a text model failed
+    both). A fault inside the subjects' own calls stays a FAIL of both: CLIP's 0-dimensional logit_scale,
+    which deepspeed 0.19.8's zero.Init cannot partition."""
+    from transformers import AutoConfig
+
+    from zero3_conformance.zoo import checkpoint_model, sweep_family
+
+    def records_of(model_type, model_class, clauses):
+        model = checkpoint_model(sweep_family(model_type, model_class, model_class))
+        model.save_pretrained(tmp_path / model_type)
+        out = tmp_path / f"run-{model_type}"
+        cli.main(["run", "--model", str(tmp_path / model_type), "--clauses", clauses, "--world-sizes", "2",
+                  "--out", str(out), "--quiet"])
+        return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+    llava = records_of("llava", "LlavaModel", "A5")
+    assert not hasattr(AutoConfig.from_pretrained(tmp_path / "llava"), "vocab_size")
+    assert sorted((r["check"], r["subject"], r["status"]) for r in llava) == [
+        (check, subject, "PASS") for check in ("documented_from_config", "documented_from_pretrained")
+        for subject in ("reference", "transformers")], [r["message"] for r in llava]
+
+    clip = records_of("clip", "CLIPModel", "P1")
+    assert {(r["subject"], r["raw_status"]) for r in clip} == {("reference", "FAIL"), ("transformers", "FAIL")}
+    assert all("self.dim() cannot be 0" in r["message"] for r in clip), [r["message"] for r in clip]

@@ -16,9 +16,19 @@ from typing import Any
 
 from ..compat import build_from_config
 from ..dsconfig import partition_group_size
+from ..inputs import (
+    FIRST_ORDINARY_TOKEN,
+    SEQUENCE_LENGTH,
+    InputsUnavailable,
+    forward_arguments,
+    main_inputs,
+    vocabulary,
+)
+from ..op_cache import use_own_op_cache
 from ..worlds.launched import outside_any_world
 from ..worlds.world import die_with_parent
-from .base import Case, ceil_div, check, engine_config
+from .base import Case, NotApplicable, ceil_div, check, engine_config
+from .documented_script import loss_of
 
 SCRIPT = Path(__file__).with_name("documented_script.py")
 # The launched world's own limit, inside the check's: every rank of a fresh world imports torch, transformers
@@ -27,6 +37,7 @@ LAUNCH_TIMEOUT_S = 150.0
 # The engine needs an optimizer to step; torch's own AdamW needs no compiled DeepSpeed op on any accelerator.
 OPTIMIZER = {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}
 SHOWN = 8  # parameters named per kind of mismatch
+BATCH_SEED = 0
 TRACEBACK_LINES = 16  # of a launched rank's traceback, the innermost
 
 # The documentation's example model (openai-community/gpt2), from the zoo's checkpoint.
@@ -51,19 +62,23 @@ def documented_from_config(case: Case) -> None:
 def _documented(case: Case, way: str) -> None:
     if case.rank != 0:
         return  # rank 0 launches the user's world of the case's size; the harness's other ranks wait
+    import torch
     from transformers import AutoConfig, AutoModel
 
-    baseline = case.keep(build_from_config(AutoModel, AutoConfig.from_pretrained(case.checkpoint_path)))
+    config = AutoConfig.from_pretrained(case.checkpoint_path)
+    baseline = case.keep(build_from_config(AutoModel, config))
     expected = {name: list(param.shape) for name, param in baseline.named_parameters()}
+    batch = _training_batch(case, baseline, config)
     world_size = case.world_size
     with tempfile.TemporaryDirectory(prefix="zero3-conformance-a5-") as workdir:
         ds_config = dict(engine_config(case.ds_config), optimizer=OPTIMIZER)
         config_path = Path(workdir, "ds_config.json")
         config_path.write_text(json.dumps(ds_config), encoding="utf-8")
+        torch.save(batch, Path(workdir, "inputs.pt"))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                    str(world_size), str(SCRIPT), "--subject", case.subject_name,
-                   "--subject-module", case.subject_module, "--way", way,
-                   "--checkpoint", str(case.checkpoint_path), "--ds-config", str(config_path), "--out", workdir]
+                   "--subject-module", case.subject_module, "--way", way, "--checkpoint", str(case.checkpoint_path),
+                   "--ds-config", str(config_path), "--inputs", str(Path(workdir, "inputs.pt")), "--out", workdir]
         started = time.monotonic()
         exit_code, output = _launch(command, workdir)
         case.metrics["documented_usage"] = {"way": way, "world_size": world_size,
@@ -82,8 +97,32 @@ def _documented(case: Case, way: str) -> None:
         case.fail(f"{where} exited {exit_code} after every rank finished\n{output}")
 
 
+def _training_batch(case: Case, baseline: Any, config: Any) -> dict[str, Any]:
+    """The launched world's training batch, made from the config and the forward signature for the model's
+    modality, and trained on once by the baseline without ZeRO: what the harness cannot make, or a batch the
+    model cannot train on even without ZeRO, is a SKIP naming it, decided before either subject is called."""
+    import torch
+
+    model_class = type(baseline)
+    arguments = forward_arguments(model_class)
+    generator = torch.Generator().manual_seed(BATCH_SEED)
+    try:
+        batch = main_inputs(model_class, config, arguments, generator, SEQUENCE_LENGTH)
+        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in arguments:
+            batch["decoder_input_ids"] = torch.randint(FIRST_ORDINARY_TOKEN, vocabulary(config), (1, SEQUENCE_LENGTH),
+                                                       generator=generator)
+    except InputsUnavailable as exc:
+        raise NotApplicable(f"no training step of the documented usage for {model_class.__name__}: {exc}") from None
+    with case.baseline_call(f"a training step of {model_class.__name__} on {', '.join(batch)}"):
+        baseline.train()
+        loss_of(baseline, batch).backward()
+    baseline.zero_grad(set_to_none=True)
+    return batch
+
+
 def _launch(command: list[str], workdir: str) -> tuple[Any, str]:
     """(torchrun's exit code, or None where it did not finish in time; the end of its output)."""
+    use_own_op_cache()  # torchrun's ranks build DeepSpeed's op where this stack's worlds do
     log_path = Path(workdir, "torchrun.log")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=workdir, env=outside_any_world(), stdin=subprocess.DEVNULL,

@@ -1,7 +1,7 @@
 """transformers' documented use of HfDeepSpeedConfig outside the Trainer, run as a user runs it (A5):
 
     torchrun --nproc-per-node N documented_script.py --subject transformers --way from_pretrained \
-        --checkpoint DIR --ds-config CONFIG.json --out DIR
+        --checkpoint DIR --ds-config CONFIG.json --inputs BATCH.pt --out DIR
 
 The documentation's lines, with a local checkpoint in place of a hub id: make the config object and keep it
 alive, build with `AutoModel.from_pretrained(...)` (or `AutoModel.from_config(AutoConfig.from_pretrained(...))`),
@@ -11,7 +11,7 @@ build makes it from torchrun's variables, as it does for a user. The documentati
 
 This project's own subjects (`reference`, `mutant:NAME`) are built through their interface instead.
 Each rank writes what it saw to OUT/rank<N>.json as it goes; the A5 check compares it with the baseline.
-The script decides nothing itself.
+The script decides nothing itself: the training step's batch is the check's, made for the model's modality.
 """
 
 from __future__ import annotations
@@ -64,13 +64,16 @@ def parameters_seen(model: Any) -> dict[str, dict[str, Any]]:
     return seen
 
 
-def loss_of(engine: Any, input_ids: Any) -> Any:
-    """A loss of the base model's output that every parameter before the last layer's output feeds."""
-    inputs = {"input_ids": input_ids}
-    if getattr(engine.module.config, "is_encoder_decoder", False):
-        inputs["decoder_input_ids"] = input_ids
-    output = engine(**inputs)
-    return output[0].float().pow(2).mean()
+def loss_of(model: Any, inputs: dict[str, Any]) -> Any:
+    """A loss of the base model's first output, which every parameter before it feeds. The check computes the
+    same loss of its baseline before launching, so an input the model cannot take is known beforehand."""
+    return model(**inputs)[0].float().pow(2).mean()
+
+
+def on_device(inputs: dict[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
+    """The batch where the engine runs: floating-point inputs (pixels, audio) in the parameters' dtype."""
+    return {name: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+            for name, value in inputs.items()}
 
 
 def run(args: argparse.Namespace, seen: dict[str, Any], at: Any) -> None:
@@ -88,12 +91,12 @@ def run(args: argparse.Namespace, seen: dict[str, Any], at: Any) -> None:
     engine, *_ = deepspeed.initialize(model=model, config_params=ds_config)
     at("a training step (forward, backward, step), then a forward")
     engine.train()  # as a training loop does: from_pretrained returns the model in eval mode
-    input_ids = torch.arange(1, 9, device=engine.device).reshape(1, 8) % engine.module.config.vocab_size
-    before = loss_of(engine, input_ids)
+    inputs = on_device(torch.load(args.inputs), engine.device, next(engine.module.parameters()).dtype)
+    before = loss_of(engine, inputs)
     engine.backward(before)
     engine.step()
     with torch.no_grad():
-        after = loss_of(engine, input_ids)
+        after = loss_of(engine, inputs)
     seen["losses"] = [float(before), float(after)]
     at("done")
     del keep_alive
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--way", choices=("from_pretrained", "from_config"), required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--ds-config", required=True)
+    parser.add_argument("--inputs", required=True, help="the training step's batch (torch.save of a dict), which "
+                                                         "the check made for this model")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     seen: dict[str, Any] = {"rank": int(os.environ["RANK"]), "step": "starting"}
