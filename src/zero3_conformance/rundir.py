@@ -55,7 +55,7 @@ def write_plan(run_dir: Path, selection: dict[str, Any] | None, planned: int) ->
     plan: dict[str, Any] = {"schema": 1, "planned": planned}
     if selection is not None:
         plan["selection"] = selection
-    write_whole(Path(run_dir) / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
+    _write_plan_file(run_dir, plan)
 
 
 def mark_finished(run_dir: Path, planned: int, recorded: int) -> None:
@@ -64,7 +64,7 @@ def mark_finished(run_dir: Path, planned: int, recorded: int) -> None:
     plan = read_plan_file(run_dir) or {"schema": 1}
     plan.update(planned=planned)
     plan[END] = {"planned": planned, "recorded": recorded}
-    write_whole(Path(run_dir) / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
+    _write_plan_file(run_dir, plan)
 
 
 def clear_end(run_dir: Path) -> None:
@@ -72,7 +72,11 @@ def clear_end(run_dir: Path) -> None:
     plan = read_plan_file(run_dir)
     if plan is not None and END in plan:
         del plan[END]
-        write_whole(Path(run_dir) / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
+        _write_plan_file(run_dir, plan)
+
+
+def _write_plan_file(run_dir: Path, plan: dict[str, Any]) -> None:
+    write_whole(Path(run_dir) / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
 
 
 def completion(run_dir: Path, recorded: int) -> Completion:

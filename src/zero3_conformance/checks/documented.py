@@ -37,7 +37,7 @@ LAUNCH_TIMEOUT_S = 150.0
 # The engine needs an optimizer to step; torch's own AdamW needs no compiled DeepSpeed op on any accelerator.
 OPTIMIZER = {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}
 SHOWN = 8  # parameters named per kind of mismatch
-BATCH_SEED = 0
+BATCH_SEED = 0  # the training batch is the same on every run, as the zoo's checkpoints are
 TRACEBACK_LINES = 16  # of a launched rank's traceback, the innermost
 
 # The documentation's example model (openai-community/gpt2), from the zoo's checkpoint.
