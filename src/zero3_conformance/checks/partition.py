@@ -11,6 +11,8 @@ from ..zoo import LAYOUTS
 from .base import Case, SubjectRaised, ceil_div, check
 from .tensors import identical, undefined
 
+SHOWN = 8  # names listed per kind of mismatch
+
 
 def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     """Every parameter is a ZeRO-3 parameter holding its ceil(numel/group) shard, the group being the ranks
@@ -22,6 +24,13 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     params = list(model.named_parameters())
+    # Both ways: a model that lost parameters (or has none) must not pass for want of anything to check.
+    names = {name for name, _ in params}
+    missing, extra = sorted(set(shapes) - names), sorted(names - set(shapes))
+    case.expect(not missing, f"{len(missing)} of the baseline's {len(shapes)} parameters are not in the ZeRO-3 model: "
+                             f"{', '.join(missing[:SHOWN])}")
+    case.expect(not extra, f"{len(extra)} parameters of the ZeRO-3 model are not in the baseline: "
+                           f"{', '.join(extra[:SHOWN])}")
     group = partition_group_size(case.ds_config, case.world_size)
     first = case.rank // group * group  # the first rank of this rank's group (MiCS groups are consecutive ranks)
     for name, param in params:

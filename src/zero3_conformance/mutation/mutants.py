@@ -260,6 +260,28 @@ class LoadingOptionsDropped(Mutant):
         return super().from_pretrained(model_class, path, dtype)
 
 
+class NoParameters(Mutant):
+    """Every build comes out with no parameters at all, as a stack that loses the parameters of classes without
+    an `__init__` of their own does: a check that walks only the subject's own parameters finds nothing wrong
+    with a model that has none."""
+
+    kills = ("P1", "P2")
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        return _without_parameters(super().from_config(model_class, config, dtype))
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        model, report = super().from_pretrained(model_class, path, dtype, **options)
+        return _without_parameters(model), report
+
+
+def _without_parameters(model: Any) -> Any:
+    for module in model.modules():
+        module._parameters.clear()
+    return model
+
+
 def _fp32_construction() -> contextlib.AbstractContextManager:
     from ..dsconfig import with_dtype
     from ..reference import build
@@ -290,6 +312,7 @@ MUTANTS: dict[str, type[Mutant]] = {
     "no_modifier_rank": NoModifierRank,
     "dtype_ignored": DtypeIgnored,
     "loading_options_dropped": LoadingOptionsDropped,
+    "no_parameters": NoParameters,
 }
 
 
