@@ -31,7 +31,6 @@ def pytest_addoption(parser: Any) -> None:
                          "again (an interrupted session finishes where it stopped)")
 
 
-RESULTS_PATTERN = WORKER_RESULTS
 _PLANNED = pytest.StashKey[int]()
 _PLANNED_KEY = "zero3_conformance_planned"  # a worker's count of the cases it collected, sent to the controller
 MARKERS = ("conformance: a check of a subject against the ZeRO-3 contract",
@@ -89,10 +88,10 @@ def _resume_from(out: Path | None) -> None:
     if out is None:
         raise pytest.UsageError("--z3-resume needs --z3-results DIR: the directory whose records it finishes")
     try:
-        same_cell(out, finished_records(out, RESULTS_PATTERN), describe_cell(*local_device()))
+        same_cell(out, finished_records(out, WORKER_RESULTS), describe_cell(*local_device()))
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
-    for path in sorted(out.glob(RESULTS_PATTERN)):
+    for path in sorted(out.glob(WORKER_RESULTS)):
         write_records(path, finished_records(out, path.name))
 
 
@@ -108,9 +107,9 @@ class ConformanceSession:
         self.kept: dict[str, Record] = {}
         if config.getoption("--z3-resume") and out is not None:
             # Every worker's file: under xdist a case may land on another worker than the one that ran it.
-            self.kept = {r.case_id: r for r in finished_records(out, RESULTS_PATTERN)}
+            self.kept = {r.case_id: r for r in finished_records(out, WORKER_RESULTS)}
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.writer = RecordWriter(out / RESULTS_PATTERN.replace("*", worker)) if out else None
+        self.writer = RecordWriter(out / WORKER_RESULTS.replace("*", worker)) if out else None
 
     def run(self, case: Any) -> Record:
         if case.id in self.kept:

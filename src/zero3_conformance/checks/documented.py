@@ -74,11 +74,12 @@ def _documented(case: Case, way: str) -> None:
         ds_config = dict(engine_config(case.ds_config), optimizer=OPTIMIZER)
         config_path = Path(workdir, "ds_config.json")
         config_path.write_text(json.dumps(ds_config), encoding="utf-8")
-        torch.save(batch, Path(workdir, "inputs.pt"))
+        inputs_path = Path(workdir, "inputs.pt")
+        torch.save(batch, inputs_path)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                    str(world_size), str(SCRIPT), "--subject", case.subject_name,
                    "--subject-module", case.subject_module, "--way", way, "--checkpoint", str(case.checkpoint_path),
-                   "--ds-config", str(config_path), "--inputs", str(Path(workdir, "inputs.pt")), "--out", workdir]
+                   "--ds-config", str(config_path), "--inputs", str(inputs_path), "--out", workdir]
         started = time.monotonic()
         exit_code, output = _launch(command, workdir)
         case.metrics["documented_usage"] = {"way": way, "world_size": world_size,

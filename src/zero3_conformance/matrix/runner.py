@@ -26,7 +26,7 @@ from ..cell import (
     read_cell_file,
 )
 from ..results import write_whole
-from ..rundir import completion, records
+from ..rundir import completion_of
 from ..worlds.launched import SERVED_FILE
 from . import Cell
 
@@ -70,7 +70,7 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
     ran = tox_call("run", "-e", cell.name, "--", "--quiet", *run_args)
     # The run exits 0 (all passed) or 1 (findings): both are complete runs. Anything else broke the run.
     finished = ran.returncode in (0, 1)
-    ended = completion(run_dir, len(records(run_dir)))
+    ended = completion_of(run_dir)
     if finished and ended.finished:
         status, message = COMPLETE, ended.note
     elif finished and (run_dir / SERVED_FILE).is_file():
