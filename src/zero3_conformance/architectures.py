@@ -191,6 +191,8 @@ LOSS_MAPPINGS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUS
                  "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")
 
 
+LANGUAGE_MODEL_MAPPINGS = 3  # the first LOSS_MAPPINGS: causal, seq2seq and masked language models
+
 # Heads whose output size is the config's number of labels: where G8 overrides `num_labels` / `id2label`.
 LABEL_MAPPINGS = ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
                   "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES")
@@ -207,8 +209,45 @@ def _first_head(model_type: str, mapping_names: tuple[str, ...]) -> str | None:
 
 
 def loss_head(model_type: str) -> str | None:
-    """The head the N and S clauses run on, or None where the type has none the harness can train."""
-    return _first_head(model_type, LOSS_MAPPINGS)
+    """The head the N and S clauses run on, or None where the type has none the harness can train. A language
+    model head first (generation needs one), the first of LOSS_MAPPINGS that holds a tensor of its own (one the
+    base class lacks, not tied to one it has: an encoder-decoder's seq2seq LM, with its final logits bias,
+    before its decoder-only causal LM, whose head is its tied embedding); among the other heads likewise."""
+    mappings, heads = _auto_mappings(), head_classes(model_type)
+    candidates = list(dict.fromkeys(head for name in LOSS_MAPPINGS
+                                    for head in _class_names(mappings.get(name, {}).get(model_type))
+                                    if head in heads))
+    language = [head for name in LOSS_MAPPINGS[:LANGUAGE_MODEL_MAPPINGS]
+                for head in _class_names(mappings.get(name, {}).get(model_type)) if head in candidates]
+    for group in (language, [head for head in candidates if head not in language]):
+        if group:
+            return next((head for head in group if len(group) == 1 or _own_tensors(model_type, head)), group[0])
+    return None
+
+
+@functools.cache
+def _own_tensors(model_type: str, head: str) -> int:
+    """How many tensors `head` holds that its type's base class lacks, a tied parameter counting only where
+    none of its names is the base class's (built on the meta device, the head's base-model prefix stripped); 0
+    where either does not build."""
+    import torch
+    import transformers
+
+    try:
+        with torch.device("meta"):
+            config = tiny_config(model_type)
+            base = set(getattr(transformers, base_class(model_type))._from_config(config).state_dict())
+            model = getattr(transformers, head)._from_config(config)
+    except Exception:  # noqa: BLE001 - a head that does not build tiny is chosen by the mappings' order alone
+        return 0
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name.removeprefix(prefix))
+    own = [group for group in names.values() if not any(name in base for name in group)]
+    parameters = {name for group in names.values() for name in group}
+    buffers = [name.removeprefix(prefix) for name in model.state_dict()]  # the persistent ones
+    return len(own) + sum(1 for name in buffers if name not in parameters and name not in base)
 
 
 def labelled_head(model_type: str) -> str | None:

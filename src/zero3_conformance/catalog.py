@@ -20,9 +20,10 @@ from .zoo import FAMILIES, Family, detect_layout, sweep_family
 DEFAULT_WORLD_SIZES = (1, 2, 3)
 # The architecture sweep checks each of a type's classes for the clauses about that class: construction and
 # loading on the base class; the loading report and a construction that leaves no trace on every class; a
-# base checkpoint's missing weights in every head; ties, numerics and saving on the head with a loss.
+# base checkpoint's missing weights in every head; every head's values loaded from a checkpoint of its own
+# (tensors the base class lacks are compared nowhere else); ties, numerics and saving on the head with a loss.
 SWEEP_ROLES = {"base": ("P1", "P2", "P5", "G1", "G4", "G6", "G8"), "every class": ("P4", "G7"), "heads": ("G3",),
-               "loss head": ("G2", "N1", "N2", "N3", "N4", "S1", "S2")}
+               "own checkpoint": ("G1",), "loss head": ("G2", "N1", "N2", "N3", "N4", "S1", "S2")}
 # Layouts are the zoo's concern (its families load each of them); the sweep's is the architecture.
 SWEEP_LAYOUTS = ("safetensors",)
 SWEEP_WORLD_SIZES = (2,)
@@ -109,9 +110,14 @@ def sweep_targets(types: Sequence[str]) -> list[SweepTarget]:
             roles = ["every class", "base" if head == base else "heads"]
             clauses = frozenset(clause for role in roles for clause in SWEEP_ROLES[role])
             foreign = foreign_config_reason(model_type, head)
-            targets.append(SweepTarget(sweep_family(model_type, head), clauses,
-                                       f"{model_type}: {foreign}" if foreign else ""))
-        if loss is not None:  # from a checkpoint of the head itself: every weight loaded, none left to its init
+            skip = f"{model_type}: {foreign}" if foreign else ""
+            targets.append(SweepTarget(sweep_family(model_type, head), clauses, skip))
+            if head == base:
+                continue
+            # From a checkpoint of the head itself: every weight loaded, none left to its init.
+            own = SWEEP_ROLES["own checkpoint"] + (SWEEP_ROLES["loss head"] if head == loss else ())
+            targets.append(SweepTarget(sweep_family(model_type, head, checkpoint_class=head), frozenset(own), skip))
+        if loss == base:  # a type whose base class is its loss head (rare): no head target carries the clauses
             targets.append(SweepTarget(sweep_family(model_type, loss, checkpoint_class=loss),
                                        frozenset(SWEEP_ROLES["loss head"])))
     return targets

@@ -36,6 +36,10 @@ def most_severe(outcomes: Iterable[str]) -> str:
     return max(outcomes, key=SEVERITY.index)
 
 
+# A P4 leftover record's metric: the subjects whose cases alone, replayed in a fresh world, spoil it the same way.
+REPRODUCED_BY = "reproduced_by"
+
+
 @dataclasses.dataclass
 class Record:
     clause: str
@@ -57,6 +61,9 @@ class Record:
     expected: dict[str, Any] | None = None  # the known-issues entry the raw outcome met
     head: str | None = None  # the class built (a sweep type has several); None where no model is built
     variant: str = PLAIN  # the ZeRO-3 configuration variant the case ran under (dsconfig.VARIANTS)
+    # What the check compared, per kind, and how many of each the class's clean structure says it covers.
+    compared: dict[str, int] = dataclasses.field(default_factory=dict)
+    expected_to_compare: dict[str, int] = dataclasses.field(default_factory=dict)
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:

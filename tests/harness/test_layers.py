@@ -14,7 +14,7 @@ LAYERS = (
     ("the record and the stack", ("contract", "errors", "dsconfig", "results", "rundir", "cell", "op_cache", "compat",
                                   "known_issues")),
     ("worlds of processes", ("worlds",)),
-    ("models", ("architectures", "zoo", "inputs", "reference")),
+    ("models", ("architectures", "zoo", "inputs", "reference", "structure")),
     ("subjects", ("subjects",)),
     ("the memory probe", ("memory",)),
     ("checks, rank side", ("checks",)),

@@ -24,18 +24,29 @@ def test_each_clause_runs_on_the_classes_it_is_about():
     assert loss == "BertLMHeadModel"
     assert len(heads) > 5
     on = {clause: {c.head for c in cases if c.clause == clause} for clause in {c.clause for c in cases}}
-    for clause in SWEEP_ROLES["base"]:
+    for clause in set(SWEEP_ROLES["base"]) - {"G1"}:
         assert on[clause] == {base}, clause
+    assert on["G1"] == set(heads)  # values compared on every class, each from a checkpoint of its own
     assert on["P4"] == on["G7"] == set(heads)  # every class
     assert on["G3"] == set(heads) - {base}  # a base checkpoint loaded into each head
     for clause in SWEEP_ROLES["loss head"]:
         assert on[clause] == {loss}, clause
-    # The loss head's numerics load a checkpoint of the head itself; every other class loads the base one.
+    # The loss head's numerics and every class's G1 load a checkpoint of the class itself; G3 and G7 a base one.
     assert {c.family.checkpoint_auto_class for c in cases if c.clause == "N1"} == {loss}
-    assert {c.family.checkpoint_auto_class for c in cases if c.clause in ("G1", "G3", "G7")} == {base}
+    assert all(c.family.checkpoint_auto_class == c.head for c in cases if c.clause == "G1")
+    assert {c.family.checkpoint_auto_class for c in cases if c.clause in ("G3", "G7")} == {base}
     assert {c.world_size for c in cases} == {2}
     assert {c.layout for c in cases} <= {None, "safetensors"}
     assert not any(c.clause.startswith("A") or c.clause == "P3" for c in cases)  # no model, not the sweep's
+
+
+def test_the_loss_head_is_a_language_model_with_tensors_of_its_own_where_there_is_one():
+    from zero3_conformance.architectures import loss_head
+
+    # bart's causal LM head is its tied embedding; its seq2seq LM has a final logits bias the base class lacks.
+    assert loss_head("bart") == "BartForConditionalGeneration"
+    assert loss_head("llama") == "LlamaForCausalLM"  # the first LM head, where none holds more than another
+    assert loss_head("vit") == "ViTForImageClassification"  # no language model head: another with a loss
 
 
 def test_case_ids_name_the_head_and_never_collide_with_the_zoo():

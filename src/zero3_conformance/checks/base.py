@@ -13,7 +13,7 @@ import dataclasses
 import gc
 import hashlib
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 from ..compat import (
@@ -24,6 +24,7 @@ from ..compat import (
     uninitialized_memory_filled,
 )
 from ..errors import exception_line
+from ..structure import NoStructure, Structure, StructureOracle, differences, tied_groups
 from ..worlds.world import RankContext
 
 SEED = 20260101
@@ -71,6 +72,16 @@ class SubjectRaised(Exception):
     """The subject raised while doing what the clause asks (becomes FAIL carrying that exception)."""
 
 
+class SpoiledProcess(Exception):
+    """A build without ZeRO in this process differs from the class's clean structure, after earlier cases ran
+    here: whatever they left behind would decide the verdict, so the case is not judged in this process (the
+    runner runs it again in a freshly started world, and records what changed)."""
+
+    def __init__(self, model_class: str, found: list[str]):
+        super().__init__("\n".join(found))
+        self.model_class, self.found = model_class, found
+
+
 class Findings:
     """What a check records on its rank (findings, values every rank must agree on, metrics), the objects it
     keeps alive until the case ends, and the builds it compares: the baseline's and the subject's. A subclass
@@ -88,6 +99,11 @@ class Findings:
         # The config objects of the subject's ZeRO-3 builds: ZeRO-3 stays on while they live (the contract's
         # A2), so the case holds them, until end_zero3() or the case's end, never a local a rename could drop.
         self._zero3_configs: list[Any] = []
+        self._subject_built = False  # the subject's ZeRO-3 config was made in this case (_zero3_on)
+        # What the clause compared, per kind (parameters, buffers, checkpoint tensors, ...), and how many of each
+        # it was expected to (from the clean structure, for what the clause covers): record fields.
+        self.compared: dict[str, int] = {}
+        self.expected_to_compare: dict[str, int] = {}
 
     def on_close(self, closer: Callable[[], Any]) -> None:
         """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
@@ -110,6 +126,24 @@ class Findings:
         if not condition:
             self.fail(message)
         return bool(condition)
+
+    def count(self, kind: str, compared: Iterable[str], expected: Iterable[str],
+              reasons: dict[str, str] | None = None) -> None:
+        """Records that the clause compared `compared` of the `expected` tensors (or keys, groups) of one kind. An
+        expected one left out is listed in the metrics with its reason (`reasons`), or, with none, is a finding:
+        comparing less than the class has is not agreeing."""
+        done, wanted, reasons = set(compared), set(expected), reasons or {}
+        self.compared[kind] = self.compared.get(kind, 0) + len(done & wanted)
+        self.expected_to_compare[kind] = self.expected_to_compare.get(kind, 0) + len(wanted)
+        skipped = sorted(wanted - done)
+        for name in skipped:
+            if name in reasons:
+                self.metrics.setdefault("not_compared", {}).setdefault(reasons[name], []).append(name)
+        unexplained = [name for name in skipped if name not in reasons]
+        if unexplained:
+            self.fail(f"compared {len(done & wanted)} of the {len(wanted)} {kind} expected (rank {self.rank}); not "
+                      f"compared, for no stated reason: {', '.join(unexplained[:8])}"
+                      f"{' ...' if len(unexplained) > 8 else ''}")
 
     def agree(self, key: str, value: Any) -> None:
         """Every rank must record the same value under `key` (tensors are compared by content)."""
@@ -144,6 +178,27 @@ class Findings:
         self._kept.append(obj)
         return obj
 
+    # --- what a build is judged against (Case compares builds with the class's clean structure) --------
+    def baseline_agrees(self, model: Any, what: str, dtypes: bool, options: dict[str, Any] | None = None) -> None:
+        """Where the case has a clean structure (Case), a baseline unlike it is not judged against."""
+
+    def _subject_agrees(self, model: Any, what: str, options: dict[str, Any] | None = None) -> None:
+        """Where the case has a clean structure (Case), a subject's build unlike it FAILs."""
+
+    def clean_parameters(self) -> dict[str, tuple[int, ...]]:
+        """name -> shape of every parameter of the case's class, built in this process on the meta device before
+        any ZeRO-3 build in it (a reproducer's own process); Case answers from the clean structure."""
+        import torch
+
+        with torch.device("meta"):
+            model = build_from_config(self.model_class(), self.model_config())
+        return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+    def clean_names(self, kind: str, fallback: Iterable[str]) -> set[str]:
+        """The names of one kind ("parameters", "state dict", "tied groups") a clause covers: `fallback` (the
+        baseline's) here; Case answers from the clean structure."""
+        return set(fallback)
+
     # --- the baseline's and the subject's builds (a subclass gives model_class, model_config) ------
     def seed(self, offset: int = 0) -> None:
         import torch
@@ -160,6 +215,7 @@ class Findings:
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
             raise NotApplicable(f"{cls.__name__} does not build from this config even without ZeRO: "
                                 f"{exception_line(exc)}") from None
+        self.baseline_agrees(model, "from_config", dtypes=dtype is None)
         return self.keep(model)
 
     def require_loadable_layout(self) -> None:
@@ -189,10 +245,13 @@ class Findings:
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
             raise NotApplicable(f"{cls.__name__} does not load this checkpoint even without ZeRO: "
                                 f"{exception_line(exc)}") from None
+        # A checkpoint's own dtype may differ from the config's default: only from_config's dtypes are known.
+        self.baseline_agrees(model, "from_pretrained", dtypes=False)
         return self.keep(model), info
 
     def _zero3_on(self, ds_config: dict[str, Any]) -> None:
         """The subject's config object for `ds_config`, held by the case: ZeRO-3 is on until end_zero3()."""
+        self._subject_built = True
         with self.subject_call("config construction"):
             self._zero3_configs.append(self.subject.make_config(ds_config))
 
@@ -202,26 +261,31 @@ class Findings:
         self._zero3_configs.clear()
         gc.collect()
 
-    def zero3_from_config(self) -> Any:
+    def zero3_from_config(self, dtype: Any = None) -> Any:
         """The model the subject builds under its stage-3 config; the config stays alive until end_zero3()
-        or the case's end."""
+        or the case's end. `dtype` as the baseline it is compared with was given it: the builds differ in
+        ZeRO-3 only."""
         self._zero3_on(self.ds_config)
         self.seed()
         with self.subject_call("from_config"):
-            return self.subject.from_config(self.model_class(), self.model_config())
+            model = self.subject.from_config(self.model_class(), self.model_config(), dtype)
+        self._subject_agrees(model, "from_config")
+        return model
 
     def zero3_from_pretrained(self, model_class: Any = None, path: Any = None,
-                              ds_config: dict[str, Any] | None = None, what: str = "",
+                              ds_config: dict[str, Any] | None = None, what: str = "", dtype: Any = None,
                               **options: Any) -> tuple[Any, dict[str, Any]]:
         """(model, loading report) from the subject under its stage-3 config, which stays alive until
-        end_zero3() or the case's end: the case's class, checkpoint and config unless given; `options` are
-        from_pretrained's, `what` names them in findings."""
+        end_zero3() or the case's end: the case's class, checkpoint and config unless given; `dtype` as the
+        baseline's; `options` are from_pretrained's, `what` names them in findings."""
         self.require_loadable_layout()
         self._zero3_on(self.ds_config if ds_config is None else ds_config)
         self.seed()
         with self.subject_call(f"from_pretrained({what or self.layout})"):
-            return self.subject.from_pretrained(model_class or self.model_class(), str(path or self.checkpoint_path),
-                                                **options)
+            model, report = self.subject.from_pretrained(model_class or self.model_class(),
+                                                         str(path or self.checkpoint_path), dtype, **options)
+        self._subject_agrees(model, f"from_pretrained({what or self.layout})", options)
+        return model, report
 
 
 class Case(Findings):
@@ -243,6 +307,12 @@ class Case(Findings):
         self.ds_config: dict[str, Any] = payload["ds_config"]
         self.checkpoint_path: str | None = self._checkpoint_here(payload.get("checkpoint"))
         self.device = ctx.device
+        found = payload.get("structure")
+        # The class's clean structure (structure.py), where the case builds a family's model; None where it
+        # builds none.
+        self.structure: Structure | NoStructure | None = None if found is None else \
+            NoStructure(found["error"]) if "error" in found else Structure.from_dict(found)
+        self.earlier_cases = 0  # how many cases this process ran before this one (execute sets it)
 
     def _checkpoint_here(self, path: str | None) -> str | None:
         """The case's checkpoint in this rank's cache: in a launched world a node may share no files with rank
@@ -272,6 +342,78 @@ class Case(Findings):
             return self.require_family().make_config()
         except FamilyUnavailable as exc:
             raise NotApplicable(str(exc)) from None
+
+    # --- the builds compared with the clean structure, before any clause's assertions -------------
+    def clean_structure(self, family: Any = None) -> Structure:
+        """The clean structure of `family`'s class (the case's where not given: the runner sent it); one the
+        case was not sent is derived in a process of this process's own. A class that has none (it builds in
+        no fresh process) is an ERROR naming it, never a verdict."""
+        found = self.structure if family is None else None
+        if found is None:
+            found = _oracle().get(family or self.require_family())
+        if isinstance(found, NoStructure):
+            raise RuntimeError(f"no clean structure to judge builds against: {found}")
+        return found
+
+    def baseline_agrees(self, model: Any, what: str, dtypes: bool, options: dict[str, Any] | None = None) -> None:
+        """A baseline unlike the clean structure is no baseline: after this case's own ZeRO-3 build, it is the
+        subject's leftover (FAIL); after earlier cases, the process is spoiled (not judged here); in a process
+        that ran nothing before, the harness cannot reproduce the class here (SKIP saying so)."""
+        if self.structure is None or not self.builds_case_structure(model, options):
+            return
+        structure = self.clean_structure()
+        found = differences(structure, model, f"the baseline ({what}, without ZeRO)", dtypes, partitioned=False)
+        tied = tied_groups(model)
+        if tuple(tied) != structure.tied:
+            found.append(f"the baseline ({what}, without ZeRO) ties {tied}, its clean structure {list(structure.tied)}")
+        if not found:
+            return
+        if self._subject_built:
+            raise SubjectRaised(f"after {self.subject.name}'s ZeRO-3 build in this case, a build without ZeRO is "
+                                f"not what {structure.model_class} builds in a fresh process:\n" + "\n".join(found))
+        if self.earlier_cases:
+            raise SpoiledProcess(structure.model_class, found)
+        raise NotApplicable(f"in a process that ran no case before, {structure.model_class} built without ZeRO is "
+                            f"not its clean structure ({structure.built_on} build in a fresh process): "
+                            f"{'; '.join(found)}; nothing faithful to compare with")
+
+    def builds_case_structure(self, model: Any, options: dict[str, Any] | None) -> bool:
+        """Whether `model` is the case's class built from the case's config: loading options that set the
+        config (num_labels, ...) make another structure; a dtype changes no name or shape."""
+        changed = [key for key in options or {} if key not in ("dtype", "torch_dtype") and hasattr(model.config, key)]
+        return isinstance(self.structure, NoStructure) or (
+            type(model).__name__ == self.structure.model_class and not changed)
+
+    def _subject_agrees(self, model: Any, what: str, options: dict[str, Any] | None = None) -> None:
+        """The subject's build has every parameter and persistent buffer of the clean structure, of its shape
+        (partitioned: its ds_shape), and nothing else (FAIL otherwise, before the clause looks further)."""
+        if self.structure is None or not self.builds_case_structure(model, options):
+            return
+        found = differences(self.clean_structure(), model, f"{self.subject.name}'s ZeRO-3 model ({what})", dtypes=False,
+                            partitioned=True)
+        if found:
+            raise SubjectRaised("\n".join(found))
+
+    def clean_parameters(self) -> dict[str, tuple[int, ...]]:
+        return {name: shape for name, (shape, _) in self.clean_structure().parameters.items()}
+
+    def clean_names(self, kind: str, fallback: Iterable[str]) -> set[str]:
+        """The names of one kind the clean structure has ("parameters", "state dict", "tied groups"), where the
+        case has one; `fallback` (the baseline's) elsewhere."""
+        if not isinstance(self.structure, Structure):
+            return set(fallback)
+        structure = self.structure
+        return set(structure.parameters) if kind == "parameters" else set(map(str, structure.tied)) \
+            if kind == "tied groups" else structure.state_dict_keys()
+
+
+_structures: list[StructureOracle] = []  # this process's own oracle, for structures no case was sent
+
+
+def _oracle() -> StructureOracle:
+    if not _structures:
+        _structures.append(StructureOracle())
+    return _structures[0]
 
 
 def describe_value(value: Any) -> str:

@@ -14,9 +14,13 @@ from ..errors import exception_line
 from ..results import ERROR, FAIL, PASS, SKIP
 from ..subjects import clear_leftover_zero3
 from ..worlds.world import RankContext
-from .base import REGISTRY, Case, NotApplicable, SubjectRaised, engine_config
+from .base import REGISTRY, Case, NotApplicable, SpoiledProcess, SubjectRaised, engine_config
 from .registry import load_checks
 
+# A rank's metric for a case not judged because this process's builds without ZeRO differ from the clean
+# structure after earlier cases: the runner runs the case again in a freshly started world.
+SPOILED = "spoiled_process"
+_cases_here = 0  # cases this process ran: a build that differs from its clean structure in the first is no leftover
 _variant_errors: dict[str, str] = {}  # per variant: DeepSpeed's error from an attempted build ("" where it builds)
 
 
@@ -51,16 +55,25 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
     # DeepSpeed's warnings (e.g. about the client optimizers N3 uses on purpose) would bury the run's output.
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     entry = REGISTRY[payload["check"]]
+    global _cases_here
     inherited = clear_leftover_zero3()  # whatever an earlier case left, this one starts clean
     case = Case(ctx, payload)
+    case.earlier_cases, _cases_here = _cases_here, _cases_here + 1
     try:
         _require_variant_builds(ctx, payload)
         entry.fn(case)
+        if not case.findings and any(case.expected_to_compare.values()) and not any(case.compared.values()):
+            case.fail(f"compared nothing: the clean structure has {case.expected_to_compare}, all left out "
+                      f"({case.metrics.get('not_compared')})")
         status, message = (FAIL, "\n".join(case.findings)) if case.findings else (PASS, "")
     except NotApplicable as exc:
         status, message = SKIP, str(exc)
     except SubjectRaised as exc:
         status, message = FAIL, "\n".join([*case.findings, str(exc)])
+    except SpoiledProcess as exc:
+        status, message = ERROR, f"not judged: after {case.earlier_cases} earlier cases in this process, {exc}"
+        case.metrics[SPOILED] = {"model_class": exc.model_class, "differences": exc.found,
+                                 "earlier_cases": case.earlier_cases}
     except Exception:  # noqa: BLE001 - the check itself broke
         status, message = ERROR, traceback.format_exc()[-3000:]
     finally:
@@ -71,4 +84,6 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
         case.metrics["left_zero3_on"] = left
     if inherited:
         case.metrics["started_with_zero3_on"] = inherited
+    if case.expected_to_compare:  # the runner makes them record fields
+        case.metrics.update(compared=case.compared, expected_to_compare=case.expected_to_compare)
     return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed}

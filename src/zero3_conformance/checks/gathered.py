@@ -6,9 +6,10 @@ from typing import Any, Callable
 
 from ..compat import checkpoint_conversion
 from ..reference.checkpoint import CheckpointReader
+from ..structure import tied_groups
 from ..zoo import LAYOUTS
 from .base import Case, NotApplicable, ceil_div, check
-from .tensors import exact_mismatch, full_parameters, init_mismatch, tied_groups, undefined
+from .tensors import exact_mismatch, full_parameters, init_mismatch, undefined
 
 MAX_LISTED = 8  # findings listed per case; the count of the rest is given
 
@@ -28,10 +29,12 @@ def _report(case: Case, problems: list[str], what: str) -> None:
 
 
 def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
-                compare: Callable[[str, Any, Any], str | None], what: str) -> None:
+                compare: Callable[[str, Any, Any], str | None], what: str, kind: str,
+                should: set[str] | None = None, reasons: dict[str, str] | None = None) -> None:
     """Compares every expected tensor with the ZeRO-3 model's; every rank must also see the same values. A
     tensor the baseline leaves undefined is not compared: it is listed in the record's metrics, and a case
-    with nothing else to compare is a SKIP saying so."""
+    with nothing else to compare is a SKIP saying so. Counted as `kind` against `should` (the names the clause
+    covers; the expected tensors' where not given), each one left out needing its reason in `reasons`."""
     unwritten = undefined(expected)
     if unwritten:
         listed = case.metrics.setdefault("undefined_without_zero", [])
@@ -39,19 +42,23 @@ def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
         if len(unwritten) == len(expected):
             raise NotApplicable(f"without ZeRO, transformers leaves {', '.join(unwritten)} uninitialized (memory "
                                 f"no init wrote, filled with NaN here): there is nothing to compare with")
-    problems = []
+    problems, compared = [], []
+    left_out = {**(reasons or {}), **dict.fromkeys(unwritten, "undefined_without_zero")}
     for key, tensor in sorted(expected.items()):
         if key not in got:
             problems.append(f"{key}: missing from the ZeRO-3 model's state dict")
+            left_out[key] = "missing from the ZeRO-3 model (a finding)"
             continue
         if key in unwritten:
             case.agree(key, got[key])
             continue
         problem = compare(key, tensor, got[key])
+        compared.append(key)
         if problem:
             problems.append(problem)
         case.agree(key, got[key])
     _report(case, problems, what)
+    case.count(kind, compared, expected.keys() if should is None else should, left_out)
 
 
 def initialized_keys(report: dict[str, Any]) -> set[str]:
@@ -84,8 +91,8 @@ def gathered_equals_checkpoint(case: Case) -> None:
     expected = {k: v for k, v in full_parameters(baseline).items() if k not in not_from_checkpoint}
     baseline_matches_file(CheckpointReader(case.checkpoint_path), expected, baseline)
     model, _ = case.zero3_from_pretrained()
-    compare_all(case, expected, gathered_state(model), exact_mismatch, "tensors differ")
-    case.metrics["tensors_compared"] = len(expected)
+    compare_all(case, expected, gathered_state(model), exact_mismatch, "tensors differ", "checkpoint tensors",
+                case.clean_names("state dict", expected), dict.fromkeys(not_from_checkpoint, "not in the checkpoint"))
 
 
 @check("G2", "tied_weights_stay_tied", layouts=("safetensors",), families=("gpt2", "t5"))
@@ -99,6 +106,7 @@ def tied_weights_stay_tied(case: Case) -> None:
     model, _ = case.zero3_from_pretrained()
     params = dict(model.named_parameters(remove_duplicate=False))
     got = gathered_state(model)
+    case.count("tied groups", map(str, groups), case.clean_names("tied groups", map(str, groups)))
     for group in groups:
         present = [name for name in group if name in params]
         if len(present) != len(group):
@@ -138,7 +146,7 @@ def missing_weights_initialized(case: Case) -> None:
     model, _ = case.zero3_from_pretrained()
     compare_all(case, {k: expected[k] for k in missing}, gathered_state(model),
                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
-                "tensors initialized wrongly")
+                "tensors initialized wrongly", "tensors missing from the checkpoint")
     case.metrics["missing_keys"] = missing
 
 
@@ -150,7 +158,7 @@ def from_config_init_matches_baseline(case: Case) -> None:
     model = case.zero3_from_config()
     compare_all(case, expected, gathered_state(model),
                 lambda key, want, got: init_mismatch(key, want, got, key in deterministic),
-                "tensors initialized wrongly")
+                "tensors initialized wrongly", "initialized tensors", case.clean_names("state dict", expected))
     case.metrics["deterministic_tensors"] = len(deterministic)
 
 
@@ -192,7 +200,7 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
         return problem and f"{problem} [numel {numel}, shard {ceil_div(numel, case.world_size)}]"
 
     compare_all(case, {n: expected[n] for n in uneven}, gathered_state(model), compare,
-                "uneven tensors differ")
+                "uneven tensors differ", "uneven tensors")
     case.metrics["uneven_tensors"] = len(uneven)
 
 
@@ -203,6 +211,8 @@ def loading_report_matches_baseline(case: Case) -> None:
     _model, got = case.zero3_from_pretrained()
     for problem in report_differences(expected, got):
         case.fail(problem)
+    fields = loading_report(expected)
+    case.count("loading report fields", fields, fields)
 
 
 def loading_report(info: dict[str, Any]) -> dict[str, list[str]]:

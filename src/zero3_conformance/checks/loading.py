@@ -130,6 +130,7 @@ def _load_baselines(case: Case, loads: list[Load]) -> None:
             load.baseline_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             continue
         case.keep(load.baseline)
+        case.baseline_agrees(load.baseline, f"from_pretrained with {load.what}", dtypes=False, options=load.options)
         load.tensors = _as_partitioned(load.baseline, load.ds_config or case.ds_config)
         if load.reader is not None:
             initialized = initialized_keys(load.expected)
@@ -165,7 +166,7 @@ def _check_subject(case: Case, load: Load) -> None:
         problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
         return problem and f"{load.what}: {problem}"
 
-    compare_all(case, load.tensors, gathered_state(model), compare, "tensors differ")
+    compare_all(case, load.tensors, gathered_state(model), compare, "tensors differ", "tensors loaded with options")
     del model
     case.end_zero3()  # before the next load's config is made
 

@@ -113,7 +113,7 @@ def _baseline(case: Case) -> Any:
 def _pair(case: Case, optimizer: str | None = None) -> tuple[Any, Any]:
     """(baseline model, ZeRO-3 engine over the subject's model), both from the same checkpoint."""
     baseline = _baseline(case)
-    model, _ = case.zero3_from_pretrained()
+    model, _ = case.zero3_from_pretrained(dtype=_dtype(case))  # as the baseline was built: only ZeRO-3 differs
     return baseline, deepspeed_engine(case, model, optimizer)
 
 
@@ -422,7 +422,7 @@ def generate_matches_baseline(case: Case) -> None:
     baseline = _baseline(case)
     if not baseline.can_generate():
         raise NotApplicable(f"{type(baseline).__name__} cannot generate")
-    model, _ = case.zero3_from_pretrained()
+    model, _ = case.zero3_from_pretrained(dtype=_dtype(case))
     engine = deepspeed_engine(case, model, optimizer=None)
     config = baseline.config
     text = compat.text_config(config)  # a composite model's token ids live in its text part

@@ -62,6 +62,8 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
         elif not identical(reassembled, gathered):
             case.fail(f"{name}: the ranks' shards concatenated do not equal the gathered tensor "
                       f"(max |diff| {float((reassembled - gathered).abs().max()):.3g})")
+    case.count("parameters", [name for name, _ in zero_params], case.clean_names("parameters", shapes),
+               {name: "not a ZeRO-3 parameter (a finding)" for name, param in params if not hasattr(param, "ds_id")})
 
 
 def baseline_shapes(model: Any) -> dict[str, tuple[int, ...]]:
@@ -91,7 +93,9 @@ def _ordinary(case: Case, model: Any, shapes: dict[str, tuple[int, ...]], when: 
         case.expect(not hasattr(param, "ds_id"), f"{when}: {name} is a ZeRO-3 parameter; expected an ordinary one")
         case.expect(tuple(param.shape) == shapes.get(name),
                     f"{when}: {name} has shape {tuple(param.shape)}, expected {shapes.get(name)}")
-    _same_names(case, {name for name, _ in model.named_parameters()}, shapes, when)
+    names = {name for name, _ in model.named_parameters()}
+    _same_names(case, names, shapes, when)
+    case.count("parameters", names, shapes, {name: "missing (a finding)" for name in set(shapes) - names})
 
 
 def _same_names(case: Case, names: set[str], shapes: dict[str, tuple[int, ...]], what: str) -> None:
@@ -109,7 +113,9 @@ def construction_leaves_no_trace(case: Case) -> None:
     and a second ZeRO-3 build in the same process is partitioned again."""
     import torch
 
-    shapes = baseline_shapes(case.baseline_from_config())
+    # The clean structure, never a build in this process: one an earlier case spoiled would agree with a
+    # subject that leaves the same spoil.
+    shapes = case.clean_parameters()
     model = case.zero3_from_config()
     del model
     case.end_zero3()
@@ -134,36 +140,77 @@ def construction_leaves_no_trace(case: Case) -> None:
 
 @check("P5", "dtype_follows_config", dtypes=("bf16", "fp16"))
 def dtype_follows_config(case: Case) -> None:
-    """With fp16/bf16 enabled in the config, partitioned floating parameters take that dtype, integer
-    buffers keep theirs, and computed buffers equal the baseline's."""
+    """Built with dtype= the config's fp16/bf16, as the baseline is: partitioned floating parameters take that
+    dtype, and every buffer equals the baseline's in dtype and value."""
+    _precision(case, torch_dtype(case.dtype))
+
+
+@check("P5", "precision_without_dtype", dtypes=("bf16", "fp16"))
+def precision_without_dtype(case: Case) -> None:
+    """Built with no dtype, as the baseline is, under a config with fp16/bf16: the config's precision alone makes
+    partitioned floating parameters take it, and leaves every buffer the baseline's value, either as built
+    without ZeRO or rounded to that precision (as DeepSpeed's engine casts a model it did not build; beyond its
+    range, infinite or saturated)."""
+    _precision(case, None)
+
+
+def _precision(case: Case, dtype: Any) -> None:
+    """Both builds given `dtype` (None: none): the subject's floating parameters partitioned in the config's
+    precision; each buffer the baseline's in dtype and value (with no dtype, a floating one may also hold the
+    baseline's value rounded to the config's precision)."""
     import deepspeed
 
     target = torch_dtype(case.dtype)
-    baseline = case.baseline_from_config(dtype=target)
+    baseline = case.baseline_from_config(dtype=dtype)
     baseline_buffers = {k: v.detach().clone() for k, v in baseline.named_buffers()}
     unwritten = undefined(baseline_buffers)
     if unwritten:
         case.metrics["undefined_without_zero"] = unwritten
-    model = case.zero3_from_config()
+    model = case.zero3_from_config(dtype=dtype)
+    floating = []
     for name, param in model.named_parameters():
         if param.is_floating_point():
             got = param.ds_tensor.dtype if hasattr(param, "ds_tensor") else param.dtype
             case.expect(got == target, f"{name}: partitioned dtype expected {target}, got {got}")
+            floating.append(name)
+    case.count("parameters", floating, case.clean_names("parameters", dict(baseline.named_parameters())),
+               {name: "not floating-point" for name, p in model.named_parameters() if not p.is_floating_point()})
+    compared = []
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         for name, buffer in model.named_buffers():
             expected = baseline_buffers.get(name)
             if expected is None:
                 case.fail(f"buffer {name}: not in the baseline model")
                 continue
+            compared.append(name)
             if name in unwritten:  # undefined without ZeRO (listed in the metrics): nothing to compare with
                 case.agree(f"buffer {name}", buffer)
                 continue
+            rounded = dtype is None and expected.is_floating_point() and buffer.dtype == target != expected.dtype
+            if rounded:  # DeepSpeed put it in the config's precision: the baseline's value, rounded once
+                expected = _rounded(expected, target, buffer)
+            source = "the baseline's, rounded to the config's precision" if rounded else "the baseline's"
             if buffer.dtype != expected.dtype:
-                case.fail(f"buffer {name}: dtype expected {expected.dtype} (baseline), got {buffer.dtype}")
+                allowed = f"{expected.dtype} or {target}" if dtype is None and expected.is_floating_point() else \
+                    str(expected.dtype)
+                case.fail(f"buffer {name}: dtype expected {allowed} (baseline), got {buffer.dtype}")
             elif not identical(buffer, expected):
                 diff = (buffer.double() - expected.double()).abs().max()
-                case.fail(f"buffer {name}: values differ from the baseline's (max |diff| {float(diff):.3g})")
+                case.fail(f"buffer {name}: values differ from {source} (max |diff| {float(diff):.3g})")
             case.agree(f"buffer {name}", buffer)
+    case.count("buffers", [name for name in compared if name not in unwritten], baseline_buffers,
+               dict.fromkeys(unwritten, "undefined_without_zero"))
+
+
+def _rounded(value: Any, dtype: Any, got: Any) -> Any:
+    """`value` in `dtype`, rounded once; a value beyond the dtype's range may saturate at its largest finite value
+    (a model that clamps, e.g. a float32 limit of 1e10 in fp16) rather than overflow: whichever `got` holds."""
+    import torch
+
+    overflowed = value.to(dtype)
+    largest = torch.finfo(dtype).max
+    saturated = value.clamp(-largest, largest).to(dtype)
+    return saturated if identical(got, saturated) else overflowed
 
 
 # P3 allows model_bytes / world + largest_module_bytes + MEMORY_SLACK_MB per rank: one module is whole while
@@ -175,17 +222,15 @@ MEMORY_SLACK_MB = 48.0
 P3_WORLD_SIZES = (1, 2, 3, 4, 8)
 
 
-def _model_sizes(family: Any) -> tuple[float, float]:
-    """(model MB, largest module's own parameters MB) of the family in fp32, from a model on the meta device."""
-    import torch
+def _model_sizes(structure: Any) -> tuple[float, float]:
+    """(model MB, largest module's own parameters MB) in fp32, from the family's clean structure."""
+    import math
 
-    from ..zoo import auto_class
-
-    with torch.device("meta"):
-        model = auto_class(family.auto_class).from_config(family.make_config())
-    total = sum(p.numel() * 4 for p in model.parameters())
-    largest = max(sum(p.numel() * 4 for p in m.parameters(recurse=False)) for m in model.modules())
-    return total / MB, largest / MB
+    own: dict[str, int] = {}
+    for name, (shape, _) in structure.parameters.items():
+        module = name.rpartition(".")[0]
+        own[module] = own.get(module, 0) + math.prod(shape) * 4
+    return structure.elements() * 4 / MB, max(own.values()) / MB
 
 
 def _peak_memory_within_bound(case: Case, build: str) -> None:
@@ -201,7 +246,13 @@ def _peak_memory_within_bound(case: Case, build: str) -> None:
         raise RuntimeError(mine["error"])
     if "raised" in mine:
         raise SubjectRaised(f"{case.subject.name} raised during {build} in the memory probe: {mine['raised']}")
-    model_mb, largest_mb = _model_sizes(MEMORY_FAMILY)
+    structure = case.clean_structure(MEMORY_FAMILY)
+    built = mine.get("built", {})
+    case.expect(built == {"parameters": len(structure.parameters), "elements": structure.elements()},
+                f"{build} in the memory probe (rank {case.rank}): {case.subject.name}'s model has "
+                f"{built.get('parameters')} parameters of {built.get('elements')} elements, its clean structure "
+                f"{len(structure.parameters)} of {structure.elements()}: a build that lost tensors allocates less")
+    model_mb, largest_mb = _model_sizes(structure)
     bound = model_mb / case.world_size + largest_mb + MEMORY_SLACK_MB
     # On a GPU, ZeRO-3 builds on the device: judged on the CUDA allocator's peak. On CPU, on the memory the
     # rank allocated itself: file pages of a mapped checkpoint are page cache, shared by every rank and

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import compat
+from ..structure import tied_groups
 from .base import SEED, Case, NotApplicable, check
 from .numerics import batch_for, deepspeed_engine
-from .tensors import exact_mismatch, full_parameters, tied_groups
+from .tensors import exact_mismatch, full_parameters
 
 ADDED_TOKENS = 5  # V + 5: 136 rows for the zoo's vocabulary of 131, which world size 3 does not divide
 

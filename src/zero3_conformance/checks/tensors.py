@@ -115,14 +115,6 @@ def undefined(tensors: dict[str, Any]) -> list[str]:
     return sorted(k for k, t in tensors.items() if t.is_floating_point() and bool(torch.isnan(t).any()))
 
 
-def tied_groups(model: Any) -> list[tuple[str, ...]]:
-    """Names that refer to one shared parameter, for every parameter that has more than one name."""
-    names: dict[int, list[str]] = {}
-    for key, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(key)
-    return sorted(tuple(group) for group in names.values() if len(group) > 1)
-
-
 def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float, atol: float,
                       extra: dict[str, Any] | None = None) -> str | None:
     """None if every tensor is close (|got - expected| <= atol + rtol * |expected| + extra, elementwise, where

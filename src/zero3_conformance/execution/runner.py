@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,17 +15,34 @@ from typing import Any, Callable
 
 from ..catalog import CaseSpec
 from ..cell import describe_cell, local_device, visible_gpus
+from ..checks.execute import SPOILED
 from ..dsconfig import PLAIN, with_dtype, with_zero3_variant
 from ..known_issues import KnownIssue
 from ..known_issues import apply as apply_known_issues
 from ..op_cache import use_own_op_cache
-from ..results import DEFAULT_REPEAT, ERROR, PASS, SETTLED, SKIP, TIMEOUT, Record, RecordWriter, most_severe
+from ..results import (
+    DEFAULT_REPEAT,
+    ERROR,
+    FAIL,
+    PASS,
+    REPRODUCED_BY,
+    SETTLED,
+    SKIP,
+    TIMEOUT,
+    Record,
+    RecordWriter,
+    most_severe,
+)
+from ..structure import NoStructure, StructureOracle
 from ..worlds.launched import LaunchedPool, LaunchedWorld
 from ..worlds.verdict import gave_up, verdict
 from ..worlds.world import WorldPool, WorldStartError
 from ..zoo import FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
 
 CHECK_TIMEOUT_S = 180.0
+EXECUTE = "zero3_conformance.checks.execute:execute"
+LEFTOVER_CHECK = "P4-leaves_no_leftover"  # the record of a world whose earlier cases spoiled its builds without ZeRO
+UNATTRIBUTED = "unattributed"  # a leftover record's subject where no one subject's cases alone reproduce it
 NODE_CHECKPOINTS_S = 3600.0  # a launched world's nodes write the run's checkpoints (the sweep's: minutes)
 # A record's metric for a case that never ran (its world could not start, or a launched world broke
 # earlier): `run --resume` runs it.
@@ -80,6 +98,12 @@ class Runner:
                                                                                                RANK_PRELOAD)
         self.gpus = visible_gpus() if self.backend == "nccl" else None  # NCCL: one rank per GPU
         self.unstartable: dict[int, str] = {}  # world size -> why its world would not start
+        self.structures = StructureOracle()  # every class's clean structure, derived once per run
+        # world -> the cases it ran (weakly keyed: a world started later never inherits a closed one's history)
+        self._history: weakref.WeakKeyDictionary[Any, list[tuple[CaseSpec, dict[str, Any]]]] = \
+            weakref.WeakKeyDictionary()
+        self._leftovers: list[Record] = []  # records of spoiled worlds, for the front end to write
+        self._leftovers_lock = threading.Lock()  # world lanes add and take them
         for lock in clear_stale_build_locks():
             print(f"zero3-conformance: removed a stale JIT build lock a killed build left: {lock}", file=sys.stderr)
 
@@ -142,8 +166,7 @@ class Runner:
         if case.variant != PLAIN and self.nodes < 2:
             return attempt(SKIP, f"the {case.variant} variant partitions within a node's ranks: this world is one "
                                  f"node (a world launched on 2 or more nodes checks it)")
-        ds_config = with_zero3_variant(with_dtype(self.ds_config, case.dtype), case.variant, self.ranks_per_node)
-        payload = case.payload(ds_config, checkpoint)
+        payload = self._payload(case, checkpoint)
         if case.world_size in self.unstartable:  # one wait per run for a world that cannot start, not one per case
             return attempt(ERROR, f"not run: {self.unstartable[case.world_size]}", {NOT_RUN: True})
         try:
@@ -152,8 +175,76 @@ class Runner:
             self.unstartable[case.world_size] = str(exc)
             return attempt(ERROR, f"not run: {exc}", {NOT_RUN: True})
         timeout_s = min(self.timeout_s, case.timeout_s or self.timeout_s)
-        outcome = world.run("zero3_conformance.checks.execute:execute", payload, timeout_s, gave_up)
-        return attempt(*verdict(outcome, case.world_size))
+        history = self._history.setdefault(world, [])
+        outcome = world.run(EXECUTE, payload, timeout_s, gave_up)
+        status, message, metrics = verdict(outcome, case.world_size)
+        if SPOILED in metrics and self.pool.restarts:
+            # Not judged where earlier cases spoiled the process: said in a record of its own, and tried again
+            # in a world started for it.
+            leftover = self._leftover(case, payload, list(history), metrics[SPOILED], timeout_s)
+            with self._leftovers_lock:
+                self._leftovers.append(leftover)
+            again = self._try(case, fresh=True)
+            return dataclasses.replace(again, seconds=time.monotonic() - started)
+        history.append((case, payload))
+        return attempt(status, message, metrics)
+
+    def take_leftovers(self) -> list[Record]:
+        """The leftover records made since the last call (the front end writes them beside the cases')."""
+        with self._leftovers_lock:
+            taken, self._leftovers = self._leftovers, []
+        return taken
+
+    def _leftover(self, case: CaseSpec, payload: dict[str, Any], history: list[tuple[CaseSpec, dict[str, Any]]],
+                  spoiled: dict[str, Any], timeout_s: float) -> Record:
+        """P4's record of a spoiled world: the cases it ran, what changed, and the subject whose share of those
+        cases alone, replayed in a fresh world, reproduces the change (none where no one subject's does)."""
+        started = time.monotonic()
+        shares: dict[str, list[tuple[CaseSpec, dict[str, Any]]]] = defaultdict(list)
+        for earlier in history:
+            shares[earlier[0].subject].append(earlier)
+        reproduced = [subject for subject, share in shares.items()
+                      if self._replay_spoils(case, payload, share, timeout_s)]
+        subject = reproduced[0] if len(reproduced) == 1 else UNATTRIBUTED
+        cases = ", ".join(earlier.id for earlier, _ in history)
+        blamed = f"replaying only {subject}'s {len(shares[subject])} of them in a fresh world reproduces it" \
+            if subject != UNATTRIBUTED else \
+            f"replaying each subject's share alone in a fresh world reproduces it for " \
+            f"{' and '.join(reproduced) or 'neither'}: not attributed"
+        after = "after this case" if len(history) == 1 else f"after these {len(history)} cases"
+        message = (f"[{LEFTOVER_CHECK} on {self.cell['backend']}, world size {case.world_size}] {after} in one "
+                   f"world, {spoiled['model_class']} built without ZeRO and with no config "
+                   f"alive is not its clean structure ({case.id} was not judged there and ran again in a fresh "
+                   f"world):\n" + "\n".join(spoiled["differences"]) + f"\n{blamed}\ncases: {cases}")
+        record = Record(clause="P4", check=LEFTOVER_CHECK.split("-", 1)[1], subject=subject, model=case.model,
+                        head=case.head, layout=None, world_size=case.world_size, dtype=case.dtype, status=FAIL,
+                        message=message, duration_s=round(time.monotonic() - started, 3), cell=self.cell,
+                        metrics={"spoiled_after": [earlier.id for earlier, _ in history],
+                                 "differences": spoiled["differences"], REPRODUCED_BY: reproduced},
+                        case_id=f"{LEFTOVER_CHECK}[{case.model}-ws{case.world_size}-after-{len(history)}-cases]",
+                        variant=case.variant)
+        return apply_known_issues(record, self.known_issues)
+
+    def _replay_spoils(self, case: CaseSpec, payload: dict[str, Any], share: list[tuple[CaseSpec, dict[str, Any]]],
+                       timeout_s: float) -> bool:
+        """Whether running `share` in a fresh world, then `case` (its `payload`), leaves `case` not judged there
+        again."""
+        world = self.pool.get(case.world_size, fresh=True)
+        for _earlier, earlier_payload in share:
+            world.run(EXECUTE, earlier_payload, timeout_s, gave_up)
+        _, _, metrics = verdict(world.run(EXECUTE, payload, timeout_s, gave_up), case.world_size)
+        self.pool.release(case.world_size)  # the replay's world is spoiled: the next case's starts fresh
+        return SPOILED in metrics
+
+    def _payload(self, case: CaseSpec, checkpoint: str | None) -> dict[str, Any]:
+        """What a rank needs to run the case: its config in this run, its checkpoint, its class's clean structure."""
+        ds_config = with_zero3_variant(with_dtype(self.ds_config, case.dtype), case.variant, self.ranks_per_node)
+        payload = case.payload(ds_config, checkpoint)
+        if case.family is not None:
+            structure = self.structures.get(case.family)
+            payload["structure"] = {"error": str(structure)} if isinstance(structure, NoStructure) else \
+                structure.to_dict()
+        return payload
 
     def _record(self, case: CaseSpec, tries: Sequence[Attempt]) -> Record:
         """One record of every try: the most severe outcome's status, message and metrics, all outcomes in order."""
@@ -168,10 +259,13 @@ class Runner:
                 "" if self.pool.restarts else " (all in the launched world, which cannot be started again)"
             tried = f"outcomes of {len(tries)} tries: {', '.join(outcomes)}{fresh}"
             message = f"{message}\n{tried}" if message else tried
+        metrics = dict(worst.metrics)
+        compared, expected = metrics.pop("compared", {}), metrics.pop("expected_to_compare", {})
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
                         head=case.head, layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
                         message=message, duration_s=round(sum(a.seconds for a in tries), 3), cell=self.cell,
-                        metrics=worst.metrics, case_id=case.id, outcomes=outcomes, variant=case.variant)
+                        metrics=metrics, case_id=case.id, outcomes=outcomes, variant=case.variant, compared=compared,
+                        expected_to_compare=expected)
         return apply_known_issues(record, self.known_issues)
 
     def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,
@@ -203,6 +297,7 @@ class Runner:
                         if stop.is_set():
                             return
                         finished = self.run_together(together)
+                        finished += self.take_leftovers()
                         with lock:
                             if stop.is_set():  # interrupted: its world was torn down under it
                                 return
@@ -229,12 +324,14 @@ class Runner:
             raise
         finally:
             self.pool.close()
+            self.structures.close()
         if failures:
             raise failures[0]
         return records
 
     def close(self) -> None:
         self.pool.close()
+        self.structures.close()
 
 
 def _by_world_size(cases: Iterable[CaseSpec]) -> dict[int, list[CaseSpec]]:

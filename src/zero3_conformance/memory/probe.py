@@ -111,6 +111,13 @@ def _build(spec: dict[str, Any]) -> Any:
     return config_object, subject.from_pretrained(model_class, spec["checkpoint"])[0]
 
 
+def _size_of(model: Any) -> dict[str, int]:
+    """The parameters a build holds and their elements (a ZeRO-3 parameter's full count): a build that lost
+    tensors allocates less, and must not pass for it."""
+    params = list(model.parameters())
+    return {"parameters": len(params), "elements": sum(int(getattr(p, "ds_numel", p.numel())) for p in params)}
+
+
 def _join_group(backend: str) -> None:
     """Joins this probe's own process group (its ranks are the probes of one world), once."""
     import torch
@@ -168,6 +175,7 @@ def measure(spec: dict[str, Any], warmed: set[tuple[str, str]]) -> dict[str, Any
     }
     if cuda:
         figures["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / MB, 1)
+    figures["built"] = _size_of(built[1] if isinstance(built, tuple) else built)
     del built
     left = clear_leftover_zero3()  # a build whose registration outlives its objects must not shape the next
     if left:

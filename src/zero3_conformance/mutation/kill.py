@@ -46,6 +46,7 @@ def kill_matrix(runner: Runner, names: Sequence[str], clauses: Sequence[str] | N
                 continue
             prepare_checkpoints(cases)
             records = [runner.run_case(case) for case in cases]
+            runner.pool.close()  # a mutant may change its worlds' processes for good: no other subject runs there
             killers = [r for r in records if r.status in KILLING]
             outcome: dict[str, Any] = {"statuses": _count(r.status for r in records),
                                        "by": [r.case_id for r in killers], "verdict": "survived"}

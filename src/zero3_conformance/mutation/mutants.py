@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 from ..subjects import ReferenceSubject, register
 
@@ -276,6 +276,83 @@ class NoParameters(Mutant):
         return _without_parameters(model), report
 
 
+class SpoilsLaterBuilds(Mutant):
+    """After its first ZeRO-3 build, every model built in the process with no ZeRO config alive comes out
+    without parameters, for the rest of the process: as deepspeed before 0.15.1 left classes without an
+    `__init__` of their own (deepspeedai/DeepSpeed#5921), here for every class. A baseline built in that
+    process is as empty as the subject's plain build, and agrees with it."""
+
+    kills = ("P4",)
+
+    def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
+        model = super().from_config(model_class, config, dtype)
+        spoil_later_builds()
+        return model
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        loaded = super().from_pretrained(model_class, path, dtype, **options)
+        spoil_later_builds()
+        return loaded
+
+
+class HeadOnlyZeroed(Mutant):
+    """Every tensor a head class holds that its base model lacks (an untied lm_head, a seq2seq head's final
+    logits bias, a classifier) is loaded as zeros; the base model's values, which the base class's checks
+    compare, are right. Only a comparison of the head's own loaded values can see it."""
+
+    kills = ("G1",)
+
+    def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
+                        **options: Any) -> tuple[Any, dict[str, Any]]:
+        import deepspeed
+        import torch
+
+        from ..structure import persistent_buffers
+
+        model, report = super().from_pretrained(model_class, path, dtype, **options)
+        base = getattr(model, "base_model", model)
+        if base is model:
+            return model, report
+        in_base = {id(t) for t in [*base.parameters(), *base.buffers()]}
+        params = [p for p in model.parameters() if id(p) not in in_base]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad():
+            for tensor in params + [b for b in persistent_buffers(model).values() if id(b) not in in_base]:
+                tensor.zero_()
+        return model, report
+
+
+def spoil_later_builds() -> None:
+    """From now on, in this process, a model built while no ZeRO-3 config is alive has no parameters."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    empty_builds_where(lambda: not is_deepspeed_zero3_enabled())
+
+
+def empty_builds_where(condition: Callable[[], bool]) -> None:
+    """From now on, in this process, a model that from_config or from_pretrained builds while `condition()`
+    holds comes out without parameters (once per process: a second call changes nothing)."""
+    from transformers import PreTrainedModel
+
+    if getattr(PreTrainedModel._from_config, "emptied", False):
+        return
+    from_config, from_pretrained = PreTrainedModel._from_config.__func__, PreTrainedModel.from_pretrained.__func__
+
+    def built_from_config(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        model = from_config(cls, *args, **kwargs)
+        return _without_parameters(model) if condition() else model
+
+    def built_from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        loaded = from_pretrained(cls, *args, **kwargs)
+        if condition():
+            _without_parameters(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+    built_from_config.emptied = True  # type: ignore[attr-defined]
+    PreTrainedModel._from_config = classmethod(built_from_config)
+    PreTrainedModel.from_pretrained = classmethod(built_from_pretrained)
+
+
 def _without_parameters(model: Any) -> Any:
     for module in model.modules():
         module._parameters.clear()
@@ -313,6 +390,8 @@ MUTANTS: dict[str, type[Mutant]] = {
     "dtype_ignored": DtypeIgnored,
     "loading_options_dropped": LoadingOptionsDropped,
     "no_parameters": NoParameters,
+    "spoils_later_builds": SpoilsLaterBuilds,
+    "head_only_zeroed": HeadOnlyZeroed,
 }
 
 

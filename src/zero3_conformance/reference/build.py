@@ -4,10 +4,12 @@
    module exists, so no rank ever holds the whole model. The model-level init (post_init's) is switched
    off during construction (it would run on empty shards); in from_config, the init a module's own
    constructor runs on its still-whole parameters runs as without ZeRO (rank 0's values are the ones
-   partitioned), while from_pretrained skips it as transformers does without ZeRO. Torch's
-   default dtype is the model's (the config's
-   fp16/bf16, as `dtype=` sets it without ZeRO), and tensors created with an explicit dtype keep it, so
-   computed buffers (rotary tables) take the dtype they take without ZeRO.
+   partitioned), while from_pretrained skips it as transformers does without ZeRO. Given a `dtype`,
+   torch's default dtype is it while the model is built, as `dtype=` sets it without ZeRO, and tensors
+   created with an explicit dtype keep it, so computed buffers (rotary tables) take the dtype they take
+   without ZeRO. Given none, the model is built as without ZeRO (parameters then take the config's fp16/bf16),
+   and every floating buffer is cast to that precision at the end, as DeepSpeed's engine casts a model it did
+   not build (`module.half()` / `.bfloat16()`).
 2. Tie weights, so a tied pair is one ZeRO parameter from the start.
 3. Initialize: module by module, gather that module's parameters, run the model's own init on every
    rank (buffers are per rank), and let rank 0's parameter values be the ones partitioned back. An init
@@ -40,7 +42,7 @@ def active_zero3() -> ZeroConfig | None:
 
 
 @contextlib.contextmanager
-def _explicit_dtypes_kept() -> Iterator[None]:
+def _explicit_dtypes_kept(model_dtype: Any) -> Iterator[None]:
     """zero.Init casts every floating tensor created inside it to the training dtype; a tensor whose
     dtype the model asked for explicitly (e.g. a float32 rotary table) must keep that dtype when it becomes
     a buffer. A parameter takes the model's dtype (P5) whatever its data was created in."""
@@ -53,8 +55,6 @@ def _explicit_dtypes_kept() -> Iterator[None]:
         cast = original(fn, target_fp_dtype, *args, **kwargs)
         keep = original(fn, None, *args, **kwargs)
         return lambda *a, **kw: (keep if kw.get("dtype") is not None else cast)(*a, **kw)
-
-    model_dtype = torch.get_default_dtype()  # the model's, set before this context is entered
 
     def register_parameter(module: Any, name: str, param: Any) -> None:
         # A parameter takes the model's dtype whatever its data was created in, as zero.Init casts it: the
@@ -83,15 +83,35 @@ def partitioned_construction(zero: ZeroConfig, dtype: Any, constructors_init: bo
     # The dtype goes to zero.Init through the config, never as `dtype=`: some deepspeed releases ignore an
     # explicit dtype on accelerators without fp16 support (an operator-precedence slip in Init._set_dtype).
     ds_config = zero.config if dtype is None else with_dtype(zero.config, dtype_name(dtype))
-    model_dtype = _model_dtype(zero, dtype)
     skipped_init = compat.constructor_init_only(nested=_initialize) if constructors_init else compat.no_init_weights()
-    with skipped_init, _default_dtype(model_dtype), _explicit_dtypes_kept(), compat.zero3_partitioning(ds_config):
+    with skipped_init, _default_dtype(_built_dtype(dtype)), _explicit_dtypes_kept(_model_dtype(zero, dtype)), \
+            compat.zero3_partitioning(ds_config):
         yield
 
 
 def _model_dtype(zero: ZeroConfig, dtype: Any) -> Any:
-    """The dtype asked for, else the one the ZeRO config's precision gives."""
+    """The parameters' dtype: the one asked for, else the one the ZeRO config's precision gives."""
     return dtype if dtype is not None else zero.torch_dtype()
+
+
+def _built_dtype(dtype: Any) -> Any:
+    """torch's default dtype while the model is built and initialized: the one asked for, else the current one
+    (computed buffers come out as without ZeRO; _buffers_in_precision casts them after)."""
+    import torch
+
+    return dtype if dtype is not None else torch.get_default_dtype()
+
+
+def _buffers_in_precision(model: Any, zero: ZeroConfig, dtype: Any) -> None:
+    """With no dtype asked for, every floating buffer in the config's precision, as DeepSpeed's engine casts a
+    model it did not build: values computed as without ZeRO, rounded once."""
+    if dtype is not None:
+        return
+    precision = zero.torch_dtype()
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != precision:
+                module._buffers[name] = buffer.to(precision)
 
 
 @contextlib.contextmanager
@@ -203,8 +223,9 @@ def from_config(model_class: Any, config: Any, dtype: Any = None) -> Any:
     model = _construct(compat.concrete_class(model_class, config), config, zero, dtype, constructors_init=True)
     # Without ZeRO the model's init runs inside its constructor (post_init), under the model's dtype: a buffer
     # it recomputes (a sinusoid table) is computed in that dtype.
-    with _default_dtype(_model_dtype(zero, dtype)):
+    with _default_dtype(_built_dtype(dtype)):
         _initialize(model)
+    _buffers_in_precision(model, zero, dtype)
     return model
 
 
@@ -244,6 +265,9 @@ class _Plan:
             if not provided.intersection(names):  # a tied parameter no name of which the checkpoint holds
                 missing.extend(names)
         missing += [k for k in model_keys - provided if k not in dict(model.named_parameters(remove_duplicate=False))]
+        # Every key the checkpoint does not provide is initialized; a class's ignored ones (a sinusoidal table it
+        # never saves) are only left out of the report.
+        self.unloaded = sorted(missing)
         self.missing = sorted(_drop_ignored(missing, getattr(model, "_keys_to_ignore_on_load_missing", None)))
         self.unexpected = sorted(set(_drop_ignored(unexpected, getattr(model, "_keys_to_ignore_on_load_unexpected",
                                                                          None))))
@@ -362,7 +386,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: 
     conversion = compat.checkpoint_conversion(model)
     plan = _Plan(model, reader, conversion, ignore_mismatched_sizes)
     _untie_where_the_checkpoint_differs(model, reader, plan, zero)
-    _initialize(model, only={*plan.missing, *(key for key, *_ in plan.mismatched)})
+    _initialize(model, only={*plan.unloaded, *(key for key, *_ in plan.mismatched)})
     is_writer = _rank() == 0
     for name, module in _post_order(model):
         prefix = f"{name}." if name else ""
@@ -389,6 +413,7 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: 
         if compat.loading_makes_parameters_trainable():
             for param in loaded.values():
                 param.requires_grad_(param.is_floating_point())
+    _buffers_in_precision(model, zero, dtype)
     report = {"missing_keys": plan.missing, "unexpected_keys": plan.unexpected,
               "mismatched_keys": plan.mismatched, "error_msgs": []}
     return model, report

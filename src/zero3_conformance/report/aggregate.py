@@ -22,10 +22,10 @@ from typing import Any
 from .. import known_issues
 from ..cell import CELL_FILE, COMPLETE, PARTIAL, cell_label, read_cell_file, topology_suffix
 from ..errors import UsageError
-from ..results import BAD_STATUSES, PASS, XFAIL, XPASS, Record
+from ..results import BAD_STATUSES, PASS, REPRODUCED_BY, XFAIL, XPASS, Record
 from ..rundir import RESULTS_FILE, completion, result_files
 from ..rundir import records as read_run_records
-from .summary import architecture_coverage
+from .summary import architecture_coverage, classes_with_values_compared
 
 BLAME_INTEGRATION = "transformers integration"
 BLAME_STACK = "deepspeed/torch"
@@ -82,7 +82,10 @@ def likely_fault(record: Record, others: Sequence[Record], reference_flaky: int 
     """Where the fault behind `record` (a case that did not pass) likely lies, from the raw outcomes of every
     try of it and of the same case for the other subjects. `reference_flaky`: cases of the cell on which the
     reference itself was intermittent; where there are any, the stack under both subjects is shown to be
-    nondeterministic, so a difference that held on every try may still be chance and names no one subject."""
+    nondeterministic, so a difference that held on every try may still be chance and names no one subject. A
+    leftover record names whose cases spoiled a world by replaying each subject's share alone."""
+    if REPRODUCED_BY in record.metrics:
+        return _replayed_fault(record.metrics[REPRODUCED_BY])
     reference = next((r for r in [record, *others] if r.subject == "reference"), None)
     subject = record if record.subject != "reference" else next(
         (r for r in others if r.subject == "transformers"), others[0] if others else None)
@@ -106,6 +109,17 @@ def likely_fault(record: Record, others: Sequence[Record], reference_flaky: int 
                 f"{reference_flaky} case{'s' if reference_flaky > 1 else ''} of this cell: a difference here "
                 "may be chance)")
     return blamed
+
+
+def _replayed_fault(reproduced_by: Sequence[str]) -> str:
+    if len(reproduced_by) == 1:
+        subject = reproduced_by[0]
+        blamed = BLAME_INTEGRATION if subject == "transformers" else BLAME_REFERENCE if subject == "reference" \
+            else f"subject {subject}"
+        return f"{blamed} (its cases alone, replayed in a fresh world, leave the same change)"
+    if reproduced_by:
+        return f"{BLAME_STACK} (every subject's cases alone, replayed in a fresh world, leave the same change)"
+    return f"{NOT_ATTRIBUTED} (no one subject's cases alone, replayed in a fresh world, leave the same change)"
 
 
 def blame(cell: CellResult) -> list[dict[str, Any]]:
@@ -178,6 +192,8 @@ def aggregate(run_dirs: list[Path], baseline: dict[str, Any] | None = None,
             "triage": triage(cell),
             "intermittent": dict(Counter(r.clause for r in cell.records if r.intermittent)),
             "architectures": architecture_coverage(cell.records),
+            "values_compared": {subject: len(pairs)
+                                for subject, pairs in classes_with_values_compared(cell.records).items()},
             "stale": [{"entry": i.name, "expected": list(i.expected), "link": i.link}
                       for i in known_issues.stale(issues or [], cell.records)],
         })

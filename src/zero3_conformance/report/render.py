@@ -55,6 +55,14 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     lines += ["", "## Supported versions (from these cells)", ""]
     for lib, versions in report["supported"].items():
         lines.append(f"- **{lib}**: " + "; ".join(f"{v}: {text}" for v, text in versions.items()))
+    compared = [c for c in report["cells"] if c.get("values_compared", {}).get("attempted")]
+    if compared:
+        lines += ["", "## Classes whose loaded values were compared (G1)", ""]
+        for cell in compared:
+            counts = cell["values_compared"]
+            lines.append(f"- `{cell['name']}`: {counts['attempted']} classes attempted; "
+                         + (", ".join(f"{n} for {s}" for s, n in sorted(counts.items()) if s != "attempted")
+                            or "none for any subject"))
     swept = [c for c in report["cells"] if c.get("architectures")]
     if swept:
         lines += ["", "## Architectures (model types checked through their classes)", "",

@@ -39,6 +39,7 @@ def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
             cells.append(", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: STATUSES.index(kv[0])))
                          or "—")
         lines.append(f"| {clause}{f' ({variant})' if variant else ''} | " + " | ".join(cells) + " |")
+    lines += _values_compared(records)
     lines += _architecture_coverage(records) + _memory_table(records) + _resize_table(records)
     lines += _problems(records) + _undefined_without_zero(records)
     skips = Counter(r.message for r in records if r.status == SKIP)
@@ -72,6 +73,27 @@ def _problems(records: list[Record]) -> list[str]:
 
 # A type of the architecture sweep counts as checked when these clauses ran (did not SKIP) for every subject.
 CHECKED_WHEN_RAN = ("P1", "P2", "G1", "G4", "G7")
+
+
+def classes_with_values_compared(records: list[Record]) -> dict[str, set[tuple[str, str | None]]]:
+    """Per subject, the (model, class) pairs whose loaded values G1 compared (a record that compared some
+    checkpoint tensor), and the pairs G1 ran on at all, under "attempted"."""
+    found: dict[str, set[tuple[str, str | None]]] = defaultdict(set)
+    for r in records:
+        if r.clause == "G1":
+            found["attempted"].add((r.model, r.head))
+            if any(r.compared.values()):
+                found[r.subject].add((r.model, r.head))
+    return found
+
+
+def _values_compared(records: list[Record]) -> list[str]:
+    found = classes_with_values_compared(records)
+    if not found["attempted"]:
+        return []
+    subjects = sorted(subject for subject in found if subject != "attempted")
+    return ["", f"Values compared with the checkpoint (G1) on {len(found['attempted'])} classes attempted: "
+            + (", ".join(f"{len(found[s])} for {s}" for s in subjects) or "none for any subject") + "."]
 
 
 def is_sweep_record(record: Record) -> bool:
