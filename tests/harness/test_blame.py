@@ -15,7 +15,7 @@ from zero3_conformance.report.aggregate import (
     NOT_ATTRIBUTED,
     likely_fault,
 )
-from zero3_conformance.results import CRASH, ERROR, FAIL, PASS, TIMEOUT, most_severe
+from zero3_conformance.results import CRASH, ERROR, FAIL, PASS, REPRODUCED_BY, TIMEOUT, most_severe
 
 from .test_matrix_report import _record, _run_dir
 
@@ -147,3 +147,19 @@ def test_blame_pairs_a_case_with_the_same_case_of_the_other_subject_variant_incl
     assert faults == {"G1-c[reference-llama-ws2-fp32]": BLAME_STACK,
                       "G1-c[transformers-llama-ws2-fp32]": BLAME_STACK,
                       "G1-c[transformers-llama-ws2-fp32-hpz]": BLAME_INTEGRATION}
+
+
+def _leftover(subject, reproduced_by):
+    return dataclasses.replace(_record("P4", subject, FAIL, "Qwen2ForSequenceClassification ... lacks 27 of the 27",
+                                       check="leaves_no_leftover"),
+                               metrics={REPRODUCED_BY: reproduced_by})
+
+
+def test_a_class_both_subjects_spoil_blames_the_stack_not_the_subject_whose_world_it_was():
+    """Each spoiled world ran one subject's cases, so each leftover record names that subject; a class that both
+    subjects' cases leave changed (in worlds of their own) is the stack's fault (a DeepSpeed unpatch bug)."""
+    theirs, ours = _leftover("transformers", ["transformers"]), _leftover("reference", ["reference"])
+    assert likely_fault(theirs, []).startswith(BLAME_INTEGRATION)
+    assert likely_fault(theirs, [ours]).startswith(BLAME_STACK)
+    assert likely_fault(ours, [theirs]).startswith(BLAME_STACK)
+    assert likely_fault(_leftover("transformers", []), []).startswith(NOT_ATTRIBUTED)

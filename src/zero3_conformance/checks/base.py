@@ -182,6 +182,10 @@ class Findings:
     def baseline_agrees(self, model: Any, what: str, dtypes: bool, options: dict[str, Any] | None = None) -> None:
         """Where the case has a clean structure (Case), a baseline unlike it is not judged against."""
 
+    def baseline_raised(self, error: str) -> None:
+        """Where the case has a clean structure (Case), a baseline that raises in a process unlike a fresh one is
+        not taken for the class's own failure."""
+
     def _subject_agrees(self, model: Any, what: str, options: dict[str, Any] | None = None) -> None:
         """Where the case has a clean structure (Case), a subject's build unlike it FAILs."""
 
@@ -213,6 +217,7 @@ class Findings:
             with uninitialized_memory_filled():
                 model = build_from_config(cls, config, dtype)
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
+            self.baseline_raised(exception_line(exc))
             raise NotApplicable(f"{cls.__name__} does not build from this config even without ZeRO: "
                                 f"{exception_line(exc)}") from None
         self.baseline_agrees(model, "from_config", dtypes=dtype is None)
@@ -243,6 +248,7 @@ class Findings:
                 model, info = cls.from_pretrained(self.checkpoint_path, output_loading_info=True,
                                                   trust_remote_code=False, **dtype_kwarg(dtype))
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
+            self.baseline_raised(exception_line(exc))
             raise NotApplicable(f"{cls.__name__} does not load this checkpoint even without ZeRO: "
                                 f"{exception_line(exc)}") from None
         # A checkpoint's own dtype may differ from the config's default: only from_config's dtypes are known.
@@ -368,14 +374,38 @@ class Case(Findings):
             found.append(f"the baseline ({what}, without ZeRO) ties {tied}, its clean structure {list(structure.tied)}")
         if not found:
             return
+        self._not_fresh(structure, found)
+        raise NotApplicable(f"in a process that ran no case before, {structure.model_class} built without ZeRO is "
+                            f"not its clean structure ({structure.built_on} build in a fresh process): "
+                            f"{'; '.join(found)}; nothing faithful to compare with")
+
+    def _not_fresh(self, structure: Structure, found: list[str]) -> None:
+        """A build without ZeRO unlike the clean structure (`found`), after this case's own ZeRO-3 build: the
+        subject's leftover (FAIL); after earlier cases: a spoiled process (not judged here)."""
         if self._subject_built:
             raise SubjectRaised(f"after {self.subject.name}'s ZeRO-3 build in this case, a build without ZeRO is "
                                 f"not what {structure.model_class} builds in a fresh process:\n" + "\n".join(found))
         if self.earlier_cases:
             raise SpoiledProcess(structure.model_class, found)
-        raise NotApplicable(f"in a process that ran no case before, {structure.model_class} built without ZeRO is "
-                            f"not its clean structure ({structure.built_on} build in a fresh process): "
-                            f"{'; '.join(found)}; nothing faithful to compare with")
+
+    def baseline_raised(self, error: str) -> None:
+        """A baseline that raises after ZeRO-3 builds in this process (the case's own or earlier cases') is the
+        class's own failure only if the class still builds here as in a fresh process: it is built again here
+        without ZeRO, on the device its clean structure was built on, and compared with it."""
+        if not isinstance(self.structure, Structure) or not (self.earlier_cases or self._subject_built):
+            return
+        import torch
+
+        structure = self.clean_structure()
+        what = "the case's class built here again (without ZeRO, after its baseline raised)"
+        try:
+            with torch.device("meta") if structure.built_on == "meta" else contextlib.nullcontext():
+                probe = build_from_config(self.model_class(), self.model_config())
+            found = differences(structure, probe, what, dtypes=False, partitioned=False)
+        except Exception as exc:  # noqa: BLE001 - it built in a fresh process: raising here is the difference
+            found = [f"{what} raises: {exception_line(exc)}"]
+        if found:
+            self._not_fresh(structure, [f"the baseline raised: {error}", *found])
 
     def builds_case_structure(self, model: Any, options: dict[str, Any] | None) -> bool:
         """Whether `model` is the case's class built from the case's config: loading options that set the

@@ -286,6 +286,7 @@ def forward_matches_baseline(case: Case) -> None:
             got = _outputs(engine, batch)
     with torch.no_grad():
         _compare(case, "forward", expected, got, exact, in_fp64=_in_fp64(baseline, lambda m: _outputs(m, batch)))
+    case.count("outputs", [name for name in expected if name in got], expected)
 
 
 def _full_gradients(model: Any) -> dict[str, Any]:
@@ -314,6 +315,16 @@ def gradients_match_baseline(case: Case) -> None:
     _compare(case, "gradients", expected, {k: v for k, v in got.items() if v is not None}, exact,
              extra=_averaging_error_bound(case, magnitude),
              in_fp64=_in_fp64(baseline, lambda m: _baseline_gradients(case, m, 0)[0]))
+    reasons = {**_without_gradient(baseline, expected), **dict.fromkeys(missing, "no gradient from the subject")}
+    case.count("gradients", [name for name in expected if got.get(name) is not None],
+               case.clean_names("parameters", dict(baseline.named_parameters())), reasons)
+
+
+def _without_gradient(baseline: Any, gradients: dict[str, Any]) -> dict[str, str]:
+    """Why a parameter has no gradient to compare: none without ZeRO either (the batch does not reach it, or it
+    is frozen)."""
+    return {name: "frozen" if not param.requires_grad else "no gradient without ZeRO (the batch does not reach it)"
+            for name, param in baseline.named_parameters() if name not in gradients}
 
 
 def _baseline_steps(case: Case, baseline: Any, optimizer: str, stepped: set[str] | None = None) -> dict[str, Any]:
@@ -375,6 +386,9 @@ def _steps_match(case: Case, optimizer: str) -> None:
     def stepped_only(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if tensors is None else {n: t for n, t in tensors.items() if n in stepped and t is not None}
 
+    # Every parameter is compared: those stepped within the tolerance, the others as unchanged.
+    case.count("parameters", [name for name in expected if got.get(name) is not None],
+               case.clean_names("parameters", expected))
     exact = stepped_only(exact)
     _compare(case, f"parameters ({optimizer})", stepped_only(expected), stepped_only(got), exact, step=STEPS,
              in_fp64=_in_fp64(pristine, lambda m: stepped_only(_baseline_steps(case, m, optimizer))))
@@ -448,6 +462,7 @@ def generate_matches_baseline(case: Case) -> None:
             got = case.subject.generate(engine.module, **prompt, **options)
     case.metrics["new_tokens_by_rank_0"] = int(expected.shape[-1] - (0 if getattr(config, "is_encoder_decoder", False)
                                                                       else prompt["input_ids"].shape[-1]))
+    case.count("generated sequences", ["sequences"], ["sequences"])
     if tuple(got.shape) != tuple(expected.shape) or not torch.equal(got, expected):
         case.fail(f"generate (rank {case.rank}, prompt of {prompt['input_ids'].shape[-1]} tokens, "
                   f"max_new_tokens={options['max_new_tokens']}): expected tokens {expected.tolist()}, "

@@ -116,6 +116,7 @@ def resize_token_embeddings(case: Case) -> None:
                     f"tied group {group} is no longer one parameter after resizing: {len(shared)} separate "
                     f"parameters (rank {case.rank})")
     zero_params = [p for p in _vocabulary_params(engine.module).values() if hasattr(p, "ds_id")]
+    compared = []
     with deepspeed.zero.GatheredParameters(zero_params):
         for what, module in modules.items():
             weight = module.weight.detach().clone()
@@ -123,12 +124,15 @@ def resize_token_embeddings(case: Case) -> None:
                 case.fail(f"{what}.weight has {weight.shape[0]} rows after resizing, expected "
                           f"{expected_rows.get(what)} (as resized without ZeRO)")
                 continue
+            compared.append(what)
             kept = min(int(old_rows[what].shape[0]), int(weight.shape[0]))
             problem = exact_mismatch(f"{what}.weight[:{kept}]", old_rows[what][:kept], weight[:kept])
             case.expect(problem is None, f"old rows changed by resizing: {problem} (rank {case.rank})")
             added = weight[kept:]
             case.expect(bool(torch.isfinite(added).all()), f"{what}.weight: added rows hold non-finite values")
             case.agree(f"{what}.weight added rows", added)
+    case.count("vocabulary-sized weights", compared, expected_rows,
+               {what: "missing after the resize (a finding)" for what in expected_rows if what not in modules})
     if expected_logits is not None:
         with torch.no_grad(), case.subject_call("forward with added tokens"):
             logits = engine(**_added_token_inputs(engine.module, new_vocab)).logits
@@ -214,6 +218,9 @@ def saved_checkpoints_reload_exactly(case: Case) -> None:
         got = full_parameters(reloaded)
         problems = [p for key in sorted(held) if (p := exact_mismatch(key, held[key], got[key]) if key in got
                                                    else f"{key}: absent after reload")]
+        case.count(f"tensors reloaded from {what}", [key for key in held if key in got],
+                   case.clean_names("state dict", held),
+                   {key: "absent after reload (a finding)" for key in held if key not in got})
         for problem in problems[:5]:
             case.fail(f"{what}: reloaded {problem} (expected: what the ZeRO-3 model held after training)")
         if len(problems) > 5:

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -104,6 +104,7 @@ class Runner:
             weakref.WeakKeyDictionary()
         self._leftovers: list[Record] = []  # records of spoiled worlds, for the front end to write
         self._leftovers_lock = threading.Lock()  # world lanes add and take them
+        self._leftover_ids: Counter[str] = Counter()  # how many leftover records each id has had
         for lock in clear_stale_build_locks():
             print(f"zero3-conformance: removed a stale JIT build lock a killed build left: {lock}", file=sys.stderr)
 
@@ -221,9 +222,20 @@ class Runner:
                         message=message, duration_s=round(time.monotonic() - started, 3), cell=self.cell,
                         metrics={"spoiled_after": [earlier.id for earlier, _ in history],
                                  "differences": spoiled["differences"], REPRODUCED_BY: reproduced},
-                        case_id=f"{LEFTOVER_CHECK}[{case.model}-ws{case.world_size}-after-{len(history)}-cases]",
+                        case_id=self._leftover_id(case, len(history)),
                         variant=case.variant)
         return apply_known_issues(record, self.known_issues)
+
+    def _leftover_id(self, case: CaseSpec, cases_before: int) -> str:
+        """One id per spoiled world: the class and world it was found in, the case it kept from being judged, and
+        which time that case was (a case tried again may meet a spoiled world again)."""
+        label = case.family.label if case.family else "none"
+        key = (f"{LEFTOVER_CHECK}[{label}-ws{case.world_size}-after-{cases_before}-cases-before-{case.check_id}-"
+               f"{case.subject}")
+        with self._leftovers_lock:
+            self._leftover_ids[key] += 1
+            nth = self._leftover_ids[key]
+        return f"{key}{f'-{nth}' if nth > 1 else ''}]"
 
     def _replay_spoils(self, case: CaseSpec, payload: dict[str, Any], share: list[tuple[CaseSpec, dict[str, Any]]],
                        timeout_s: float) -> bool:
@@ -404,3 +416,4 @@ def checkpoints_on_this_node(ctx: Any, pairs: list[tuple[Any, str]]) -> None:
 
 def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+

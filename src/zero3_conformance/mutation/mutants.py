@@ -277,22 +277,23 @@ class NoParameters(Mutant):
 
 
 class SpoilsLaterBuilds(Mutant):
-    """After its first ZeRO-3 build, every model built in the process with no ZeRO config alive comes out
-    without parameters, for the rest of the process: as deepspeed before 0.15.1 left classes without an
-    `__init__` of their own (deepspeedai/DeepSpeed#5921), here for every class. A baseline built in that
-    process is as empty as the subject's plain build, and agrees with it."""
+    """After its first ZeRO-3 build of a class, that class builds without its own __init__ for the rest of the
+    process, with ZeRO-3 and without it: from_config gives a model without parameters, from_pretrained raises.
+    It is what deepspeed 0.15.1 to 0.17.5 do to every class without an `__init__` of its own when a zero.Init
+    context exits (transformers' generic heads; deepspeedai/DeepSpeed#7566), done here to any class. A baseline
+    built in that process is as empty as the subject's build, and agrees with it, or cannot be built at all."""
 
     kills = ("P4",)
 
     def from_config(self, model_class: Any, config: Any, dtype: Any = None) -> Any:
         model = super().from_config(model_class, config, dtype)
-        spoil_later_builds()
+        spoil_later_builds(type(model))
         return model
 
     def from_pretrained(self, model_class: Any, path: str, dtype: Any = None,
                         **options: Any) -> tuple[Any, dict[str, Any]]:
         loaded = super().from_pretrained(model_class, path, dtype, **options)
-        spoil_later_builds()
+        spoil_later_builds(type(loaded[0]))
         return loaded
 
 
@@ -322,11 +323,13 @@ class HeadOnlyZeroed(Mutant):
         return model, report
 
 
-def spoil_later_builds() -> None:
-    """From now on, in this process, a model built while no ZeRO-3 config is alive has no parameters."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
+def spoil_later_builds(model_class: type) -> None:
+    """From now on, in this process, `model_class` (the concrete class built) is built by PreTrainedModel's
+    __init__ instead of its own, as DeepSpeed's _disable_class writes `cls.__init__ = cls._old_init` into a
+    class that inherits `_old_init`."""
+    from transformers import PreTrainedModel
 
-    empty_builds_where(lambda: not is_deepspeed_zero3_enabled())
+    model_class.__init__ = PreTrainedModel.__init__
 
 
 def empty_builds_where(condition: Callable[[], bool]) -> None:

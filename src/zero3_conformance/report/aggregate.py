@@ -84,8 +84,9 @@ def likely_fault(record: Record, others: Sequence[Record], reference_flaky: int 
     reference itself was intermittent; where there are any, the stack under both subjects is shown to be
     nondeterministic, so a difference that held on every try may still be chance and names no one subject. A
     leftover record names whose cases spoiled a world by replaying each subject's share alone."""
-    if REPRODUCED_BY in record.metrics:
-        return _replayed_fault(record.metrics[REPRODUCED_BY])
+    if REPRODUCED_BY in record.metrics:  # with the other subjects' leftover records of the same class
+        return _replayed_fault(sorted({subject for r in [record, *others] if REPRODUCED_BY in r.metrics
+                                       for subject in r.metrics[REPRODUCED_BY]}))
     reference = next((r for r in [record, *others] if r.subject == "reference"), None)
     subject = record if record.subject != "reference" else next(
         (r for r in others if r.subject == "transformers"), others[0] if others else None)
@@ -118,7 +119,8 @@ def _replayed_fault(reproduced_by: Sequence[str]) -> str:
             else f"subject {subject}"
         return f"{blamed} (its cases alone, replayed in a fresh world, leave the same change)"
     if reproduced_by:
-        return f"{BLAME_STACK} (every subject's cases alone, replayed in a fresh world, leave the same change)"
+        return (f"{BLAME_STACK} (the cases of each of {', '.join(reproduced_by)} alone, replayed in a fresh world, "
+                f"leave the class changed)")
     return f"{NOT_ATTRIBUTED} (no one subject's cases alone, replayed in a fresh world, leave the same change)"
 
 
