@@ -55,9 +55,13 @@ class CaseSpec:
         return self.family.auto_class if self.family else None
 
     @property
+    def label(self) -> str:
+        """The class the case builds, as its id names it (a family, or a sweep type with its head)."""
+        return self.family.label if self.family else "none"
+
+    @property
     def id(self) -> str:
-        model = self.family.label if self.family else "none"
-        parts = [self.subject, model] + ([self.layout] if self.layout else []) + [f"ws{self.world_size}", self.dtype]
+        parts = [self.subject, self.label, *([self.layout] if self.layout else []), f"ws{self.world_size}", self.dtype]
         parts += [self.variant] if self.variant != PLAIN else []
         return f"{self.check_id}[{'-'.join(parts)}]"
 

@@ -229,8 +229,7 @@ class Runner:
     def _leftover_id(self, case: CaseSpec, cases_before: int) -> str:
         """One id per spoiled world: the class and world it was found in, the case it kept from being judged, and
         which time that case was (a case tried again may meet a spoiled world again)."""
-        label = case.family.label if case.family else "none"
-        key = (f"{LEFTOVER_CHECK}[{label}-ws{case.world_size}-after-{cases_before}-cases-before-{case.check_id}-"
+        key = (f"{LEFTOVER_CHECK}[{case.label}-ws{case.world_size}-after-{cases_before}-cases-before-{case.check_id}-"
                f"{case.subject}")
         with self._leftovers_lock:
             self._leftover_ids[key] += 1
@@ -416,4 +415,3 @@ def checkpoints_on_this_node(ctx: Any, pairs: list[tuple[Any, str]]) -> None:
 
 def default_out_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-
