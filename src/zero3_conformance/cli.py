@@ -262,7 +262,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     command = " ".join(filter(None, ["zero3-conformance matrix --profile", args.profile, *options, *passed_on]))
     served = served_elsewhere(run_dirs)
     report = write_report([d for d in run_dirs if d not in served], args.out / "report", command=command,
-                          issues=known_issues.load())
+                          issues=known_issues.load(),
+                          omitted={name: matrix.omitted[name] for name in args.profile.split(",")})
     _copy_markdown(args.out / "report", args.compatibility)
     passed = all(c["passed"] for c in report["cells"] if c["status"] == COMPLETE)
     for run_dir, info in served.items():

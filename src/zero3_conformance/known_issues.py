@@ -95,20 +95,20 @@ class KnownIssue:
     def kind(self) -> str:
         return KNOWN_UPSTREAM if self.upstream else NEW_FINDING
 
-    def holds_for_cell(self, cell: dict[str, Any]) -> bool:
-        """The entry's version and backend conditions hold for this cell."""
-        backends = dict(self.narrowing).get("backend")
-        if backends is not None and cell.get("backend") not in backends:
-            return False
-        return versions_hold(cell, self.versions)
-
     def applies_to(self, record: Record) -> bool:
+        return self.names_case(record) and versions_hold(record.cell, self.versions)
+
+    def names_case(self, record: Record) -> bool:
+        """The entry's clauses, subjects, narrowing and backend hold for the record: all it asks but versions."""
         if record.clause not in self.clauses or record.subject not in self.subjects:
             return False
         fields = {**dataclasses.asdict(record), "backend": record.cell.get("backend")}
-        if any(fields[field] not in values for field, values in self.narrowing):
-            return False
-        return self.holds_for_cell(record.cell)
+        return not any(fields[field] not in values for field, values in self.narrowing)
+
+    def versions_missed(self, cell: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """(library, the entry's specifier, the cell's version) for each version condition the cell misses."""
+        return [(library, spec, str(cell.get(library, "?"))) for library, spec in self.versions
+                if not versions_hold(cell, [(library, spec)])]
 
     def met_by(self, outcomes: Iterable[str], message: str = "") -> bool:
         return set(outcomes) <= set(self.expected) and (not self.message or re.search(self.message, message)
@@ -224,13 +224,21 @@ def meeting(record: Record, issues: Iterable[KnownIssue]) -> KnownIssue | None:
 
 def apply(record: Record, issues: Iterable[KnownIssue]) -> Record:
     """The record triaged afresh from its raw outcomes: a met entry makes a case that did not pass XFAIL; an
-    entry that applies but is not met turns a pass into XPASS and leaves any other status as it was."""
+    entry that applies but is not met turns a pass into XPASS and leaves any other status as it was. A failure
+    that would meet an entry but for the cell's versions stays what it was and names that entry: a regression
+    of a fixed finding, or one older than recorded, is news, not an expected failure."""
+    issues = list(issues)
     raw = dataclasses.replace(record, status=record.raw_status, expected=None)
     if raw.raw_status == SKIP:
         return raw
     issue, met = _applying(raw, issues)
     if issue is None:
-        return raw
+        near = next((i for i in issues if raw.raw_status != PASS and i.versions and i.names_case(raw)
+                     and i.met_by(raw.outcomes, raw.message)), None)
+        if near is None:
+            return raw
+        return dataclasses.replace(raw, expected={**near.describe(False),
+                                                  "versions_missed": near.versions_missed(raw.cell)})
     if met:
         status = raw.raw_status if raw.raw_status == PASS else XFAIL
     else:
@@ -249,6 +257,22 @@ def stale(issues: Iterable[KnownIssue], records: list[Record]) -> list[KnownIssu
     return stale_entries
 
 
+def _above(version: str, spec: str) -> bool:
+    """`version` misses `spec` by being newer than an upper bound of it (`<`, `<=`, `==`)."""
+    try:
+        ours = Version(version)
+    except InvalidVersion:
+        return False
+    for specifier in SpecifierSet(spec):
+        try:
+            bound = Version(specifier.version)
+        except InvalidVersion:  # a wildcard (==5.*)
+            continue
+        if (specifier.operator == "<" and ours >= bound) or (specifier.operator in ("<=", "==") and ours > bound):
+            return True
+    return False
+
+
 def _first_sentence(text: str, limit: int = 200) -> str:
     first = " ".join(text.split()).split(". ")[0].rstrip(".")
     return first if len(first) <= limit else first[:limit - 1] + "…"
@@ -260,6 +284,11 @@ def note(record: Record) -> str:
     if not entry:
         return ""
     expected = " or ".join(entry["expected"])
+    if entry.get("versions_missed"):
+        return f"matches known finding {entry['entry']} in all but its versions: " + "; ".join(
+            f"recorded for {library} {spec}, here {version}: "
+            f"{'a regression?' if _above(version, spec) else 'older than recorded: widen the entry?'}"
+            for library, spec, version in entry["versions_missed"]) + f" ({entry['link']})"
     if entry["met"]:
         reason = _first_sentence(entry["reason"])
         return f"known issue ({entry['kind']}): {reason} ({entry['link']}; expected {expected})"

@@ -182,3 +182,42 @@ def test_an_entry_may_name_several_clauses_and_subjects(tmp_path, make_record):
             assert known_issues.apply(make_record(FAIL, clause=clause, subject=subject), issues).status == XFAIL
     assert known_issues.apply(make_record(FAIL, clause="G2"), issues).status == FAIL
     assert "(G1,N1 reference,transformers)" in issues[0].name
+
+
+def test_a_failure_that_meets_an_entry_but_for_its_versions_stays_a_fail_and_says_so(tmp_path, make_record):
+    """A fixed finding failing again in a newer release is a regression to report, not an expected failure; one
+    failing in an older release than recorded asks for the entry to be widened."""
+    issues = load(tmp_path, ENTRY)  # transformers >=5.0,<6
+    newer = known_issues.apply(make_record(FAIL, cell={**make_record().cell, "transformers": "6.1.0"}), issues)
+    assert (newer.status, newer.expected["met"]) == (FAIL, False)
+    assert known_issues.note(newer) == ("matches known finding k.toml #1 (G1 reference) in all but its versions: "
+                                        f"recorded for transformers >=5.0,<6, here 6.1.0: a regression? ({LINK})")
+    older = known_issues.apply(make_record(FAIL, cell={**make_record().cell, "transformers": "4.57.6"}), issues)
+    assert older.status == FAIL
+    assert "here 4.57.6: older than recorded: widen the entry?" in known_issues.note(older)
+    passed = known_issues.apply(make_record(PASS, cell={**make_record().cell, "transformers": "6.1.0"}), issues)
+    assert (passed.status, passed.expected) == (PASS, None)  # a pass outside the range says nothing
+    other = known_issues.apply(make_record(FAIL, clause="G2", cell={**make_record().cell, "transformers": "6.1.0"}),
+                               issues)
+    assert other.expected is None  # another clause: no entry to name
+
+
+def test_no_shipped_entry_stops_at_the_newest_release_of_its_axis():
+    """An entry is open until a newer release is seen passing: an upper bound at (or a pin to) the newest
+    release on a library's axis would make the next release read as broken for a bug nobody fixed."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    from zero3_conformance import matrix
+
+    axes = matrix.load().axes
+    for issue in known_issues.load():
+        for library, spec in issue.versions:
+            if library not in axes:
+                continue
+            newest = max(axes[library], key=Version)
+            after = f"{newest}.post9999"  # a release after the newest on the axis, as a version
+            holds_newest = newest in SpecifierSet(spec)
+            assert not holds_newest or after in SpecifierSet(spec), \
+                f"{issue.name}: versions.{library} = {spec!r} holds {newest}, the newest on its axis, but not the " \
+                "next release: open the range above"

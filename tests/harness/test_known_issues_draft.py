@@ -1,5 +1,5 @@
-"""`known-issues draft` writes entries from runs' unexpected results: the smallest version range over the failing
-cells, narrowed where others passed, an empty link the harness refuses until someone fills it."""
+"""`known-issues draft` writes entries from runs' unexpected results: version ranges open until a newer release is
+seen passing, narrowed where others passed, an empty link the harness refuses until someone fills it."""
 
 import json
 
@@ -27,7 +27,7 @@ def record(status, cell, layout="sharded", outcomes=None):
     return r
 
 
-def test_the_smallest_range_over_failing_cells_narrowed_where_others_passed(tmp_path):
+def test_ranges_start_at_the_oldest_failing_release_and_end_where_a_newer_one_passed(tmp_path):
     runs = [
         _run_dir(tmp_path / "a", [record(FAIL, cell("2.12.1", "4.57.6")), record(PASS, cell("2.12.1", "4.57.6"),
                                                                                   layout="bin")]),
@@ -37,8 +37,10 @@ def test_the_smallest_range_over_failing_cells_narrowed_where_others_passed(tmp_
     text = draft(runs)
     (tmp_path / "d.toml").write_text(text)
     (drafted,) = read_toml_file(tmp_path / "d.toml", "draft")["issue"]
-    assert drafted["versions"]["transformers"] == "==4.57.6"
-    assert drafted["versions"]["torch"] == ">=2.12.1,<=2.14.1"
+    # transformers 5.24.0 passed with a torch no older than the failing ones: the finding ends before it.
+    assert drafted["versions"]["transformers"] == ">=4.57.6,<5.24.0"
+    # No newer torch passed: open above, not closed at the last release someone ran.
+    assert drafted["versions"]["torch"] == ">=2.12.1"
     assert drafted["layout"] == "sharded"  # bin ran in a failing cell and passed there
     assert drafted["expected"] == [PASS, FAIL]  # intermittent in one cell: PASS is among its outcomes
     assert drafted["reason"].startswith("rank 0: model.norm.weight: 64/64 elements differ (seen in 2 of 3 cells")
@@ -73,3 +75,15 @@ def test_draft_of_a_real_run_once_its_links_are_filled_turns_the_fails_into_xfai
     assert cli.main(["known-issues", "draft", str(run), "--out", str(tmp_path / "again.toml"), "--known-issues",
                      str(filled)]) == 0
     assert "[[issue]]" not in (tmp_path / "again.toml").read_text()  # nothing left to triage
+
+
+def test_a_newer_release_passing_beside_an_older_other_library_does_not_close_the_range(tmp_path):
+    """transformers 5.24.0 passed only with a torch older than every failing one: the newer transformers is not
+    what told them apart, so the range stays open (and the draft says to look at the passing cell)."""
+    runs = [_run_dir(tmp_path / "a", [record(FAIL, cell("2.14.1", "4.57.6"))]),
+            _run_dir(tmp_path / "b", [record(PASS, cell("2.12.1", "5.24.0"))])]
+    (tmp_path / "d.toml").write_text(draft(runs))
+    (drafted,) = read_toml_file(tmp_path / "d.toml", "draft")["issue"]
+    assert drafted["versions"] == {"torch": ">=2.14.1", "deepspeed": ">=0.19.8", "transformers": ">=4.57.6",
+                                   "accelerate": ">=1.15.0"}
+    assert "# passing on every try: " in (tmp_path / "d.toml").read_text()

@@ -44,6 +44,41 @@ def test_default_profile_spans_the_versions_it_must():
     assert any(any(Version(getattr(c, lib)) != newest[lib] for lib in LIBRARIES) for c in cells)
 
 
+def test_the_default_profiles_first_cell_is_the_newest_release_on_every_axis():
+    """A release added to an axis is checked by the profile a pull request's matrix runs first."""
+    matrix = load(MATRIX)
+    first = matrix.profile("default")[0]
+    for lib in LIBRARIES:
+        assert getattr(first, lib) == max(matrix.axes[lib], key=Version), lib
+
+
+# Profiles that run a chosen subset on purpose: what a pull request gets, and the node-aware variants.
+SUBSET_PROFILES = {"smoke", "nodes"}
+
+
+def _selected(run_args, catalog):
+    """The clauses a profile's `run` options select: `--clauses` where given, else every clause."""
+    if "--clauses" not in run_args:
+        return set(catalog)
+    return set(run_args[run_args.index("--clauses") + 1].split(","))
+
+
+def test_every_clause_runs_in_every_full_profile_or_is_omitted_with_its_reason():
+    """A clause cannot be added without running in the matrix: each full profile selects every clause of the
+    catalog, or names it under `omit` with why (reports print the reason)."""
+    from zero3_conformance.checks.registry import load_checks
+
+    catalog = {check.clause for check in load_checks().values()}
+    matrix = load(MATRIX)
+    for name in set(matrix.profiles) - SUBSET_PROFILES:
+        selected, omitted = _selected(matrix.run_args[name], catalog), set(matrix.omitted[name])
+        assert selected <= catalog, f"profile {name} selects unknown clauses {sorted(selected - catalog)}"
+        assert not selected & omitted, f"profile {name} both runs and omits {sorted(selected & omitted)}"
+        assert catalog - selected - omitted == set(), \
+            f"profile {name} neither runs nor omits (with a reason) {sorted(catalog - selected - omitted)}"
+        assert omitted <= catalog, f"profile {name} omits unknown clauses {sorted(omitted - catalog)}"
+
+
 def test_every_profile_named_by_the_issue_exists_and_smoke_is_one_cell():
     matrix = load(MATRIX)
     assert {"smoke", "default", "full", "gpu"} <= set(matrix.profiles)
@@ -77,6 +112,8 @@ def test_full_profile_leaves_out_exclusions():
     ('python = "3.11"\nexclude = [{torch = "~~", reason = "r"}]\n[axes]\ntorch = ["2.13.0"]\n'
      'deepspeed = ["0.19.8"]\ntransformers = ["5.24.0"]\naccelerate = ["1.15.0"]\n[profiles.x]\nall = true',
      "exclude[0].torch"),
+    ('python = "3.11"\n[axes]\ntorch = ["2.13.0"]\ndeepspeed = ["0.19.8"]\ntransformers = ["5.24.0"]\n'
+     'accelerate = ["1.15.0"]\n[profiles.x]\nall = true\nomit = { P3 = "" }', "profiles.x.omit"),
     ("python = [unclosed", "line 1"),
 ])
 def test_invalid_matrix_file_is_one_line_naming_the_field_and_exit_2(tmp_path, capsys, text, names):

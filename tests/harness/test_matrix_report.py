@@ -295,3 +295,11 @@ def test_a_launched_cell_and_a_started_one_of_the_same_versions_are_two_cells(tm
     assert names == ["torch2.13.0-ds0.19.8-tf5.24.0-acc1.15.0", "torch2.13.0-ds0.19.8-tf5.24.0-acc1.15.0-2x4ranks"]
     assert load_cell(_run_dir(tmp_path / "plain", [_record("P1", "reference", PASS, cell=launched)])).name.endswith(
         "-gloo-2x4ranks")
+
+
+def test_the_report_says_which_clauses_a_profile_left_out_and_why(tmp_path, fake_tox):
+    run_dirs = run_profile(CELLS[:1], tmp_path / "runs", fake_tox, tmp_path, {})
+    write_report(run_dirs, tmp_path / "report", omitted={"default": {"P3": "minutes per cell"}, "smoke": {}})
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Clauses these cells did not run, and why\n\n- **P3** (profile `default`): minutes per cell\n" in text
+    assert "profile `smoke`" not in text

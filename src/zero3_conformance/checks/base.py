@@ -253,7 +253,14 @@ class Findings:
                                 f"{exception_line(exc)}") from None
         # A checkpoint's own dtype may differ from the config's default: only from_config's dtypes are known.
         self.baseline_agrees(model, "from_pretrained", dtypes=False)
+        self.note_kernelized("baseline", model)
         return self.keep(model), info
+
+    def note_kernelized(self, build: str, model: Any) -> None:
+        """Records whether from_pretrained kernelized `model` (transformers >= 5.25 swaps layers' forwards for
+        the `kernels` package's by default): builds that differ there differ in more than ZeRO-3."""
+        if hasattr(type(model), "use_kernels"):
+            self.metrics.setdefault("kernelized", {})[build] = bool(model.use_kernels)
 
     def _zero3_on(self, ds_config: dict[str, Any]) -> None:
         """The subject's config object for `ds_config`, held by the case: ZeRO-3 is on until end_zero3()."""
@@ -291,6 +298,7 @@ class Findings:
             model, report = self.subject.from_pretrained(model_class or self.model_class(),
                                                          str(path or self.checkpoint_path), dtype, **options)
         self._subject_agrees(model, f"from_pretrained({what or self.layout})", options)
+        self.note_kernelized("subject", model)
         return model, report
 
 

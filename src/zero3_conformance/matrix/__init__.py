@@ -17,7 +17,7 @@ from ..errors import UsageError, read_toml_file
 
 SHORT = {"torch": "torch", "deepspeed": "ds", "transformers": "tf", "accelerate": "acc"}
 PROFILE_KEYS = {"cells", "all"}  # exactly one of them
-PROFILE_OPTIONS = {"run_args"}  # options every cell's `zero3-conformance run` gets
+PROFILE_OPTIONS = {"run_args", "omit"}  # options every cell's `zero3-conformance run` gets; clauses left out
 # In a source checkout (the matrix is run from one: tox builds the project from it).
 DEFAULT_FILE = Path(__file__).resolve().parents[3] / "matrix" / "matrix.toml"
 
@@ -67,6 +67,8 @@ class Matrix:
     profiles: dict[str, list[Cell]]
     run_args: dict[str, list[str]]  # per profile
     extra_packages: list[ExtraPackages] = dataclasses.field(default_factory=list)
+    # Per profile, the clauses its run_args leave out, each with its reason (reports print them).
+    omitted: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def profile(self, name: str) -> list[Cell]:
         if name not in self.profiles:
@@ -190,11 +192,16 @@ def parse(data: dict[str, Any], source: str = "matrix") -> Matrix:
         where = f"{source}: profiles.{name}"
         if not isinstance(profile, dict) or set(profile) - PROFILE_KEYS - PROFILE_OPTIONS \
                 or len(set(profile) & PROFILE_KEYS) != 1:
-            raise _fail(where, "a profile has either 'cells' (a list) or 'all = true', and optionally 'run_args'")
+            raise _fail(where, "a profile has either 'cells' (a list) or 'all = true', and optionally 'run_args' "
+                               "and 'omit'")
         run_args = profile.get("run_args", [])
         if not isinstance(run_args, list) or not all(isinstance(a, str) for a in run_args):
             raise _fail(f"{where}.run_args", "expected a list of strings")
         matrix.run_args[name] = list(run_args)
+        omit = profile.get("omit", {})
+        if not isinstance(omit, dict) or not all(isinstance(r, str) and r.strip() for r in omit.values()):
+            raise _fail(f"{where}.omit", "expected a table of clause = \"why this profile leaves it out\"")
+        matrix.omitted[name] = dict(omit)
         if "all" in profile:
             if profile["all"] is not True:
                 raise _fail(f"{where}.all", "only 'all = true' is meaningful")

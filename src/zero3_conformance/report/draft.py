@@ -4,8 +4,11 @@ Like wptrunner's update-expectations, the entries come from the results, not fro
 clause / check / subject / model that did not hold somewhere without a known issue expecting it, with
 
 - `expected`: every outcome those cases had (a set, PASS included, where they were intermittent);
-- `versions`: the smallest range of each library that covers the failing cells — a comment names any cell
-  inside it where the same cases passed on every try, which a version range cannot leave out;
+- `versions`: per library, open until fixed: from the oldest release seen failing, with no upper bound unless a
+  cell with a newer release of that library (and no older release of any other than seen failing) passed the
+  same cases on every try, and then below the first such release. A bug nobody fixed does not stop at the
+  last release someone ran. A comment names any cell inside the range where the same cases passed on every
+  try, which a version range cannot leave out;
 - head class, layout, world size, dtype and backend narrowed to the failing ones where others ran and passed;
 - `link = ""`: to be filled (an upstream issue or pull request, or, with `upstream = false`, the tracker where
   a new finding should be reported). The harness refuses an entry whose link is empty, so nothing drafted
@@ -34,23 +37,30 @@ NARROWED = ("head", "layout", "world_size", "dtype")
 CASE_PREFIX = re.compile(r"^\[.*? on \S+, world size \d+\] ")
 
 
-def _version(text: str) -> Any:
+def _public(text: str) -> Any:
+    """The public version (2.13.0 of 2.13.0+cpu): a range cannot name a local label, and without one it holds
+    every local build of that version. None where `text` is not a version."""
     try:
-        return Version(text)
+        return Version(Version(text).public)
     except InvalidVersion:
         return None
 
 
-def _range(versions: set[str]) -> str | None:
-    """The smallest PEP 440 range holding every one of `versions`; None when one of them is not a version.
-    Bounds are public versions (2.13.0, not 2.13.0+cpu): a range cannot name a local label, and without one
-    it holds every local build of that version."""
-    parsed = [_version(v) for v in versions]
-    if any(p is None for p in parsed):
+def _open_range(library: str, failing: list[dict[str, Any]], passing: list[dict[str, Any]]) -> str | None:
+    """`library`'s range for an entry failing in the cells `failing`: from the oldest release seen failing, up to
+    (not including) the oldest newer release of `library` in a cell of `passing` whose every other library is
+    at least as new as the oldest release seen failing, so that the newer `library` is what tells it apart;
+    open above where no such cell passed. None when a failing cell's version is not a version."""
+    low_of = {lib: min(_public(str(cell.get(lib, ""))) or Version("0") for cell in failing) for lib in VERSIONED}
+    seen = [_public(str(cell.get(library, ""))) for cell in failing]
+    if any(version is None for version in seen):
         return None
-    parsed.sort()
-    low, high = parsed[0].public, parsed[-1].public
-    return f"=={low}" if low == high else f">={low},<={high}"
+    newest = max(seen)
+    fixed = [_public(str(cell.get(library, ""))) for cell in passing
+             if all((_public(str(cell.get(lib, ""))) or Version("0")) >= low_of[lib] for lib in VERSIONED
+                    if lib != library)]
+    fixed = [version for version in fixed if version is not None and version > newest]
+    return f">={min(seen)}" + (f",<{min(fixed)}" if fixed else "")
 
 
 def _toml(value: Any) -> str:
@@ -95,9 +105,10 @@ def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
         if backends < {str(cell_of[name].get("backend")) for name in by_cell}:
             entry["backend"] = sorted(backends)[0] if len(backends) == 1 else sorted(backends)
         versions = {}
+        failing_cells, passing_cells = [cell_of[name] for name in failing], [cell_of[name] for name in passing]
         for library in VERSIONED:
             seen = {str(cell_of[name].get(library, "")) for name in by_cell}
-            spec = _range({str(cell_of[name].get(library, "")) for name in failing})
+            spec = _open_range(library, failing_cells, passing_cells)
             if spec is not None and (library != "python" or len(seen) > 1):
                 versions[library] = spec
         entry["versions"] = versions

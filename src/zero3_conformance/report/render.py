@@ -52,6 +52,10 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
     lines += ["", "✓ the clause held (PASS, XPASS) ✗ it did not (FAIL, ERROR, TIMEOUT, CRASH, not expected by a known "
               "issue); xfail: a known finding, expected. *Intermittent*: a case whose outcomes differed between "
               "tries (it is tried again after any outcome but PASS or SKIP, the last time in a fresh world)."]
+    if report.get("omitted"):
+        lines += ["", "## Clauses these cells did not run, and why", ""]
+        for profile, omitted in sorted(report["omitted"].items()):
+            lines += [f"- **{clause}** (profile `{profile}`): {reason}" for clause, reason in omitted.items()]
     lines += ["", "## Supported versions (from these cells)", ""]
     for lib, versions in report["supported"].items():
         lines.append(f"- **{lib}**: " + "; ".join(f"{v}: {text}" for v, text in versions.items()))
@@ -149,10 +153,13 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def write_report(run_dirs: list[Path], out: Path, baseline: Path | None = None, command: str = "",
-                 kill_matrix: Path | None = None, issues: Sequence[KnownIssue] | None = None) -> dict:
-    """With `issues`, every record is triaged afresh against them (the runs are not run again)."""
+                 kill_matrix: Path | None = None, issues: Sequence[KnownIssue] | None = None,
+                 omitted: dict[str, dict[str, str]] | None = None) -> dict:
+    """With `issues`, every record is triaged afresh against them (the runs are not run again); `omitted`: per
+    matrix profile, the clauses it leaves out and why."""
     old = _read_json(baseline, "baseline report") if baseline is not None else None
     report = aggregate(run_dirs, old, issues)
+    report["omitted"] = {profile: clauses for profile, clauses in (omitted or {}).items() if clauses}
     if kill_matrix is not None:
         report["kill_matrix"] = _read_json(kill_matrix, "kill matrix")
         if not isinstance(report["kill_matrix"], dict) or "mutants" not in report["kill_matrix"]:

@@ -57,7 +57,8 @@ def _problems(records: list[Record]) -> list[str]:
     if steady:
         lines += ["", "## Failures (the same on every try)", ""]
         for r in steady:
-            lines += [f"### {r.status} {r.case_id}", "", "```", r.message.strip()[:4000], "```", ""]
+            lines += [f"### {r.status} {r.case_id}", ""] + ([note(r), ""] if r.expected else [])
+            lines += ["```", r.message.strip()[:4000], "```", ""]
     flaky = [r for r in records if r.intermittent]
     if flaky:
         lines += ["", "## Intermittent (the outcomes differ between tries: not reproducible)", ""]
