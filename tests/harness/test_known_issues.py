@@ -37,7 +37,7 @@ def test_fail_becomes_xfail_pass_becomes_xpass_and_the_raw_status_is_kept(tmp_pa
     assert xfail.expected["met"]
     assert xfail.expected["kind"] == "known upstream"
     assert xfail.expected["entry"] == "k.toml #1 (G1 reference)"  # the file's name: records travel between machines
-    xpass = known_issues.apply(make_record(PASS), issues)
+    xpass = known_issues.apply(make_record(PASS), load(tmp_path, with_fields(model='"llama"')))
     assert (xpass.status, xpass.raw_status, xpass.expected["met"]) == (XPASS, PASS, False)
     outside = make_record(FAIL, cell={**make_record().cell, "transformers": "4.57.6"})
     assert known_issues.apply(outside, issues).status == FAIL
@@ -102,7 +102,7 @@ def test_expectations_apply_afresh_to_the_raw_outcomes(tmp_path, make_record):
 
 
 def test_stale_only_where_the_entry_holds_a_case_it_applies_to_ran_and_none_met_it(tmp_path, make_record):
-    issues = load(tmp_path, ENTRY)
+    issues = load(tmp_path, with_fields(model='"llama"'))
     other_versions = make_record(PASS, cell={**make_record().cell, "transformers": "4.57.6"})
     assert known_issues.stale(issues, [other_versions]) == []  # its conditions do not hold for this cell
     assert known_issues.stale(issues, [make_record(PASS, clause="G2")]) == []  # no case it applies to ran
@@ -221,3 +221,27 @@ def test_no_shipped_entry_stops_at_the_newest_release_of_its_axis():
             assert not holds_newest or after in SpecifierSet(spec), \
                 f"{issue.name}: versions.{library} = {spec!r} holds {newest}, the newest on its axis, but not the " \
                 "next release: open the range above"
+
+
+def test_an_every_model_entry_matches_by_its_evidence_and_leaves_passing_cases_alone(tmp_path, make_record):
+    """A loader or DeepSpeed fault applies to every model, a user's checkpoint included, where its evidence
+    shows; another model's passing case neither meets it nor becomes XPASS."""
+    issues = load(tmp_path, with_fields(message="'unexpected_keys: expected'"))
+    shown = make_record(FAIL, model="/home/me/my-checkpoint", message="unexpected_keys: expected ['x'], got []")
+    assert known_issues.apply(shown, issues).status == XFAIL
+    other = known_issues.apply(make_record(FAIL, model="/home/me/my-checkpoint", message="values differ"), issues)
+    assert (other.status, other.expected["met"]) == (FAIL, False)  # another fault: not excused
+    passed = known_issues.apply(make_record(PASS), issues)
+    assert (passed.status, passed.expected) == (PASS, None)
+    assert known_issues.stale(issues, [make_record(PASS)]) == []  # nothing showed it: not a sign it is fixed
+    assert known_issues.stale(issues, [other]) == issues  # a failing case it applies to, unmet
+    narrowed = load(tmp_path, with_fields(model='"llama"'))
+    assert known_issues.apply(make_record(PASS, model="llama"), narrowed).status == XPASS  # a named model: fixed?
+
+
+def test_every_shipped_entry_for_every_model_carries_its_evidence():
+    """An entry that names no model or class must match the fault's own evidence, never the clause alone: without
+    a matcher it would excuse any failure of its clauses on every model."""
+    for issue in known_issues.load():
+        if issue.every_model:
+            assert issue.message, f"{issue.name} names no model or class and matches no evidence (message)"
