@@ -21,8 +21,8 @@ fault that corrupts values need not also excuse a call that raised. A
 met entry makes a case that did not pass XFAIL; an entry that applies and is not met leaves the raw status
 (a case that passed becomes XPASS: the versions may have moved past the finding; not for an entry that names
 no model or class — a fault of the loader or of DeepSpeed, which every model may show — and matches its
-evidence, `message`: unless it expects PASS, it applies to failing cases only). The record keeps its raw
-status and names the entry, so applying another file later (`report --known-issues`) re-triages a run
+evidence, `message`: unless it expects PASS, it applies only to cases that show that evidence). The record
+keeps its raw status and names the entry, so applying another file later (`report --known-issues`) re-triages a run
 without running it again.
 
 Two kinds of entry. A *known upstream* entry links an issue or pull request upstream (`/issues/N` or
@@ -103,10 +103,11 @@ class KnownIssue:
         return not {"model", "head"} & dict(self.narrowing).keys()
 
     def applies_to(self, record: Record) -> bool:
-        # A passing case of some model says nothing of a fault every model may show where its evidence shows:
-        # an every-model entry with evidence that does not expect PASS is about failing cases only (stale when
-        # no failing case it applies to meets it), not a PASS made XPASS.
-        if self.every_model and self.message and record.raw_status == PASS and PASS not in self.expected:
+        # A fault every model may show is about the cases where its evidence shows: an every-model entry with
+        # evidence that does not expect PASS applies to no other case (another model's PASS is no XPASS, another
+        # fault's FAIL is not this entry's to name; stale when a case showing the evidence does not meet it).
+        if self.every_model and self.message and PASS not in self.expected and (
+                record.raw_status == PASS or re.search(self.message, record.message) is None):
             return False
         return self.names_case(record) and versions_hold(record.cell, self.versions)
 

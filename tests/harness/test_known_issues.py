@@ -230,11 +230,13 @@ def test_an_every_model_entry_matches_by_its_evidence_and_leaves_passing_cases_a
     shown = make_record(FAIL, model="/home/me/my-checkpoint", message="unexpected_keys: expected ['x'], got []")
     assert known_issues.apply(shown, issues).status == XFAIL
     other = known_issues.apply(make_record(FAIL, model="/home/me/my-checkpoint", message="values differ"), issues)
-    assert (other.status, other.expected["met"]) == (FAIL, False)  # another fault: not excused
+    assert (other.status, other.expected) == (FAIL, None)  # another fault: neither excused nor named by this entry
     passed = known_issues.apply(make_record(PASS), issues)
     assert (passed.status, passed.expected) == (PASS, None)
-    assert known_issues.stale(issues, [make_record(PASS)]) == []  # nothing showed it: not a sign it is fixed
-    assert known_issues.stale(issues, [other]) == issues  # a failing case it applies to, unmet
+    assert known_issues.stale(issues, [make_record(PASS), other]) == []  # nothing showed it: not a sign it is fixed
+    crashed = make_record(CRASH, outcomes=[CRASH], message="unexpected_keys: expected ['x'], got [] then died")
+    assert known_issues.apply(crashed, issues).expected["met"] is False  # its evidence, another status: named
+    assert known_issues.stale(issues, [crashed]) == issues
     narrowed = load(tmp_path, with_fields(model='"llama"'))
     assert known_issues.apply(make_record(PASS, model="llama"), narrowed).status == XPASS  # a named model: fixed?
 
