@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 from .errors import exception_line
+from .finding_kinds import Found
 
 STRUCTURE_TIMEOUT_S = 300.0  # one class's build; the sweep's largest tiny models build in seconds
 SHOWN = 8  # names listed per kind of difference
@@ -95,29 +96,35 @@ def structure_of(model: Any, built_on: str) -> Structure:
                      tuple(tied_groups(model)), built_on)
 
 
-def differences(structure: Structure, model: Any, what: str, dtypes: bool, partitioned: bool) -> list[str]:
+def differences(structure: Structure, model: Any, what: str, dtypes: bool, partitioned: bool) -> list[Found]:
     """How `model` differs from the clean structure, both ways: parameters and persistent buffers missing or
     extra, other shapes, other dtypes where `dtypes`; [] where it agrees. Where `partitioned` (a ZeRO-3 build), a
     parameter's shape is its `ds_shape`; elsewhere its own (a build without ZeRO holds whole tensors)."""
     shape = shape_of if partitioned else (lambda tensor: tuple(tensor.shape))
-    found: list[str] = []
+    found: list[Found] = []
     built = {"parameters": dict(model.named_parameters()), "persistent buffers": persistent_buffers(model)}
     clean = {"parameters": structure.parameters, "persistent buffers": structure.buffers}
     for kind, tensors in built.items():
         want = clean[kind]
         missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
         if missing:
-            found.append(f"{what} lacks {len(missing)} of the {len(want)} {kind} of {structure.model_class}'s clean "
-                         f"structure: {', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
+            found.append(Found(
+                f"{what} lacks {len(missing)} of the {len(want)} {kind} of {structure.model_class}'s clean "
+                f"structure: {', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}",
+                "parameters_missing", ", ".join(missing[:SHOWN])))
         if extra:
-            found.append(f"{what} has {len(extra)} {kind} {structure.model_class}'s clean structure lacks: "
-                         f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''}")
+            found.append(Found(
+                f"{what} has {len(extra)} {kind} {structure.model_class}'s clean structure lacks: "
+                f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''}",
+                "parameters_extra", ", ".join(extra[:SHOWN])))
         for name in sorted(set(want) & set(tensors)):
             clean_shape, dtype = want[name]
             if shape(tensors[name]) != clean_shape:
-                found.append(f"{what}: {name} has shape {shape(tensors[name])}, its clean structure {clean_shape}")
+                found.append(Found(f"{what}: {name} has shape {shape(tensors[name])}, its clean structure "
+                                        f"{clean_shape}", "shape_differs", name))
             elif dtypes and str(tensors[name].dtype).removeprefix("torch.") != dtype:
-                found.append(f"{what}: {name} is {tensors[name].dtype}, its clean structure {dtype}")
+                found.append(Found(f"{what}: {name} is {tensors[name].dtype}, its clean structure {dtype}",
+                                        "dtype_differs", name))
     return found
 
 
