@@ -6,7 +6,8 @@ A rank's own build without ZeRO is no reference for what a class is: a ZeRO-3 bu
 can leave patched constructors behind (deepspeed before 0.15.1 made classes without an `__init__` of their own
 build with no parameters at all, with or without a config), and a baseline built there agrees with an equally
 empty subject. The structure comes from a separate process instead, one per run (`StructureOracle`), built on
-the meta device (no memory, no init) and, where that raises, on the CPU.
+the CPU as a user's build is (a meta-device build may differ: transformers 5.0.0 ties no weights there) and,
+where that raises, on the meta device.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Structure:
     parameters: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype), shared parameters once
     buffers: dict[str, tuple[tuple[int, ...], str]]  # persistent buffers only: they are in the state dict
     tied: tuple[tuple[str, ...], ...]  # names that refer to one shared parameter
-    built_on: str  # "meta", or "cpu (the meta build raised ...)"
+    built_on: str  # "cpu", or "meta (the CPU build raised ...)"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,7 +130,11 @@ def differences(structure: Structure, model: Any, what: str, dtypes: bool, parti
 
 
 def derive(family: Any) -> Structure:
-    """The family's class's clean structure, built here: this process must never have entered zero.Init."""
+    """The family's class's clean structure, built here: this process must never have entered zero.Init.
+
+    Built on the CPU, as a user's build is: a meta-device build is not always the same model (transformers 5.0.0
+    ties no weights on the meta device, so GPT-2's lm_head is a parameter of its own there and tied on the CPU).
+    Where the CPU build raises, the meta device's answers."""
     import torch
 
     from .compat import build_from_config
@@ -137,16 +142,16 @@ def derive(family: Any) -> Structure:
 
     model_class, config = auto_class(family.auto_class), family.make_config()
     try:
-        with torch.device("meta"):
-            return structure_of(build_from_config(model_class, config), "meta")
-    except Exception as meta_error:  # noqa: BLE001 - some inits compute on values: the CPU build answers
+        return structure_of(build_from_config(model_class, config), "cpu")
+    except Exception as cpu_error:  # noqa: BLE001 - an init that cannot run here: the meta device answers
         try:
-            return structure_of(build_from_config(model_class, family.make_config()),
-                                f"cpu (the meta-device build raised {exception_line(meta_error)})")
-        except Exception as cpu_error:  # noqa: BLE001 - reported for every case that needs it
-            raise NoStructure(f"{family.auto_class} of {family.label} builds neither on the meta device "
-                              f"({exception_line(meta_error)}) nor on the CPU ({exception_line(cpu_error)}) in a "
-                              f"fresh process") from None
+            with torch.device("meta"):
+                return structure_of(build_from_config(model_class, family.make_config()),
+                                    f"meta (the CPU build raised {exception_line(cpu_error)})")
+        except Exception as meta_error:  # noqa: BLE001 - reported for every case that needs it
+            raise NoStructure(f"{family.auto_class} of {family.label} builds neither on the CPU "
+                              f"({exception_line(cpu_error)}) nor on the meta device ({exception_line(meta_error)}) "
+                              f"in a fresh process") from None
 
 
 def family_key(family: Any) -> str:

@@ -424,7 +424,7 @@ class Case(Findings):
         structure = self.clean_structure()
         what = "the case's class built here again (without ZeRO, after its baseline raised)"
         try:
-            with torch.device("meta") if structure.built_on == "meta" else contextlib.nullcontext():
+            with torch.device("meta") if structure.built_on.startswith("meta") else contextlib.nullcontext():
                 probe = build_from_config(self.model_class(), self.model_config())
             found = differences(structure, probe, what, dtypes=False, partitioned=False)
         except Exception as exc:  # noqa: BLE001 - it built in a fresh process: raising here is the difference
