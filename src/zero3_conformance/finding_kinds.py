@@ -82,6 +82,10 @@ class Found(str):
         made.kind, made.tensor, made.expected, made.observed = kind, str(tensor), _text(expected), _text(observed)
         return made
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str, str, str]]:
+        # Findings cross processes (a rank's exception, pickled): rebuilt with their kind and fields.
+        return Found, (str(self), self.kind, self.tensor, self.expected, self.observed)
+
     def reworded(self, text: str) -> Found:
         """The same finding under another message (a prefix naming the call, a suffix naming the rank)."""
         return Found(text, self.kind, self.tensor, self.expected, self.observed)
