@@ -1,4 +1,4 @@
-"""Expectations: known findings, recorded outside the checks and applied after the run to its raw outcomes.
+r"""Expectations: known findings, recorded outside the checks and applied after the run to its raw outcomes.
 
 In the manner of web-platform-tests' expectation files, an entry names the cases it is about (clauses and
 subjects, narrowed by check, model, head class, layout, world size, dtype, backend and version conditions on the cell)
@@ -11,13 +11,17 @@ and the status, or set of statuses for an intermittent case, they are expected t
     world_size = 2                             # also: check, head, layout, dtype, variant, backend
     versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
     expected = ["PASS", "FAIL"]                # default "FAIL"; any of PASS, FAIL, ERROR, TIMEOUT, CRASH
+    match = { kind = "values_differ", tensor = '^model\.norm\.' }  # optional: the findings it is about
     message = '(?s)^(?!.*raised during)'       # optional: a regular expression the message must match
     reason = "..."
     link = "https://github.com/OWNER/REPO/issues/N"
 
 An entry is *met* by a case when every outcome of the case (every try) is among its expected statuses, and
-its message (the failure's evidence) matches the entry's `message` where the entry has one: an entry for a
-fault that corrupts values need not also excuse a call that raised. A
+the failure's evidence is the entry's: every structured finding of the record (finding_kinds: kind, tensor,
+expected, observed) meets the entry's `match` (its kind among the entry's, each other field matching the
+entry's regular expression), so an entry for a fault that corrupts values does not also excuse a call that
+raised. `message`, a regular expression on the message, is the fallback where a record has no findings (one
+written before findings existed, or an outcome that is not a FAIL: a crash, a timeout). A
 met entry makes a case that did not pass XFAIL; an entry that applies and is not met leaves the raw status
 (a case that passed becomes XPASS: the versions may have moved past the finding; not for an entry that names
 no model or class — a fault of the loader or of DeepSpeed, which every model may show — and matches its
@@ -44,6 +48,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from .errors import UsageError, read_toml_file
+from .finding_kinds import KINDS
 from .results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, XFAIL, XPASS, Record
 
 DEFAULT_FILE = Path(__file__).with_name("known_issues.toml")
@@ -56,8 +61,9 @@ VERSIONED = ("python", "torch", "deepspeed", "transformers", "accelerate")  # th
 # entries that record one finding for several clauses share it.
 FINDING = ("short_name", "tensor", "expected_value", "observed_value", "seen_in", "not_seen_in")
 SHORT_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-FIELDS = ("clause", "subject", "reason", "link", "expected", "message", "upstream", "versions", *NARROWING,
-          *FINDING)
+FIELDS = ("clause", "subject", "reason", "link", "expected", "match", "message", "upstream", "versions",
+          *NARROWING, *FINDING)
+MATCHED = ("kind", "tensor", "expected", "observed")  # `match`: the finding's kind(s), and a regex per other field
 UPSTREAM_LINK = re.compile(r"^https://\S+/(issues|pull)/\d+(#\S*)?$")
 KNOWN_UPSTREAM, NEW_FINDING = "known upstream", "new finding"
 
@@ -87,6 +93,8 @@ class KnownIssue:
     finding: tuple[tuple[str, str], ...] = ()  # a new finding's description, field by field
     name: str = ""  # how messages and reports name the entry: file and position
     message: str = ""  # a regular expression the record's message must match; empty: any message
+    # The findings it is about: (field, value) with "kind" a tuple of kinds, the others regular expressions.
+    match: tuple[tuple[str, Any], ...] = ()
 
     @property
     def short_name(self) -> str:
@@ -106,8 +114,8 @@ class KnownIssue:
         # A fault every model may show is about the cases where its evidence shows: an every-model entry with
         # evidence that does not expect PASS applies to no other case (another model's PASS is no XPASS, another
         # fault's FAIL is not this entry's to name; stale when a case showing the evidence does not meet it).
-        if self.every_model and self.message and PASS not in self.expected and (
-                record.raw_status == PASS or re.search(self.message, record.message) is None):
+        if self.every_model and self.has_evidence and PASS not in self.expected and (
+                record.raw_status == PASS or not self.shown_by(record)):
             return False
         return self.names_case(record) and versions_hold(record.cell, self.versions)
 
@@ -123,9 +131,30 @@ class KnownIssue:
         return [(library, spec, str(cell.get(library, "?"))) for library, spec in self.versions
                 if not versions_hold(cell, [(library, spec)])]
 
-    def met_by(self, outcomes: Iterable[str], message: str = "") -> bool:
-        return set(outcomes) <= set(self.expected) and (not self.message or re.search(self.message, message)
-                                                        is not None)
+    @property
+    def has_evidence(self) -> bool:
+        return bool(self.match or self.message)
+
+    def _meets_match(self, finding: dict[str, Any]) -> bool:
+        fields = dict(self.match)
+        return finding.get("kind") in fields.get("kind", (finding.get("kind"),)) and all(
+            re.search(pattern, str(finding.get(field, ""))) is not None
+            for field, pattern in self.match if field != "kind")
+
+    def _evidence(self, record: Record, every: bool) -> bool:
+        """The record shows the entry's evidence: its findings meet `match` (every one of them, or one), or,
+        where the record has no findings or the entry no `match`, its message matches `message`."""
+        if self.match and record.findings:
+            return (all if every else any)(self._meets_match(found) for found in record.findings)
+        return not self.message or re.search(self.message, record.message) is not None
+
+    def shown_by(self, record: Record) -> bool:
+        """Some finding of the record is the entry's fault (for an every-model entry: where it applies)."""
+        return self._evidence(record, every=False)
+
+    def met_by(self, record: Record) -> bool:
+        """Every outcome is expected and every finding is the entry's: it excuses no failure of another kind."""
+        return set(record.outcomes) <= set(self.expected) and self._evidence(record, every=True)
 
     def describe(self, met: bool) -> dict[str, Any]:
         """What a record keeps of the entry."""
@@ -176,6 +205,7 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
         re.compile(message)
     except (re.error, TypeError):
         raise UsageError(f"{where}: message {message!r} is not a regular expression") from None
+    match = _match(entry.get("match", {}), where)
     upstream = entry.get("upstream", True)
     if not isinstance(upstream, bool):
         raise UsageError(f"{where}: upstream must be true or false")
@@ -211,7 +241,36 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
         except (InvalidSpecifier, TypeError):
             raise UsageError(f"{where}: versions.{library} = {spec!r} is not a version specifier") from None
     return KnownIssue(named["clause"], named["subject"], entry["reason"], entry["link"], tuple(expected), upstream,
-                      tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), name, message)
+                      tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), name, message, match)
+
+
+def _match(match: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    """An entry's `match` table, checked: known fields, known kinds, regular expressions."""
+    if not isinstance(match, dict):
+        raise UsageError(f"{where}: match must be a table, e.g. {{ kind = \"values_differ\", tensor = 'bias$' }}")
+    unknown = sorted(set(match) - set(MATCHED))
+    if unknown:
+        raise UsageError(f"{where}: match.{unknown[0]}: unknown field; known: {', '.join(MATCHED)}")
+    if match and "kind" not in match:
+        raise UsageError(f"{where}: match needs a kind (one of finding_kinds.KINDS, or a list of them)")
+    checked: list[tuple[str, Any]] = []
+    for field, value in match.items():
+        if field == "kind":
+            kinds = [value] if isinstance(value, str) else value
+            if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+                raise UsageError(f"{where}: match.kind must be a kind or a list of kinds")
+            for kind in kinds:
+                if kind not in KINDS:
+                    raise UsageError(f"{where}: match.kind {kind!r} is not a finding kind; known: "
+                                     f"{', '.join(KINDS)}")
+            checked.append(("kind", tuple(kinds)))
+            continue
+        try:
+            re.compile(value)
+        except (re.error, TypeError):
+            raise UsageError(f"{where}: match.{field} {value!r} is not a regular expression") from None
+        checked.append((field, value))
+    return tuple(checked)
 
 
 def _names(value: Any) -> str:
@@ -221,7 +280,7 @@ def _names(value: Any) -> str:
 def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[KnownIssue | None, bool]:
     """The first entry the record's outcomes meet, else the first that applies (unmet), else none."""
     applying = [issue for issue in issues if issue.applies_to(record)]
-    met = [issue for issue in applying if issue.met_by(record.outcomes, record.message)]
+    met = [issue for issue in applying if issue.met_by(record)]
     if met:
         return met[0], True
     return (applying[0], False) if applying else (None, False)
@@ -247,7 +306,7 @@ def apply(record: Record, issues: Iterable[KnownIssue]) -> Record:
     issue, met = _applying(raw, issues)
     if issue is None:
         near = next((i for i in issues if raw.raw_status != PASS and i.versions and i.names_case(raw)
-                     and i.met_by(raw.outcomes, raw.message)), None)
+                     and i.met_by(raw)), None)
         if near is None:
             return raw
         return dataclasses.replace(raw, expected={**near.describe(False),
@@ -265,7 +324,7 @@ def stale(issues: Iterable[KnownIssue], records: list[Record]) -> list[KnownIssu
     stale_entries = []
     for issue in issues:
         applying = [r for r in records if r.raw_status != SKIP and issue.applies_to(r)]
-        if applying and not any(issue.met_by(r.outcomes, r.message) for r in applying):
+        if applying and not any(issue.met_by(r) for r in applying):
             stale_entries.append(issue)
     return stale_entries
 

@@ -64,6 +64,10 @@ class Record:
     # What the check compared, per kind, and how many of each the class's clean structure says it covers.
     compared: dict[str, int] = dataclasses.field(default_factory=dict)
     expected_to_compare: dict[str, int] = dataclasses.field(default_factory=dict)
+    # A failure's structured findings (finding_kinds: kind, tensor, expected, observed, rank), every rank's, in
+    # order; `finding` is the first (none on a PASS, a SKIP, or a record written before findings existed).
+    findings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    finding: dict[str, Any] | None = None
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
@@ -72,6 +76,7 @@ class Record:
         if not self.outcomes:
             self.outcomes = [self.raw_status]
         self.intermittent = len(set(self.outcomes)) > 1  # derived, so it cannot disagree with the outcomes
+        self.finding = self.findings[0] if self.findings else None  # derived, as intermittent is
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)

@@ -6,7 +6,8 @@ A rank's own build without ZeRO is no reference for what a class is: a ZeRO-3 bu
 can leave patched constructors behind (deepspeed before 0.15.1 made classes without an `__init__` of their own
 build with no parameters at all, with or without a config), and a baseline built there agrees with an equally
 empty subject. The structure comes from a separate process instead, one per run (`StructureOracle`), built on
-the meta device (no memory, no init) and, where that raises, on the CPU.
+the CPU as a user's build is (a meta-device build may differ: transformers 5.0.0 ties no weights there) and,
+where that raises, on the meta device.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 from typing import Any
 
 from .errors import exception_line
+from .finding_kinds import Found
 
 STRUCTURE_TIMEOUT_S = 300.0  # one class's build; the sweep's largest tiny models build in seconds
 SHOWN = 8  # names listed per kind of difference
@@ -34,7 +36,7 @@ class Structure:
     parameters: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype), shared parameters once
     buffers: dict[str, tuple[tuple[int, ...], str]]  # persistent buffers only: they are in the state dict
     tied: tuple[tuple[str, ...], ...]  # names that refer to one shared parameter
-    built_on: str  # "meta", or "cpu (the meta build raised ...)"
+    built_on: str  # "cpu", or "meta (the CPU build raised ...)"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,34 +97,44 @@ def structure_of(model: Any, built_on: str) -> Structure:
                      tuple(tied_groups(model)), built_on)
 
 
-def differences(structure: Structure, model: Any, what: str, dtypes: bool, partitioned: bool) -> list[str]:
+def differences(structure: Structure, model: Any, what: str, dtypes: bool, partitioned: bool) -> list[Found]:
     """How `model` differs from the clean structure, both ways: parameters and persistent buffers missing or
     extra, other shapes, other dtypes where `dtypes`; [] where it agrees. Where `partitioned` (a ZeRO-3 build), a
     parameter's shape is its `ds_shape`; elsewhere its own (a build without ZeRO holds whole tensors)."""
     shape = shape_of if partitioned else (lambda tensor: tuple(tensor.shape))
-    found: list[str] = []
+    found: list[Found] = []
     built = {"parameters": dict(model.named_parameters()), "persistent buffers": persistent_buffers(model)}
     clean = {"parameters": structure.parameters, "persistent buffers": structure.buffers}
     for kind, tensors in built.items():
         want = clean[kind]
         missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
         if missing:
-            found.append(f"{what} lacks {len(missing)} of the {len(want)} {kind} of {structure.model_class}'s clean "
-                         f"structure: {', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
+            found.append(Found(
+                f"{what} lacks {len(missing)} of the {len(want)} {kind} of {structure.model_class}'s clean "
+                f"structure: {', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}",
+                "parameters_missing", ", ".join(missing[:SHOWN])))
         if extra:
-            found.append(f"{what} has {len(extra)} {kind} {structure.model_class}'s clean structure lacks: "
-                         f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''}")
+            found.append(Found(
+                f"{what} has {len(extra)} {kind} {structure.model_class}'s clean structure lacks: "
+                f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''}",
+                "parameters_extra", ", ".join(extra[:SHOWN])))
         for name in sorted(set(want) & set(tensors)):
             clean_shape, dtype = want[name]
             if shape(tensors[name]) != clean_shape:
-                found.append(f"{what}: {name} has shape {shape(tensors[name])}, its clean structure {clean_shape}")
+                found.append(Found(f"{what}: {name} has shape {shape(tensors[name])}, its clean structure "
+                                        f"{clean_shape}", "shape_differs", name))
             elif dtypes and str(tensors[name].dtype).removeprefix("torch.") != dtype:
-                found.append(f"{what}: {name} is {tensors[name].dtype}, its clean structure {dtype}")
+                found.append(Found(f"{what}: {name} is {tensors[name].dtype}, its clean structure {dtype}",
+                                        "dtype_differs", name))
     return found
 
 
 def derive(family: Any) -> Structure:
-    """The family's class's clean structure, built here: this process must never have entered zero.Init."""
+    """The family's class's clean structure, built here: this process must never have entered zero.Init.
+
+    Built on the CPU, as a user's build is: a meta-device build is not always the same model (transformers 5.0.0
+    ties no weights on the meta device, so GPT-2's lm_head is a parameter of its own there and tied on the CPU).
+    Where the CPU build raises, the meta device's answers."""
     import torch
 
     from .compat import build_from_config
@@ -130,16 +142,16 @@ def derive(family: Any) -> Structure:
 
     model_class, config = auto_class(family.auto_class), family.make_config()
     try:
-        with torch.device("meta"):
-            return structure_of(build_from_config(model_class, config), "meta")
-    except Exception as meta_error:  # noqa: BLE001 - some inits compute on values: the CPU build answers
+        return structure_of(build_from_config(model_class, config), "cpu")
+    except Exception as cpu_error:  # noqa: BLE001 - an init that cannot run here: the meta device answers
         try:
-            return structure_of(build_from_config(model_class, family.make_config()),
-                                f"cpu (the meta-device build raised {exception_line(meta_error)})")
-        except Exception as cpu_error:  # noqa: BLE001 - reported for every case that needs it
-            raise NoStructure(f"{family.auto_class} of {family.label} builds neither on the meta device "
-                              f"({exception_line(meta_error)}) nor on the CPU ({exception_line(cpu_error)}) in a "
-                              f"fresh process") from None
+            with torch.device("meta"):
+                return structure_of(build_from_config(model_class, family.make_config()),
+                                    f"meta (the CPU build raised {exception_line(cpu_error)})")
+        except Exception as meta_error:  # noqa: BLE001 - reported for every case that needs it
+            raise NoStructure(f"{family.auto_class} of {family.label} builds neither on the CPU "
+                              f"({exception_line(cpu_error)}) nor on the meta device ({exception_line(meta_error)}) "
+                              f"in a fresh process") from None
 
 
 def family_key(family: Any) -> str:

@@ -148,6 +148,11 @@ def test_a_new_finding_describes_itself_and_links_its_tracker(tmp_path):
     (ENTRY.replace(LINK, "https://github.com/example/project/issues?q=zero3"), "must be an upstream issue or pull"),
     (ENTRY.replace("transformers =", "tensorflow ="), "versions.tensorflow: unknown library"),
     (with_fields(message="'(unclosed'"), "message '\\(unclosed' is not a regular expression"),
+    (with_fields(match='{ kind = "values_wrong" }'), r"issue #1 \(G1 reference\): match.kind 'values_wrong' is not a "
+                                                     "finding kind; known: not_partitioned"),
+    (with_fields(match='{ kind = "values_differ", layer = "x" }'), r"match.layer: unknown field; known: kind, tensor"),
+    (with_fields(match='{ tensor = "bias$" }'), "match needs a kind"),
+    (with_fields(match='{ kind = "values_differ", tensor = "(unclosed" }'), "match.tensor '\\(unclosed' is not a"),
 ])
 def test_bad_files_are_usage_errors(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
@@ -246,4 +251,4 @@ def test_every_shipped_entry_for_every_model_carries_its_evidence():
     a matcher it would excuse any failure of its clauses on every model."""
     for issue in known_issues.load():
         if issue.every_model:
-            assert issue.message, f"{issue.name} names no model or class and matches no evidence (message)"
+            assert issue.has_evidence, f"{issue.name} names no model or class and matches no evidence (match, message)"

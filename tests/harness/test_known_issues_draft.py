@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from zero3_conformance import cli, known_issues
+from zero3_conformance import cli, finding_kinds, known_issues
 from zero3_conformance.errors import UsageError, read_toml_file
 from zero3_conformance.report.draft import draft
 from zero3_conformance.results import FAIL, PASS
@@ -24,6 +24,8 @@ def record(status, cell, layout="sharded", outcomes=None):
                 "model.norm.weight: 64/64 elements differ",
                 cell=cell, outcomes=outcomes)
     r.layout = layout
+    if status == FAIL:
+        r.findings = [finding_kinds.make("values_differ", "model.norm.weight", "equal", "64/64 elements differ", 0)]
     return r
 
 
@@ -42,6 +44,7 @@ def test_ranges_start_at_the_oldest_failing_release_and_end_where_a_newer_one_pa
     # No newer torch passed: open above, not closed at the last release someone ran.
     assert drafted["versions"]["torch"] == ">=2.12.1"
     assert drafted["layout"] == "sharded"  # bin ran in a failing cell and passed there
+    assert drafted["match"] == {"kind": "values_differ"}  # what the failures recorded
     assert drafted["expected"] == [PASS, FAIL]  # intermittent in one cell: PASS is among its outcomes
     assert drafted["reason"].startswith("rank 0: model.norm.weight: 64/64 elements differ (seen in 2 of 3 cells")
     assert drafted["link"] == ""

@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "zero3_conformance"
 # The package's parts from the bottom up, as README's layout shows them: a part imports only parts of its own
 # layer or below (and parts of one layer never each other both ways). A new module or package is placed here.
 LAYERS = (
-    ("the record and the stack", ("contract", "errors", "dsconfig", "results", "rundir", "cell", "op_cache", "compat",
-                                  "known_issues")),
+    ("the record and the stack", ("contract", "errors", "dsconfig", "finding_kinds", "results", "rundir", "cell",
+                                  "op_cache", "compat", "known_issues")),
     ("worlds of processes", ("worlds",)),
     ("models", ("architectures", "zoo", "inputs", "reference", "structure")),
     ("subjects", ("subjects",)),

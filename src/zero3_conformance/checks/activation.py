@@ -31,7 +31,9 @@ def zero3_flag_follows_stage(case: Case) -> None:
     for stage in (0, 1, 2, 3):
         config = _make(case, with_stage(case.ds_config, stage))
         case.expect(_enabled(case) == (stage == 3),
-                    f"stage {stage} config alive: is_zero3_enabled() expected {stage == 3}, got {_enabled(case)}")
+                    f"stage {stage} config alive: is_zero3_enabled() expected {stage == 3}, got {_enabled(case)}",
+                    "zero3_state_wrong", f"is_zero3_enabled() with a stage-{stage} config alive", stage == 3,
+                    _enabled(case))
         del config
         gc.collect()
 
@@ -40,20 +42,24 @@ def zero3_flag_follows_stage(case: Case) -> None:
 def registration_is_weak(case: Case) -> None:
     """Dropping the last reference turns ZeRO-3 off; a newer config object replaces an older one."""
     config = _make(case, with_stage(case.ds_config, 3))
-    case.expect(_enabled(case), "stage-3 config alive: is_zero3_enabled() expected True, got False")
+    case.expect(_enabled(case), "stage-3 config alive: is_zero3_enabled() expected True, got False",
+                "zero3_state_wrong", "is_zero3_enabled() with a stage-3 config alive", True, False)
     del config
     gc.collect()
     case.expect(not _enabled(case), "last reference to the stage-3 config dropped and collected: "
-                                    "is_zero3_enabled() expected False, got True (registered strongly?)")
+                                    "is_zero3_enabled() expected False, got True (registered strongly?)",
+                "zero3_state_wrong", "is_zero3_enabled() after the last config was collected", False, True)
     older = _make(case, with_stage(case.ds_config, 3))
     newer = _make(case, with_stage(case.ds_config, 0))
     case.expect(not _enabled(case), "stage-3 config then stage-0 config alive: is_zero3_enabled() expected False "
-                                    "(the newer replaces the older), got True")
+                                    "(the newer replaces the older), got True",
+                "zero3_state_wrong", "is_zero3_enabled() with stage 3 then stage 0 alive", False, True)
     del older, newer
     gc.collect()
     older = _make(case, with_stage(case.ds_config, 0))
     newer = _make(case, with_stage(case.ds_config, 3))
-    case.expect(_enabled(case), "stage-0 config then stage-3 config alive: is_zero3_enabled() expected True, got False")
+    case.expect(_enabled(case), "stage-0 config then stage-3 config alive: is_zero3_enabled() expected True, got False",
+                "zero3_state_wrong", "is_zero3_enabled() with stage 0 then stage 3 alive", True, False)
     del older, newer
     gc.collect()
 
@@ -70,9 +76,11 @@ def config_forms_agree(case: Case) -> None:
             try:
                 obj = case.subject.make_config(source)
             except Exception as exc:  # noqa: BLE001 - a rejected documented form is the finding
-                case.fail(f"config given as {form}: construction raised {type(exc).__name__}: {exc}")
+                case.fail(f"config given as {form}: construction raised {type(exc).__name__}: {exc}", "raised",
+                          f"config given as {form}", "a config object", f"{type(exc).__name__}: {exc}")
                 continue
-            case.expect(_enabled(case), f"config given as {form}: is_zero3_enabled() expected True, got False")
+            case.expect(_enabled(case), f"config given as {form}: is_zero3_enabled() expected True, got False",
+                        "zero3_state_wrong", f"is_zero3_enabled() with a config given as {form}", True, False)
             del obj
             gc.collect()
     caller_dict = with_stage(case.ds_config, 3)
@@ -80,7 +88,8 @@ def config_forms_agree(case: Case) -> None:
     caller_dict["zero_optimization"]["stage"] = 0  # a nested change: a shallow copy does not protect
     caller_dict["zero_optimization"] = {"stage": 1}
     case.expect(_enabled(case), "after the caller changed its dict's zero_optimization.stage from 3 to 0: "
-                                "is_zero3_enabled() expected True (the config was copied), got False")
+                                "is_zero3_enabled() expected True (the config was copied), got False",
+                "zero3_state_wrong", "is_zero3_enabled() after the caller changed its dict", True, False)
     del obj
     gc.collect()
 
@@ -111,8 +120,12 @@ def malformed_config_rejected(case: Case) -> None:
             except Exception as exc:  # noqa: BLE001
                 case.expect(word.lower() in f"{type(exc).__name__}: {exc}".lower(),
                             f"{what}: construction raised {type(exc).__name__}: {str(exc)[:200]!r}, "
-                            f"which does not name the problem (expected it to mention {word!r})")
+                            f"which does not name the problem (expected it to mention {word!r})",
+                            "malformed_config_accepted", what, f"an error mentioning {word!r}",
+                            f"{type(exc).__name__}: {str(exc)[:200]}")
             else:
-                case.fail(f"{what}: config object constructed without error (zero3 enabled: {_enabled(case)})")
+                case.fail(f"{what}: config object constructed without error (zero3 enabled: {_enabled(case)})",
+                          "malformed_config_accepted", what, "an error naming the problem",
+                          f"accepted (zero3 enabled: {_enabled(case)})")
                 del obj
             gc.collect()

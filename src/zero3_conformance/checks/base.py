@@ -24,6 +24,8 @@ from ..compat import (
     uninitialized_memory_filled,
 )
 from ..errors import exception_line
+from ..finding_kinds import make as make_finding
+from ..finding_kinds import raised_kind
 from ..structure import NoStructure, Structure, StructureOracle, differences, tied_groups
 from ..worlds.world import RankContext
 
@@ -69,7 +71,12 @@ class NotApplicable(Exception):
 
 
 class SubjectRaised(Exception):
-    """The subject raised while doing what the clause asks (becomes FAIL carrying that exception)."""
+    """The subject raised while doing what the clause asks (becomes FAIL carrying that exception), or a build of
+    the subject's is unlike its class before the clause looks further; `findings` say what, structured."""
+
+    def __init__(self, message: str, findings: list[dict[str, Any]]):
+        super().__init__(message)
+        self.findings = findings
 
 
 class SpoiledProcess(Exception):
@@ -90,6 +97,7 @@ class Findings:
 
     def __init__(self) -> None:
         self.findings: list[str] = []
+        self.found: list[dict[str, Any]] = []  # the findings, structured (finding_kinds), in the same order
         self.agreed: dict[str, str] = {}
         self.metrics: dict[str, Any] = {}
         # Baseline models live until the case ends: freed, their memory could be handed to a subject's
@@ -119,12 +127,15 @@ class Findings:
         self._kept.clear()
         self._zero3_configs.clear()
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, kind: str, tensor: str = "", expected: Any = "", observed: Any = "") -> None:
+        """Records a finding: the message a maintainer reads, and its kind and fields a known issue matches."""
         self.findings.append(message)
+        self.found.append(make_finding(kind, tensor, expected, observed, self.rank))
 
-    def expect(self, condition: bool, message: str) -> bool:
+    def expect(self, condition: bool, message: str, kind: str, tensor: str = "", expected: Any = "",
+               observed: Any = "") -> bool:
         if not condition:
-            self.fail(message)
+            self.fail(message, kind, tensor, expected, observed)
         return bool(condition)
 
     def count(self, kind: str, compared: Iterable[str], expected: Iterable[str],
@@ -143,7 +154,8 @@ class Findings:
         if unexplained:
             self.fail(f"compared {len(done & wanted)} of the {len(wanted)} {kind} expected (rank {self.rank}); not "
                       f"compared, for no stated reason: {', '.join(unexplained[:8])}"
-                      f"{' ...' if len(unexplained) > 8 else ''}")
+                      f"{' ...' if len(unexplained) > 8 else ''}", "compared_less", ", ".join(unexplained[:8]),
+                      f"{len(wanted)} {kind}", f"{len(done & wanted)} compared")
 
     def agree(self, key: str, value: Any) -> None:
         """Every rank must record the same value under `key` (tensors are compared by content)."""
@@ -159,8 +171,10 @@ class Findings:
             raise NotApplicable(f"{self.subject.name} cannot load this checkpoint: {exc}") from None
         except Exception as exc:  # any exception from the subject is the finding
             tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]).strip()
-            raise SubjectRaised(f"{self.subject.name} raised during {what}: {type(exc).__name__}: {exc}\n{tail}") \
-                from exc
+            raised = f"{type(exc).__name__}: {exc}"
+            finding = make_finding(raised_kind(f"{what}: {raised}"), "", f"{what} without an exception", raised,
+                                   self.rank)
+            raise SubjectRaised(f"{self.subject.name} raised during {what}: {raised}\n{tail}", [finding]) from exc
 
     @contextlib.contextmanager
     def baseline_call(self, what: str) -> Iterator[None]:
@@ -392,7 +406,10 @@ class Case(Findings):
         subject's leftover (FAIL); after earlier cases: a spoiled process (not judged here)."""
         if self._subject_built:
             raise SubjectRaised(f"after {self.subject.name}'s ZeRO-3 build in this case, a build without ZeRO is "
-                                f"not what {structure.model_class} builds in a fresh process:\n" + "\n".join(found))
+                                f"not what {structure.model_class} builds in a fresh process:\n" + "\n".join(found),
+                                [make_finding("leftover", structure.model_class,
+                                              "the class's clean structure, built without ZeRO", "; ".join(found),
+                                              self.rank)])
         if self.earlier_cases:
             raise SpoiledProcess(structure.model_class, found)
 
@@ -407,7 +424,7 @@ class Case(Findings):
         structure = self.clean_structure()
         what = "the case's class built here again (without ZeRO, after its baseline raised)"
         try:
-            with torch.device("meta") if structure.built_on == "meta" else contextlib.nullcontext():
+            with torch.device("meta") if structure.built_on.startswith("meta") else contextlib.nullcontext():
                 probe = build_from_config(self.model_class(), self.model_config())
             found = differences(structure, probe, what, dtypes=False, partitioned=False)
         except Exception as exc:  # noqa: BLE001 - it built in a fresh process: raising here is the difference
@@ -430,7 +447,7 @@ class Case(Findings):
         found = differences(self.clean_structure(), model, f"{self.subject.name}'s ZeRO-3 model ({what})", dtypes=False,
                             partitioned=True)
         if found:
-            raise SubjectRaised("\n".join(found))
+            raise SubjectRaised("\n".join(found), [make_finding(*d.fields, rank=self.rank) for d in found])
 
     def clean_parameters(self) -> dict[str, tuple[int, ...]]:
         return {name: shape for name, (shape, _) in self.clean_structure().parameters.items()}

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..compat import build_from_config
 from ..dsconfig import partition_group_size
+from ..finding_kinds import raised_kind
 from ..inputs import (
     FIRST_ORDINARY_TOKEN,
     SEQUENCE_LENGTH,
@@ -92,11 +93,13 @@ def _documented(case: Case, way: str) -> None:
     if exit_code is None:
         case.fail(f"{where} did not finish within {LAUNCH_TIMEOUT_S:.0f} s; where each rank was: "
                   + "; ".join(f"launched rank {rank}: {s.get('step', 'wrote nothing')}" for rank, s in seen.items())
-                  + f"\n{output}")
+                  + f"\n{output}", "launch_failed", where, f"finished within {LAUNCH_TIMEOUT_S:.0f} s",
+                  "; ".join(f"rank {rank}: {s.get('step', 'wrote nothing')}" for rank, s in seen.items()))
     for rank, ranks_view in seen.items():  # the ranks of the world torchrun launched, not the harness's
         _compare(case, f"launched rank {rank}", ranks_view, expected, world_size)
     if exit_code and not case.findings:
-        case.fail(f"{where} exited {exit_code} after every rank finished\n{output}")
+        case.fail(f"{where} exited {exit_code} after every rank finished\n{output}", "launch_failed", where,
+                  "exit code 0", f"exit code {exit_code}")
 
 
 def _training_batch(case: Case, baseline: Any, config: Any) -> dict[str, Any]:
@@ -162,16 +165,20 @@ def _compare(case: Case, who: str, seen: dict[str, Any], expected: dict[str, lis
     """What one rank of the launched world saw, against the contract: P1 for every parameter of the baseline,
     and an engine whose step changes the loss."""
     if not seen:
-        case.fail(f"{who} wrote nothing: torchrun never started it")
+        case.fail(f"{who} wrote nothing: torchrun never started it", "launch_failed", who, "a started rank",
+                  "nothing written")
         return
     if "error" in seen:
         where = "\n".join(seen.get("traceback", "").splitlines()[-TRACEBACK_LINES:])
-        case.fail(f"{who}: {seen['step']} raised {seen['error']}\n{where}")
+        case.fail(f"{who}: {seen['step']} raised {seen['error']}\n{where}",
+                  raised_kind(f"{seen['step']}: {seen['error']}"), "", f"{seen['step']} without an exception",
+                  seen["error"])
         return
     group = seen.get("process_group") or {}
     case.expect(group.get("world_size") == world_size,
                 f"{who}: after the build the process group is {group}, expected one of {world_size} ranks "
-                f"(the world torchrun launched)")
+                f"(the world torchrun launched)", "launch_failed", f"{who}'s process group", f"{world_size} ranks",
+                group)
     parameters = seen.get("parameters")
     if parameters is not None:
         _compare_parameters(case, who, parameters, expected, partition_group_size(case.ds_config, world_size))
@@ -179,9 +186,11 @@ def _compare(case: Case, who: str, seen: dict[str, Any], expected: dict[str, lis
     if not losses:
         return  # a rank still inside the script: the launch's own finding says where it was
     case.expect(all(math.isfinite(loss) for loss in losses),
-                f"{who}: the engine's losses before and after a step are {losses}, expected finite numbers")
+                f"{who}: the engine's losses before and after a step are {losses}, expected finite numbers",
+                "non_finite", "loss", "finite losses", losses)
     case.expect(losses[0] != losses[1],
-                f"{who}: the loss is {losses[0]!r} before and after engine.step(): the step changed nothing")
+                f"{who}: the loss is {losses[0]!r} before and after engine.step(): the step changed nothing",
+                "outside_tolerance", "loss", "a loss the step changes", losses)
 
 
 def _compare_parameters(case: Case, who: str, parameters: dict[str, dict[str, Any]],
@@ -193,8 +202,10 @@ def _compare_parameters(case: Case, who: str, parameters: dict[str, dict[str, An
     case.count(f"parameters of {who}", set(expected) & set(parameters), expected,
                dict.fromkeys(missing, "not in the launched model (a finding)"))
     case.expect(not missing, f"{who}: {len(missing)} of the baseline's parameters are not in the model: "
-                             f"{', '.join(missing[:SHOWN])}")
-    case.expect(not extra, f"{who}: {len(extra)} parameters the baseline lacks: {', '.join(extra[:SHOWN])}")
+                             f"{', '.join(missing[:SHOWN])}", "parameters_missing", ", ".join(missing[:SHOWN]),
+                f"{len(expected)} parameters", f"{len(missing)} missing")
+    case.expect(not extra, f"{who}: {len(extra)} parameters the baseline lacks: {', '.join(extra[:SHOWN])}",
+                "parameters_extra", ", ".join(extra[:SHOWN]), f"{len(expected)} parameters", f"{len(extra)} more")
     wrong: list[str] = []
     for name in sorted(set(expected) & set(parameters)):
         param, shape = parameters[name], expected[name]
@@ -207,4 +218,6 @@ def _compare_parameters(case: Case, who: str, parameters: dict[str, dict[str, An
             wrong.append(f"{name}: {', '.join(differing)}")
     if wrong:
         case.fail(f"{who}: {len(wrong)} of {len(expected)} parameters are not partitioned as P1 requires "
-                  f"(shards of ceil(numel / {group}) elements, empty local tensor): " + "; ".join(wrong[:SHOWN]))
+                  f"(shards of ceil(numel / {group}) elements, empty local tensor): " + "; ".join(wrong[:SHOWN]),
+                  "not_partitioned", ", ".join(w.split(":")[0] for w in wrong[:SHOWN]), "partitioned as P1 requires",
+                  "; ".join(wrong[:SHOWN]))

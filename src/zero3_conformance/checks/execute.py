@@ -20,6 +20,7 @@ from .registry import load_checks
 # A rank's metric for a case not judged because this process's builds without ZeRO differ from the clean
 # structure after earlier cases: the runner runs the case again in a freshly started world.
 SPOILED = "spoiled_process"
+MAX_FINDINGS = 100  # a rank's structured findings kept per case (a record lists its first ones; the message counts)
 _cases_here = 0  # cases this process ran: a build that differs from its clean structure in the first is no leftover
 _variant_errors: dict[str, str] = {}  # per variant: DeepSpeed's error from an attempted build ("" where it builds)
 
@@ -50,7 +51,7 @@ def _require_variant_builds(ctx: RankContext, payload: dict[str, Any]) -> None:
 
 
 def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Runs one case in this rank; always returns {status, message, metrics, agreed}."""
+    """Runs one case in this rank; always returns {status, message, metrics, agreed, findings}."""
     load_checks()
     # DeepSpeed's warnings (e.g. about the client optimizers N3 uses on purpose) would bury the run's output.
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
@@ -64,12 +65,14 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
         entry.fn(case)
         if not case.findings and any(case.expected_to_compare.values()) and not any(case.compared.values()):
             case.fail(f"compared nothing: the clean structure has {case.expected_to_compare}, all left out "
-                      f"({case.metrics.get('not_compared')})")
+                      f"({case.metrics.get('not_compared')})", "compared_less", "", case.expected_to_compare,
+                      "nothing compared")
         status, message = (FAIL, "\n".join(case.findings)) if case.findings else (PASS, "")
     except NotApplicable as exc:
         status, message = SKIP, str(exc)
     except SubjectRaised as exc:
         status, message = FAIL, "\n".join([*case.findings, str(exc)])
+        case.found.extend(exc.findings)
     except SpoiledProcess as exc:
         status, message = ERROR, f"not judged: after {case.earlier_cases} earlier cases in this process, {exc}"
         case.metrics[SPOILED] = {"model_class": exc.model_class, "differences": exc.found,
@@ -86,4 +89,5 @@ def execute(ctx: RankContext, payload: dict[str, Any]) -> dict[str, Any]:
         case.metrics["started_with_zero3_on"] = inherited
     if case.expected_to_compare:  # the runner makes them record fields
         case.metrics.update(compared=case.compared, expected_to_compare=case.expected_to_compare)
-    return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed}
+    return {"status": status, "message": message, "metrics": case.metrics, "agreed": case.agreed,
+            "findings": case.found[:MAX_FINDINGS] if status == FAIL else []}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..compat import checkpoint_conversion
+from ..finding_kinds import Found
+from ..finding_kinds import make as make_finding
 from ..reference.checkpoint import CheckpointReader
 from ..structure import tied_groups
 from ..zoo import LAYOUTS
@@ -21,15 +23,17 @@ def gathered_state(model: Any) -> dict[str, Any]:
         return full_parameters(model)
 
 
-def _report(case: Case, problems: list[str], what: str) -> None:
+def _report(case: Case, problems: list[Found], what: str) -> None:
     for problem in problems[:MAX_LISTED]:
-        case.fail(f"{problem} (rank {case.rank})")
+        case.fail(f"{problem} (rank {case.rank})", *problem.fields)
+    for problem in problems[MAX_LISTED:]:  # listed once, each still a finding a known issue must account for
+        case.found.append(make_finding(*problem.fields, rank=case.rank))
     if len(problems) > MAX_LISTED:
-        case.fail(f"... and {len(problems) - MAX_LISTED} more {what} (rank {case.rank})")
+        case.findings.append(f"... and {len(problems) - MAX_LISTED} more {what} (rank {case.rank})")
 
 
 def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
-                compare: Callable[[str, Any, Any], str | None], what: str, kind: str,
+                compare: Callable[[str, Any, Any], Found | None], what: str, kind: str,
                 should: set[str] | None = None, reasons: dict[str, str] | None = None) -> None:
     """Compares every expected tensor with the ZeRO-3 model's; every rank must also see the same values. A
     tensor the baseline leaves undefined is not compared: it is listed in the record's metrics, and a case
@@ -46,7 +50,7 @@ def compare_all(case: Case, expected: dict[str, Any], got: dict[str, Any],
     left_out = {**(reasons or {}), **dict.fromkeys(unwritten, "undefined_without_zero")}
     for key, tensor in sorted(expected.items()):
         if key not in got:
-            problems.append(f"{key}: missing from the ZeRO-3 model's state dict")
+            problems.append(Found(f"{key}: missing from the ZeRO-3 model's state dict", "parameters_missing", key))
             left_out[key] = "missing from the ZeRO-3 model (a finding)"
             continue
         if key in unwritten:
@@ -110,17 +114,19 @@ def tied_weights_stay_tied(case: Case) -> None:
     for group in groups:
         present = [name for name in group if name in params]
         if len(present) != len(group):
-            case.fail(f"tied group {group}: missing from the ZeRO-3 model: {sorted(set(group) - set(present))}")
+            case.fail(f"tied group {group}: missing from the ZeRO-3 model: {sorted(set(group) - set(present))}",
+                      "parameters_missing", ", ".join(sorted(set(group) - set(present))))
             continue
         distinct = {id(params[name]) for name in group}
         case.expect(len(distinct) == 1, f"tied group {group}: {len(distinct)} separate parameters in the ZeRO-3 "
-                                        f"model, expected one shared parameter (rank {case.rank})")
+                                        f"model, expected one shared parameter (rank {case.rank})", "tie_broken",
+                    ", ".join(group), "one shared parameter", f"{len(distinct)} parameters")
         for name in group:
             source = next((n for n in group if n in expected), None)
             if source is not None and name in got:
                 problem = exact_mismatch(name, expected[source], got[name])
                 if problem:
-                    case.fail(f"tied {problem} (rank {case.rank})")
+                    case.fail(f"tied {problem} (rank {case.rank})", *problem.fields)
     case.metrics["tied_groups"] = [list(g) for g in groups]
 
 
@@ -177,8 +183,9 @@ def modifier_rank_write_persists(case: Case) -> None:
                 param.copy_(pattern.to(param.dtype))
         with deepspeed.zero.GatheredParameters([param]):
             problem = exact_mismatch(name, pattern.to(param.dtype), param.detach().clone())
-        case.expect(problem is None, f"after rank {writer} wrote inside GatheredParameters(modifier_rank={writer}), "
-                                     f"rank {case.rank} gathers {problem}")
+        if problem is not None:
+            case.fail(f"after rank {writer} wrote inside GatheredParameters(modifier_rank={writer}), rank {case.rank} "
+                      f"gathers {problem}", "values_differ", name, "the value written", problem.observed)
 
 
 @check("G6", "uneven_partitions_gather_exactly", layouts=("safetensors",), world_sizes=(2, 3))
@@ -194,10 +201,10 @@ def uneven_partitions_gather_exactly(case: Case) -> None:
         raise NotApplicable(f"no parameter this checkpoint provides has a size that world size {case.world_size} "
                             f"leaves uneven")
 
-    def compare(name: str, want: Any, got: Any) -> str | None:
+    def compare(name: str, want: Any, got: Any) -> Found | None:
         problem = exact_mismatch(name, want, got)
         numel = int(uneven[name].ds_numel)
-        return problem and f"{problem} [numel {numel}, shard {ceil_div(numel, case.world_size)}]"
+        return problem and problem.reworded(f"{problem} [numel {numel}, shard {ceil_div(numel, case.world_size)}]")
 
     compare_all(case, {n: expected[n] for n in uneven}, gathered_state(model), compare,
                 "uneven tensors differ", "uneven tensors")
@@ -210,7 +217,7 @@ def loading_report_matches_baseline(case: Case) -> None:
     _, expected = case.baseline_from_pretrained()
     _model, got = case.zero3_from_pretrained()
     for problem in report_differences(expected, got):
-        case.fail(problem)
+        case.fail(problem, *problem.fields)
     fields = loading_report(expected)
     case.count("loading report fields", fields, fields)
 
@@ -223,7 +230,9 @@ def loading_report(info: dict[str, Any]) -> dict[str, list[str]]:
                                       for key, stored, wanted in info.get("mismatched_keys", []))}
 
 
-def report_differences(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+def report_differences(expected: dict[str, Any], got: dict[str, Any]) -> list[Found]:
     want, have = loading_report(expected), loading_report(got)
-    return [f"{field}: expected {want[field]} (without ZeRO), got {have[field]}" for field in want
-            if want[field] != have[field]]
+    return [Found(f"{field}: expected {want[field]} (without ZeRO), got {have[field]}",
+                  "unexpected_keys_unreported" if field == "unexpected_keys" and want[field] and not have[field]
+                  else "loading_report_differs", field, want[field], have[field])
+            for field in want if want[field] != have[field]]

@@ -24,6 +24,7 @@ from ..architectures import base_class, foreign_config_reason, head_classes, lab
 from ..compat import build_from_config, concrete_class, dtype_kwarg, uninitialized_memory_filled
 from ..dsconfig import precision, torch_dtype, with_dtype
 from ..errors import exception_line
+from ..finding_kinds import Found
 from ..reference.checkpoint import CheckpointReader, with_variant
 from ..zoo import auto_class, seeded_checkpoint_model
 from .base import Case, NotApplicable, SubjectRaised, check
@@ -151,20 +152,21 @@ def _check_subject(case: Case, load: Load) -> None:
         except (SubjectRaised, NotApplicable):  # the subject does not load either: what the call without ZeRO does
             return
         case.fail(f"{load.what}: without ZeRO from_pretrained raises ({load.baseline_error}); under ZeRO-3 it loads "
-                  f"(rank {case.rank})")
+                  f"(rank {case.rank})", "loading_report_differs", load.what, load.baseline_error, "loaded")
         return
     model, got = subject_load()
     for problem in report_differences(load.expected, got):
-        case.fail(f"{load.what}: {problem}")
+        case.fail(f"{load.what}: {problem}", *problem.fields)
     for key in load.options:
         if hasattr(load.baseline.config, key):
             want, have = getattr(load.baseline.config, key), getattr(model.config, key, None)
-            case.expect(want == have, f"{load.what}: config.{key} expected {want!r} (without ZeRO), got {have!r}")
+            case.expect(want == have, f"{load.what}: config.{key} expected {want!r} (without ZeRO), got {have!r}",
+                        "loading_report_differs", f"config.{key}", want, have)
     initialized = initialized_keys(load.expected)
 
-    def compare(key: str, want: Any, have: Any) -> str | None:
+    def compare(key: str, want: Any, have: Any) -> Found | None:
         problem = init_mismatch(key, want, have, False) if key in initialized else exact_mismatch(key, want, have)
-        return problem and f"{load.what}: {problem}"
+        return problem and problem.reworded(f"{load.what}: {problem}")
 
     compare_all(case, load.tensors, gathered_state(model), compare, "tensors differ", "tensors loaded with options")
     del model

@@ -224,7 +224,7 @@ def _compare(case: Case, what: str, baseline: dict[str, Any], got: dict[str, Any
         criterion = (f"expected: an fp32 computation; allowed per tensor {LOW_PRECISION_FACTOR:g} x the "
                      f"baseline's own {case.dtype} max error + one {case.dtype} rounding of the largest value")
     if problem:
-        case.fail(f"{what}{when} (rank {case.rank}, {case.dtype}, {criterion}): {problem}")
+        case.fail(f"{what}{when} (rank {case.rank}, {case.dtype}, {criterion}): {problem}", *problem.fields)
 
 
 def _low_precision_allowance(case: Case, reference: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +311,8 @@ def gradients_match_baseline(case: Case) -> None:
         engine.backward(engine(**batch).loss)
     got = _full_gradients(engine.module)
     missing = sorted(name for name, grad in got.items() if grad is None and name in expected)
-    case.expect(not missing, f"no gradient from safe_get_full_grad for {missing[:5]} (rank {case.rank})")
+    case.expect(not missing, f"no gradient from safe_get_full_grad for {missing[:5]} (rank {case.rank})",
+                "gradient_missing", ", ".join(missing[:20]), "a gradient", "None")
     _compare(case, "gradients", expected, {k: v for k, v in got.items() if v is not None}, exact,
              extra=_averaging_error_bound(case, magnitude),
              in_fp64=_in_fp64(baseline, lambda m: _baseline_gradients(case, m, 0)[0]))
@@ -381,7 +382,9 @@ def _steps_match(case: Case, optimizer: str) -> None:
         if changed:
             case.fail(f"{what}parameters that got no gradient in any of the {STEPS} steps changed ({optimizer}, "
                       f"rank {case.rank}): {len(changed)} of {len(untouched)} tensors, expected unchanged as torch's "
-                      f"optimizer leaves them; first {exact_mismatch(changed[0], want[changed[0]], have[changed[0]])}")
+                      f"optimizer leaves them; first {exact_mismatch(changed[0], want[changed[0]], have[changed[0]])}",
+                      "changed_without_gradient", ", ".join(changed[:20]), "unchanged",
+                      f"{len(changed)} of {len(untouched)} changed")
 
     def stepped_only(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if tensors is None else {n: t for n, t in tensors.items() if n in stepped and t is not None}
@@ -466,4 +469,4 @@ def generate_matches_baseline(case: Case) -> None:
     if tuple(got.shape) != tuple(expected.shape) or not torch.equal(got, expected):
         case.fail(f"generate (rank {case.rank}, prompt of {prompt['input_ids'].shape[-1]} tokens, "
                   f"max_new_tokens={options['max_new_tokens']}): expected tokens {expected.tolist()}, "
-                  f"got {got.tolist()}")
+                  f"got {got.tolist()}", "generation_differs", "sequences", expected.tolist(), got.tolist())

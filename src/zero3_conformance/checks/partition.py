@@ -6,6 +6,8 @@ import gc
 from typing import Any
 
 from ..dsconfig import partition_group_size, torch_dtype, with_stage
+from ..finding_kinds import make as make_finding
+from ..finding_kinds import raised_kind
 from ..memory.probe import MB
 from ..zoo import LAYOUTS
 from .base import Case, SubjectRaised, ceil_div, check
@@ -30,18 +32,23 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
     for name, param in params:
         where = f"{name} (rank {case.rank})"
         if not case.expect(hasattr(param, "ds_id"), f"{where}: not a ZeRO-3 parameter (no ds_id); local shape "
-                                                    f"{tuple(param.shape)}, expected partitioned at construction"):
+                                                    f"{tuple(param.shape)}, expected partitioned at construction",
+                           "not_partitioned", name, "a ZeRO-3 parameter", f"local shape {tuple(param.shape)}"):
             continue
         case.expect(param.ds_status == ZeroParamStatus.NOT_AVAILABLE,
-                    f"{where}: ds_status expected NOT_AVAILABLE, got {param.ds_status}")
-        case.expect(param.numel() == 0, f"{where}: local tensor expected empty, holds {param.numel()} elements")
+                    f"{where}: ds_status expected NOT_AVAILABLE, got {param.ds_status}", "partition_wrong", name,
+                    "ds_status NOT_AVAILABLE", f"ds_status {param.ds_status}")
+        case.expect(param.numel() == 0, f"{where}: local tensor expected empty, holds {param.numel()} elements",
+                    "not_partitioned", name, "an empty local tensor", f"{param.numel()} elements")
         expected_shape = shapes.get(name)
         case.expect(tuple(param.ds_shape) == expected_shape,
-                    f"{where}: ds_shape expected {expected_shape} (baseline), got {tuple(param.ds_shape)}")
+                    f"{where}: ds_shape expected {expected_shape} (baseline), got {tuple(param.ds_shape)}",
+                    "partition_wrong", name, f"ds_shape {expected_shape}", f"ds_shape {tuple(param.ds_shape)}")
         shard = ceil_div(int(param.ds_numel), group)
         case.expect(param.ds_tensor.numel() == shard,
                     f"{where}: shard expected ceil({param.ds_numel}/{group}) = {shard} elements (a partition group "
-                    f"of {group} ranks), got {param.ds_tensor.numel()}")
+                    f"of {group} ranks), got {param.ds_tensor.numel()}", "partition_wrong", name,
+                    f"a shard of {shard} elements", f"{param.ds_tensor.numel()} elements")
     zero_params = [(n, p) for n, p in params if hasattr(p, "ds_id")]
     # Every rank takes part in the same collectives, whatever it found above.
     for name, param in zero_params:
@@ -50,7 +57,8 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
         sizes = [torch.zeros(1, dtype=torch.long) for _ in range(case.world_size)]
         dist.all_gather(sizes, torch.tensor([local.numel()]))
         if len({int(s) for s in sizes}) != 1:
-            case.fail(f"{name}: ranks hold shards of different sizes {[int(s) for s in sizes]}")
+            case.fail(f"{name}: ranks hold shards of different sizes {[int(s) for s in sizes]}", "partition_wrong",
+                      name, "shards of one size", [int(s) for s in sizes])
             continue
         dist.all_gather(pieces, local)
         reassembled = torch.cat(pieces[first:first + group])[: int(param.ds_numel)]
@@ -58,10 +66,12 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
             gathered = param.detach().reshape(-1).float().clone()
         if reassembled.numel() != gathered.numel():
             case.fail(f"{name}: the shards of ranks {first}..{first + group - 1} (its partition group of {group}) "
-                      f"hold {reassembled.numel()} of the gathered tensor's {gathered.numel()} elements")
+                      f"hold {reassembled.numel()} of the gathered tensor's {gathered.numel()} elements",
+                      "partition_wrong", name, f"{gathered.numel()} elements", f"{reassembled.numel()} elements")
         elif not identical(reassembled, gathered):
             case.fail(f"{name}: the ranks' shards concatenated do not equal the gathered tensor "
-                      f"(max |diff| {float((reassembled - gathered).abs().max()):.3g})")
+                      f"(max |diff| {float((reassembled - gathered).abs().max()):.3g})", "partition_wrong", name,
+                      "the gathered tensor", "other values")
     case.count("parameters", [name for name, _ in zero_params], case.clean_names("parameters", shapes),
                {name: "not a ZeRO-3 parameter (a finding)" for name, param in params if not hasattr(param, "ds_id")})
 
@@ -90,9 +100,11 @@ def from_pretrained_partitioned(case: Case) -> None:
 
 def _ordinary(case: Case, model: Any, shapes: dict[str, tuple[int, ...]], when: str) -> None:
     for name, param in model.named_parameters():
-        case.expect(not hasattr(param, "ds_id"), f"{when}: {name} is a ZeRO-3 parameter; expected an ordinary one")
+        case.expect(not hasattr(param, "ds_id"), f"{when}: {name} is a ZeRO-3 parameter; expected an ordinary one",
+                    "leftover", name, "an ordinary parameter", "a ZeRO-3 parameter")
         case.expect(tuple(param.shape) == shapes.get(name),
-                    f"{when}: {name} has shape {tuple(param.shape)}, expected {shapes.get(name)}")
+                    f"{when}: {name} has shape {tuple(param.shape)}, expected {shapes.get(name)}", "leftover", name,
+                    shapes.get(name), tuple(param.shape))
     names = {name for name, _ in model.named_parameters()}
     _same_names(case, names, shapes, when)
     case.count("parameters", names, shapes, {name: "missing (a finding)" for name in set(shapes) - names})
@@ -103,8 +115,10 @@ def _same_names(case: Case, names: set[str], shapes: dict[str, tuple[int, ...]],
     must not pass for want of anything to check."""
     missing, extra = sorted(set(shapes) - names), sorted(names - set(shapes))
     case.expect(not missing, f"{what}: {len(missing)} of the baseline's {len(shapes)} parameters are missing: "
-                             f"{', '.join(missing[:SHOWN])}")
-    case.expect(not extra, f"{what}: {len(extra)} parameters the baseline lacks: {', '.join(extra[:SHOWN])}")
+                             f"{', '.join(missing[:SHOWN])}", "parameters_missing", ", ".join(missing[:SHOWN]),
+                f"{len(shapes)} parameters", f"{len(shapes) - len(missing)}")
+    case.expect(not extra, f"{what}: {len(extra)} parameters the baseline lacks: {', '.join(extra[:SHOWN])}",
+                "parameters_extra", ", ".join(extra[:SHOWN]), f"{len(shapes)} parameters", f"{len(extra)} more")
 
 
 @check("P4", "construction_leaves_no_trace", world_sizes=(1, 2))
@@ -122,7 +136,8 @@ def construction_leaves_no_trace(case: Case) -> None:
     linear = torch.nn.Linear(3, 5)
     case.expect(not hasattr(linear.weight, "ds_id") and tuple(linear.weight.shape) == (5, 3),
                 f"torch.nn.Linear(3, 5) built after the ZeRO-3 build: weight shape {tuple(linear.weight.shape)}, "
-                f"ZeRO parameter: {hasattr(linear.weight, 'ds_id')}")
+                f"ZeRO parameter: {hasattr(linear.weight, 'ds_id')}", "leftover", "torch.nn.Linear(3, 5).weight",
+                "an ordinary (5, 3) parameter", tuple(linear.weight.shape))
     with case.subject_call("from_config with no config alive"):
         plain = case.subject.from_config(case.model_class(), case.model_config())
     _ordinary(case, plain, shapes, "built after the config was dropped")
@@ -171,7 +186,8 @@ def _precision(case: Case, dtype: Any) -> None:
     for name, param in model.named_parameters():
         if param.is_floating_point():
             got = param.ds_tensor.dtype if hasattr(param, "ds_tensor") else param.dtype
-            case.expect(got == target, f"{name}: partitioned dtype expected {target}, got {got}")
+            case.expect(got == target, f"{name}: partitioned dtype expected {target}, got {got}", "dtype_differs",
+                        name, target, got)
             floating.append(name)
     case.count("parameters", floating, case.clean_names("parameters", dict(baseline.named_parameters())),
                {name: "not floating-point" for name, p in model.named_parameters() if not p.is_floating_point()})
@@ -180,7 +196,7 @@ def _precision(case: Case, dtype: Any) -> None:
         for name, buffer in model.named_buffers():
             expected = baseline_buffers.get(name)
             if expected is None:
-                case.fail(f"buffer {name}: not in the baseline model")
+                case.fail(f"buffer {name}: not in the baseline model", "parameters_extra", name)
                 continue
             compared.append(name)
             if name in unwritten:  # undefined without ZeRO (listed in the metrics): nothing to compare with
@@ -193,10 +209,12 @@ def _precision(case: Case, dtype: Any) -> None:
             if buffer.dtype != expected.dtype:
                 allowed = f"{expected.dtype} or {target}" if dtype is None and expected.is_floating_point() else \
                     str(expected.dtype)
-                case.fail(f"buffer {name}: dtype expected {allowed} (baseline), got {buffer.dtype}")
+                case.fail(f"buffer {name}: dtype expected {allowed} (baseline), got {buffer.dtype}", "dtype_differs",
+                          name, allowed, buffer.dtype)
             elif not identical(buffer, expected):
                 diff = (buffer.double() - expected.double()).abs().max()
-                case.fail(f"buffer {name}: values differ from {source} (max |diff| {float(diff):.3g})")
+                case.fail(f"buffer {name}: values differ from {source} (max |diff| {float(diff):.3g})",
+                          "values_differ", name, source, f"max |diff| {float(diff):.3g}")
             case.agree(f"buffer {name}", buffer)
     case.count("buffers", [name for name in compared if name not in unwritten], baseline_buffers,
                dict.fromkeys(unwritten, "undefined_without_zero"))
@@ -245,13 +263,17 @@ def _peak_memory_within_bound(case: Case, build: str) -> None:
     if "error" in mine:
         raise RuntimeError(mine["error"])
     if "raised" in mine:
-        raise SubjectRaised(f"{case.subject.name} raised during {build} in the memory probe: {mine['raised']}")
+        raise SubjectRaised(f"{case.subject.name} raised during {build} in the memory probe: {mine['raised']}",
+                            [make_finding(raised_kind(f"{build}: {mine['raised']}"), "", f"{build} without an "
+                                          "exception", mine["raised"], case.rank)])
     structure = case.clean_structure(MEMORY_FAMILY)
     built = mine.get("built", {})
     case.expect(built == {"parameters": len(structure.parameters), "elements": structure.elements()},
                 f"{build} in the memory probe (rank {case.rank}): {case.subject.name}'s model has "
                 f"{built.get('parameters')} parameters of {built.get('elements')} elements, its clean structure "
-                f"{len(structure.parameters)} of {structure.elements()}: a build that lost tensors allocates less")
+                f"{len(structure.parameters)} of {structure.elements()}: a build that lost tensors allocates less",
+                "parameters_missing", "", {"parameters": len(structure.parameters), "elements": structure.elements()},
+                built)
     model_mb, largest_mb = _model_sizes(structure)
     bound = model_mb / case.world_size + largest_mb + MEMORY_SLACK_MB
     # On a GPU, ZeRO-3 builds on the device: judged on the CUDA allocator's peak. On CPU, on the memory the
@@ -263,7 +285,7 @@ def _peak_memory_within_bound(case: Case, build: str) -> None:
                 f"{' ' + where if where else ''}, over the bound {bound:.0f} MB = {model_mb:.0f}/{case.world_size} "
                 f"+ largest module {largest_mb:.0f} + slack {MEMORY_SLACK_MB:.0f} (resident-set peak "
                 f"{mine['peak_mb']:.0f} MB; the baseline without ZeRO allocated {baseline.get('peak_anon_mb', '?')} "
-                f"MB on the host)")
+                f"MB on the host)", "memory_over_bound", "", f"<= {bound:.0f} MB", f"{mine[judged]:.0f} MB")
     case.metrics.update({
         "model_mb": round(model_mb, 1), "largest_module_mb": round(largest_mb, 1), "bound_mb": round(bound, 1),
         "peak_mb_by_rank": [f.get("peak_mb") for f in everyone],

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import compat
+from ..finding_kinds import Found
+from ..finding_kinds import make as make_finding
 from ..structure import tied_groups
 from .base import SEED, Case, NotApplicable, check
 from .numerics import batch_for, deepspeed_engine
@@ -89,7 +91,8 @@ def resize_token_embeddings(case: Case) -> None:
         case.subject.resize_token_embeddings(model, new_vocab)
     vocab_size = compat.text_config(model.config).vocab_size
     case.expect(vocab_size == expected_vocab, f"config.vocab_size expected {expected_vocab} (as resized without "
-                                              f"ZeRO), got {vocab_size}")
+                                              f"ZeRO), got {vocab_size}", "resize_wrong", "config.vocab_size",
+                expected_vocab, vocab_size)
     params = _vocabulary_params(model)
     case.metrics["partitioned_at_resize"] = all(hasattr(p, "ds_id") for p in params.values())
     case.metrics["whole_bytes_per_rank_after_resize"] = _held_whole_bytes(params)
@@ -101,20 +104,24 @@ def resize_token_embeddings(case: Case) -> None:
             if name not in VOCABULARY_SIZED:
                 continue
             where = f"{what}.{name} after the engine is built (rank {case.rank})"
-            if not case.expect(hasattr(param, "ds_id"), f"{where}: not partitioned (no ds_id)"):
+            if not case.expect(hasattr(param, "ds_id"), f"{where}: not partitioned (no ds_id)", "not_partitioned",
+                               f"{what}.{name}", "a ZeRO-3 parameter", f"shape {tuple(param.shape)}"):
                 continue
             case.expect(param.ds_status == ZeroParamStatus.NOT_AVAILABLE and param.numel() == 0,
                         f"{where}: expected released (NOT_AVAILABLE, empty), got {param.ds_status}, "
-                        f"{param.numel()} elements held")
+                        f"{param.numel()} elements held", "partition_wrong", f"{what}.{name}",
+                        "released (NOT_AVAILABLE, empty)", f"{param.ds_status}, {param.numel()} elements held")
             rows = expected_rows.get(what)
             case.expect(int(param.ds_shape[0]) == rows, f"{where}: ds_shape {tuple(param.ds_shape)}, expected "
-                                                        f"{rows} rows (as resized without ZeRO)")
+                                                        f"{rows} rows (as resized without ZeRO)", "resize_wrong",
+                        f"{what}.{name}", f"{rows} rows", f"ds_shape {tuple(param.ds_shape)}")
     named = dict(engine.module.named_parameters(remove_duplicate=False))
     for group in groups:  # e.g. a tied head, or an encoder's and a decoder's embed_tokens
         shared = {id(named[name]) for name in group if name in named}
         case.expect(len(shared) == 1 and all(name in named for name in group),
                     f"tied group {group} is no longer one parameter after resizing: {len(shared)} separate "
-                    f"parameters (rank {case.rank})")
+                    f"parameters (rank {case.rank})", "tie_broken", ", ".join(group), "one parameter",
+                    f"{len(shared)} parameters")
     zero_params = [p for p in _vocabulary_params(engine.module).values() if hasattr(p, "ds_id")]
     compared = []
     with deepspeed.zero.GatheredParameters(zero_params):
@@ -122,14 +129,17 @@ def resize_token_embeddings(case: Case) -> None:
             weight = module.weight.detach().clone()
             if weight.shape[0] != expected_rows.get(what):
                 case.fail(f"{what}.weight has {weight.shape[0]} rows after resizing, expected "
-                          f"{expected_rows.get(what)} (as resized without ZeRO)")
+                          f"{expected_rows.get(what)} (as resized without ZeRO)", "resize_wrong", f"{what}.weight",
+                          f"{expected_rows.get(what)} rows", f"{weight.shape[0]} rows")
                 continue
             compared.append(what)
             kept = min(int(old_rows[what].shape[0]), int(weight.shape[0]))
             problem = exact_mismatch(f"{what}.weight[:{kept}]", old_rows[what][:kept], weight[:kept])
-            case.expect(problem is None, f"old rows changed by resizing: {problem} (rank {case.rank})")
+            if problem is not None:
+                case.fail(f"old rows changed by resizing: {problem} (rank {case.rank})", *problem.fields)
             added = weight[kept:]
-            case.expect(bool(torch.isfinite(added).all()), f"{what}.weight: added rows hold non-finite values")
+            case.expect(bool(torch.isfinite(added).all()), f"{what}.weight: added rows hold non-finite values",
+                        "non_finite", f"{what}.weight[{kept}:]", "finite values", "non-finite values")
             case.agree(f"{what}.weight added rows", added)
     case.count("vocabulary-sized weights", compared, expected_rows,
                {what: "missing after the resize (a finding)" for what in expected_rows if what not in modules})
@@ -137,8 +147,10 @@ def resize_token_embeddings(case: Case) -> None:
         with torch.no_grad(), case.subject_call("forward with added tokens"):
             logits = engine(**_added_token_inputs(engine.module, new_vocab)).logits
         case.expect(logits.shape[-1] == expected_logits, f"logits {tuple(logits.shape)}, expected {expected_logits} "
-                                                         f"wide (as resized without ZeRO)")
-        case.expect(bool(torch.isfinite(logits).all()), "logits over the added tokens are not finite")
+                                                         f"wide (as resized without ZeRO)", "resize_wrong", "logits",
+                    f"{expected_logits} wide", tuple(logits.shape))
+        case.expect(bool(torch.isfinite(logits).all()), "logits over the added tokens are not finite", "non_finite",
+                    "logits", "finite values", "non-finite values")
 
 
 def _scratch_dir(case: Case) -> Path:
@@ -205,7 +217,8 @@ def saved_checkpoints_reload_exactly(case: Case) -> None:
     # Reloading "without ZeRO" needs the subject's config gone; it was only needed for construction.
     case.end_zero3()
     if not case.expect(not case.subject.is_zero3_enabled(), "ZeRO-3 is still enabled after the config object "
-                                                            "was dropped; cannot reload without ZeRO (see A2)"):
+                                                            "was dropped; cannot reload without ZeRO (see A2)",
+                       "zero3_state_wrong", "is_zero3_enabled() after the config was dropped", False, True):
         return
     if case.rank != 0:
         return  # rank 0 wrote the files; one reload of each is enough
@@ -214,17 +227,22 @@ def saved_checkpoints_reload_exactly(case: Case) -> None:
             reloaded, info = case.model_class().from_pretrained(str(directory), output_loading_info=True,
                                                                 trust_remote_code=False)
         case.keep(reloaded)
-        case.expect(not info.get("missing_keys"), f"{what}: keys missing on reload: {info.get('missing_keys')}")
+        case.expect(not info.get("missing_keys"), f"{what}: keys missing on reload: {info.get('missing_keys')}",
+                    "reload_differs", ", ".join(map(str, info.get("missing_keys") or [])), "no missing keys",
+                    info.get("missing_keys"))
         got = full_parameters(reloaded)
         problems = [p for key in sorted(held) if (p := exact_mismatch(key, held[key], got[key]) if key in got
-                                                   else f"{key}: absent after reload")]
+                                                   else Found(f"{key}: absent after reload", "reload_differs", key))]
         case.count(f"tensors reloaded from {what}", [key for key in held if key in got],
                    case.clean_names("state dict", held),
                    {key: "absent after reload (a finding)" for key in held if key not in got})
         for problem in problems[:5]:
-            case.fail(f"{what}: reloaded {problem} (expected: what the ZeRO-3 model held after training)")
+            case.fail(f"{what}: reloaded {problem} (expected: what the ZeRO-3 model held after training)",
+                      *problem.fields)
+        for problem in problems[5:]:  # listed once, each still a finding a known issue must account for
+            case.found.append(make_finding(*problem.fields, rank=case.rank))
         if len(problems) > 5:
-            case.fail(f"{what}: ... and {len(problems) - 5} more tensors differ")
+            case.findings.append(f"{what}: ... and {len(problems) - 5} more tensors differ")
         groups = tied_groups(reloaded)
         case.expect(groups == held_groups, f"{what}: tied groups after reload {groups}, the ZeRO-3 model had "
-                                           f"{held_groups}")
+                                           f"{held_groups}", "reload_differs", "tied groups", held_groups, groups)

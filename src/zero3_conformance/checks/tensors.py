@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..finding_kinds import Found
+
 # G3/G4 compare a ZeRO-built tensor's init with the baseline's init, which used other random draws.
 # Sample mean and std of n draws wander by about std/sqrt(n); SIGMAS such wanderings are allowed,
 # which keeps false alarms below one in a million per tensor while a wrong init (wrong std, a missing
@@ -23,16 +25,19 @@ def identical(a: Any, b: Any) -> bool:
     return torch.equal(a, b)
 
 
-def exact_mismatch(name: str, expected: Any, got: Any) -> str | None:
+def exact_mismatch(name: str, expected: Any, got: Any) -> Found | None:
     """None if `got` equals `expected` bit for bit (shape, dtype, values); else what differs."""
 
     if tuple(got.shape) != tuple(expected.shape):
-        return f"{name}: shape expected {tuple(expected.shape)}, got {tuple(got.shape)}"
+        return Found(f"{name}: shape expected {tuple(expected.shape)}, got {tuple(got.shape)}", "shape_differs", name,
+                     tuple(expected.shape), tuple(got.shape))
     if got.dtype != expected.dtype:
-        return f"{name}: dtype expected {expected.dtype}, got {got.dtype}"
+        return Found(f"{name}: dtype expected {expected.dtype}, got {got.dtype}", "dtype_differs", name,
+                     expected.dtype, got.dtype)
     if identical(got, expected):
         return None
-    return f"{name}: {_first_difference(expected, got)}"
+    difference = _first_difference(expected, got)
+    return Found(f"{name}: {difference}", "values_differ", name, "equal bit for bit", difference)
 
 
 def _first_difference(expected: Any, got: Any) -> str:
@@ -59,30 +64,37 @@ def _position(flat_index: int, shape: Any) -> tuple[int, ...]:
 MIN_STATISTICS = 16
 
 
-def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> str | None:
+def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> Found | None:
     """None if `got` is initialized as the baseline's own init would have initialized it."""
     import torch
 
     if tuple(got.shape) != tuple(baseline.shape):
-        return f"{name}: shape expected {tuple(baseline.shape)}, got {tuple(got.shape)}"
+        return Found(f"{name}: shape expected {tuple(baseline.shape)}, got {tuple(got.shape)}", "shape_differs",
+                     name, tuple(baseline.shape), tuple(got.shape))
     if got.dtype != baseline.dtype:
-        return f"{name}: dtype expected {baseline.dtype}, got {got.dtype}"
+        return Found(f"{name}: dtype expected {baseline.dtype}, got {got.dtype}", "dtype_differs", name,
+                     baseline.dtype, got.dtype)
     b, g = baseline.detach().double(), got.detach().double()
     unexpected = ~torch.isfinite(g) & (g != b)  # an init may set a bound to +-inf on purpose, as the baseline does
     if unexpected.any():
-        return f"{name}: {int(unexpected.sum())} non-finite values (uninitialized memory?)"
+        return Found(f"{name}: {int(unexpected.sum())} non-finite values (uninitialized memory?)", "non_finite",
+                     name, "finite values", f"{int(unexpected.sum())} non-finite")
     finite = torch.isfinite(b)
     if not finite.all():
         b, g = b[finite], g[finite]
     if deterministic:
         if torch.allclose(g, b, rtol=DETERMINISTIC_RTOL, atol=DETERMINISTIC_ATOL):
             return None
-        return f"{name} (deterministic init): {_first_difference(baseline, got)}"
+        difference = _first_difference(baseline, got)
+        return Found(f"{name} (deterministic init): {difference}", "init_differs", name,
+                     "the baseline's deterministic init", difference)
     for value in (0.0, 1.0):
         fixed = b == value
         if fixed.any() and not torch.equal(g[fixed], b[fixed]):
             wrong = int((g[fixed] != value).sum())
-            return f"{name}: {wrong} of the {int(fixed.sum())} elements the baseline sets to exactly {value:g} are not"
+            return Found(f"{name}: {wrong} of the {int(fixed.sum())} elements the baseline sets to exactly {value:g} "
+                         f"are not", "init_differs", name, f"{int(fixed.sum())} elements of {value:g}",
+                         f"{wrong} not")
     free = ~((b == 0) | (b == 1))
     if not free.any():
         return None
@@ -95,9 +107,10 @@ def init_mismatch(name: str, baseline: Any, got: Any, deterministic: bool) -> st
     mean_tol = SIGMAS * b_std * math.sqrt(2.0 / n) + 1e-12
     std_tol = SIGMAS * b_std / math.sqrt(max(n - 1, 1)) + 1e-12
     if abs(float(g.mean()) - float(b.mean())) > mean_tol or abs(g_std - b_std) > std_tol:
-        return (f"{name}: init statistics differ from the baseline's: mean {float(g.mean()):.4g} (baseline "
-                f"{float(b.mean()):.4g}, tolerance {mean_tol:.2g}), std {g_std:.4g} (baseline {b_std:.4g}, "
-                f"tolerance {std_tol:.2g}), n={n}")
+        return Found(f"{name}: init statistics differ from the baseline's: mean {float(g.mean()):.4g} (baseline "
+                     f"{float(b.mean()):.4g}, tolerance {mean_tol:.2g}), std {g_std:.4g} (baseline {b_std:.4g}, "
+                     f"tolerance {std_tol:.2g}), n={n}", "init_differs", name,
+                     f"mean {float(b.mean()):.4g}, std {b_std:.4g}", f"mean {float(g.mean()):.4g}, std {g_std:.4g}")
     return None
 
 
@@ -116,7 +129,7 @@ def undefined(tensors: dict[str, Any]) -> list[str]:
 
 
 def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float, atol: float,
-                      extra: dict[str, Any] | None = None) -> str | None:
+                      extra: dict[str, Any] | None = None) -> Found | None:
     """None if every tensor is close (|got - expected| <= atol + rtol * |expected| + extra, elementwise, where
     `extra` optionally gives a tensor's own additional allowance); else how many are not and the worst of
     them: its name, max abs and rel difference, and where."""
@@ -154,5 +167,6 @@ def closeness_problem(expected: dict[str, Any], got: dict[str, Any], rtol: float
                             f"{float(allowed.expand_as(e).reshape(-1)[index]):.3g}")
     if not failing:
         return None
-    return f"{len(failing)}/{len(expected)} tensors outside tolerance ({', '.join(failing[:5])}" \
-           f"{', ...' if len(failing) > 5 else ''}); {worst[1] if worst else ''}"
+    return Found(f"{len(failing)}/{len(expected)} tensors outside tolerance ({', '.join(failing[:5])}"
+                 f"{', ...' if len(failing) > 5 else ''}); {worst[1] if worst else ''}", "outside_tolerance",
+                 ", ".join(failing[:20]), f"within rtol={rtol:g}, atol={atol:g}", worst[1] if worst else "")

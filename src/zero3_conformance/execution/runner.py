@@ -17,6 +17,7 @@ from ..catalog import CaseSpec
 from ..cell import describe_cell, local_device, visible_gpus
 from ..checks.execute import SPOILED
 from ..dsconfig import PLAIN, with_dtype, with_zero3_variant
+from ..finding_kinds import make as make_finding
 from ..known_issues import KnownIssue
 from ..known_issues import apply as apply_known_issues
 from ..op_cache import use_own_op_cache
@@ -223,7 +224,10 @@ class Runner:
                         metrics={"spoiled_after": [earlier.id for earlier, _ in history],
                                  "differences": spoiled["differences"], REPRODUCED_BY: reproduced},
                         case_id=self._leftover_id(case, len(history)),
-                        variant=case.variant)
+                        variant=case.variant,
+                        findings=[make_finding("leftover", spoiled["model_class"],
+                                               "the class's clean structure, built without ZeRO",
+                                               "; ".join(spoiled["differences"]))])
         return apply_known_issues(record, self.known_issues)
 
     def _leftover_id(self, case: CaseSpec, cases_before: int) -> str:
@@ -272,11 +276,12 @@ class Runner:
             message = f"{message}\n{tried}" if message else tried
         metrics = dict(worst.metrics)
         compared, expected = metrics.pop("compared", {}), metrics.pop("expected_to_compare", {})
+        findings = metrics.pop("findings", [])
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
                         head=case.head, layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
                         message=message, duration_s=round(sum(a.seconds for a in tries), 3), cell=self.cell,
                         metrics=metrics, case_id=case.id, outcomes=outcomes, variant=case.variant, compared=compared,
-                        expected_to_compare=expected)
+                        expected_to_compare=expected, findings=findings if status == FAIL else [])
         return apply_known_issues(record, self.known_issues)
 
     def run(self, cases: Iterable[CaseSpec], writer: RecordWriter,

@@ -4,6 +4,7 @@ Like wptrunner's update-expectations, the entries come from the results, not fro
 clause / check / subject / model that did not hold somewhere without a known issue expecting it, with
 
 - `expected`: every outcome those cases had (a set, PASS included, where they were intermittent);
+- `match`: the finding kinds the failures recorded (where every one recorded its findings);
 - `versions`: per library, open until fixed: from the oldest release seen failing, with no upper bound unless a
   cell with a newer release of that library (and no older release of any other than seen failing) passed the
   same cases on every try, and then below the first such release. A bug nobody fixed does not stop at the
@@ -120,6 +121,9 @@ def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
                 versions[library] = spec
         entry["versions"] = versions
         entry["expected"] = sorted({o for r in bad for o in r.outcomes}, key=SEVERITY.index)
+        if all(r.findings for r in bad):  # the kinds seen, what the entry will match on
+            kinds = sorted({found["kind"] for r in bad for found in r.findings})
+            entry["match"] = {"kind": kinds[0] if len(kinds) == 1 else kinds}
         first = CASE_PREFIX.sub("", bad[0].message.strip().split("\n")[0])
         entry["reason"] = f"{first} (seen in {len(failing)} of {len(by_cell)} cells that ran it)"
         entry["link"] = ""

@@ -203,6 +203,7 @@ def _closure(roots: list[Callable]) -> tuple[list[str], list[str]]:
     """The source of the roots and of every harness function, class and constant they reach, and the
     imports these need at module level."""
     copied: dict[str, str] = {}
+    aliases: dict[str, str] = {}  # a name imported under another (`make as make_finding`): set after the copies
     imports: dict[str, str] = {}
     pending: list[Any] = list(roots)
     seen: set[int] = set()
@@ -231,13 +232,16 @@ def _closure(roots: list[Callable]) -> tuple[list[str], list[str]]:
                     imports[name] = f"from {value.__module__} import {value.__name__}"
                 else:
                     pending.append(value)
+                    if value.__name__ != name:
+                        aliases[name] = f"{name} = {value.__name__}\n"
             elif (literal := _as_source(value)) is not None:
                 copied[name] = f"{name} = {literal}\n"
                 if "re.compile(" in literal:
                     imports["re"] = "import re"
             else:
                 raise NoScript(f"{obj.__name__} uses {name}, which a script cannot hold as a literal")
-    return [copied[name] for name in sorted(copied)], sorted(set(imports.values()))
+    return ([copied[name] for name in sorted(copied)] + [aliases[name] for name in sorted(aliases)],
+            sorted(set(imports.values())))
 
 
 def _source(obj: Any) -> str:

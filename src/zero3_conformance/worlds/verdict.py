@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..finding_kinds import make as make_finding
 from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
 from .world import TaskOutcome
 
@@ -39,11 +40,15 @@ def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, 
     lines = [f"rank {_ranks(ranks)}: {message}" if world_size > 1 else message for message, ranks in by_message.items()]
     if missing:
         lines.append(f"ranks {missing} were still inside the check and were stopped")
+    findings = [found for result in results.values() if result["status"] == status
+                 for found in result.get("findings", [])]
     if status == PASS:
-        lines = _disagreements(results)
+        lines, findings = _disagreements(results)
         if lines:
             status = FAIL
-    metrics = results[min(results)]["metrics"] if results else {}
+    metrics = dict(results[min(results)]["metrics"]) if results else {}
+    if findings:  # the structured findings of every rank that ended with the verdict's status (runner: record)
+        metrics["findings"] = findings
     return status, "\n".join(lines), metrics
 
 
@@ -54,15 +59,18 @@ def _reply_text(reply: Any) -> str:
     return f"{value.get('status')}: {value.get('message', '')[:2000]}".rstrip(": ")
 
 
-def _disagreements(results: dict[int, dict[str, Any]]) -> list[str]:
+def _disagreements(results: dict[int, dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Where a rank saw another value than the first rank for a key every rank must agree on: the messages, and
+    the findings."""
     first = min(results)
-    lines = []
+    lines, findings = [], []
     for rank, result in results.items():
         for key in sorted(set(result["agreed"]) | set(results[first]["agreed"])):
             expected, got = results[first]["agreed"].get(key), result["agreed"].get(key)
             if expected != got:
                 lines.append(f"{key}: rank {rank} saw {got}, rank {first} saw {expected}")
-    return lines[:20]
+                findings.append(make_finding("ranks_disagree", key, f"rank {first}: {expected}", got, rank))
+    return lines[:20], findings[:20]
 
 
 def _ranks(ranks: list[int]) -> str:
