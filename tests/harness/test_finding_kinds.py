@@ -114,3 +114,31 @@ def test_the_readme_prints_every_kind_with_its_line():
     listed = [line for line in readme.splitlines() if line.startswith("- `") and line[3:].split("`")[0]
               in finding_kinds.KINDS]
     assert listed == [f"- `{kind}`: {line}" for kind, line in finding_kinds.KINDS.items()]
+
+
+def test_compare_proves_a_migrated_file_triages_every_record_alike_and_says_how(tmp_path, make_record, capsys):
+    """`known-issues compare OLD NEW RUNS`: every record triaged with both files; a difference is listed and
+    exits 1; the summary says how many met an entry through kinds (a proof that compared nothing is none)."""
+    from zero3_conformance.results import RecordWriter
+
+    run = tmp_path / "run"
+    with RecordWriter(run / "results.jsonl") as writer:
+        writer.write(make_record(FAIL, message="[x] rank 0: model.norm.weight: 1/64 elements differ",
+                                 findings=[finding("values_differ")], case_id="G1-a[reference-llama]"))
+        writer.write(make_record(FAIL, message="raised during from_config: boom", case_id="G1-b[reference-llama]",
+                                 findings=[finding("raised", tensor="", observed="RuntimeError: boom")]))
+        writer.write(make_record(PASS, case_id="G1-c[reference-llama]"))
+    (tmp_path / "old.toml").write_text(ENTRY + "message = 'elements differ'\n")
+    (tmp_path / "new.toml").write_text(ENTRY + "match = { kind = \"values_differ\" }\n"
+                                       "message = 'elements differ'  # fallback: records without findings\n")
+    (tmp_path / "wrong.toml").write_text(ENTRY + "match = { kind = \"raised\" }\n")
+    assert cli.main(["known-issues", "compare", str(tmp_path / "old.toml"), str(tmp_path / "new.toml"),
+                     str(run)]) == 0
+    assert "3 records re-triaged; with the new file 1 meet an entry through their findings' kinds, 0 through" in (
+        capsys.readouterr().out)
+    assert cli.main(["known-issues", "compare", str(tmp_path / "old.toml"), str(tmp_path / "wrong.toml"),
+                     str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "G1-a[reference-llama]: XFAIL -> FAIL" in out
+    assert "G1-b[reference-llama]: FAIL -> XFAIL" in out
+    assert out.rstrip().endswith("2 triaged otherwise than with the old file")
