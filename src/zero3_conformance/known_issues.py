@@ -12,6 +12,7 @@ and the status, or set of statuses for an intermittent case, they are expected t
     versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
     expected = ["PASS", "FAIL"]                # default "FAIL"; any of PASS, FAIL, ERROR, TIMEOUT, CRASH
     match = { kind = "values_differ", tensor = '^model\.norm\.' }  # optional: the findings it is about
+                                               # (a list of such tables: any one of them)
     message = '(?s)^(?!.*raised during)'       # optional: a regular expression the message must match
     reason = "..."
     link = "https://github.com/OWNER/REPO/issues/N"
@@ -93,8 +94,9 @@ class KnownIssue:
     finding: tuple[tuple[str, str], ...] = ()  # a new finding's description, field by field
     name: str = ""  # how messages and reports name the entry: file and position
     message: str = ""  # a regular expression the record's message must match; empty: any message
-    # The findings it is about: (field, value) with "kind" a tuple of kinds, the others regular expressions.
-    match: tuple[tuple[str, Any], ...] = ()
+    # The findings it is about, as alternatives (a finding meets the entry when it meets one): each a tuple of
+    # (field, value) with "kind" a tuple of kinds, the others regular expressions.
+    match: tuple[tuple[tuple[str, Any], ...], ...] = ()
 
     @property
     def short_name(self) -> str:
@@ -136,10 +138,9 @@ class KnownIssue:
         return bool(self.match or self.message)
 
     def _meets_match(self, finding: dict[str, Any]) -> bool:
-        fields = dict(self.match)
-        return finding.get("kind") in fields.get("kind", (finding.get("kind"),)) and all(
+        return any(finding.get("kind") in dict(alternative)["kind"] and all(
             re.search(pattern, str(finding.get(field, ""))) is not None
-            for field, pattern in self.match if field != "kind")
+            for field, pattern in alternative if field != "kind") for alternative in self.match)
 
     def _evidence(self, record: Record, every: bool) -> bool:
         """The record shows the entry's evidence: its findings meet `match` (every one of them, or one), or,
@@ -244,14 +245,22 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
                       tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), name, message, match)
 
 
-def _match(match: Any, where: str) -> tuple[tuple[str, Any], ...]:
-    """An entry's `match` table, checked: known fields, known kinds, regular expressions."""
-    if not isinstance(match, dict):
-        raise UsageError(f"{where}: match must be a table, e.g. {{ kind = \"values_differ\", tensor = 'bias$' }}")
+def _match(match: Any, where: str) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """An entry's `match`, one table or a list of them (alternatives: a fault that shows as a raise on one
+    model and as wrong values on another), each checked: known fields, known kinds, regular expressions."""
+    if isinstance(match, list) and match:
+        return tuple(_match_table(table, f"{where}: match[{number}]") for number, table in enumerate(match))
+    return (_match_table(match, where),) if match else ()
+
+
+def _match_table(match: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(match, dict) or not match:
+        raise UsageError(f"{where}: match must be a table or a list of tables, e.g. "
+                         f"{{ kind = \"values_differ\", tensor = 'bias$' }}")
     unknown = sorted(set(match) - set(MATCHED))
     if unknown:
         raise UsageError(f"{where}: match.{unknown[0]}: unknown field; known: {', '.join(MATCHED)}")
-    if match and "kind" not in match:
+    if "kind" not in match:
         raise UsageError(f"{where}: match needs a kind (one of finding_kinds.KINDS, or a list of them)")
     checked: list[tuple[str, Any]] = []
     for field, value in match.items():

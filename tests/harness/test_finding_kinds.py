@@ -60,6 +60,16 @@ def test_an_entry_matching_a_kind_is_met_only_when_every_finding_is_that_kind(tm
     assert (unmet.status, unmet.expected["met"]) == (FAIL, False)  # a second fault is not excused by the first's entry
 
 
+def test_an_entry_may_match_alternatives_each_finding_meeting_one(tmp_path, make_record):
+    """One cause, two faces: a raise on one model, wrong values on another; each finding must meet one table."""
+    issues = load(tmp_path, ENTRY + "match = [{ kind = \"values_differ\", tensor = 'norm' },\n"
+                                    "         { kind = \"raised\", observed = '^IndexError: ' }]\n")
+    raised = finding("raised", tensor="", observed="IndexError: index 0 is out of bounds")
+    assert known_issues.apply(make_record(FAIL, findings=[finding("values_differ"), raised]), issues).status == XFAIL
+    other = finding("raised", tensor="", observed="TypeError: boom")
+    assert known_issues.apply(make_record(FAIL, findings=[finding("values_differ"), other]), issues).status == FAIL
+
+
 def test_a_record_without_findings_falls_back_to_the_message(tmp_path, make_record):
     """Records written before findings existed (and crashes, timeouts) carry none: `message` decides."""
     issues = load(tmp_path, ENTRY + "match = { kind = \"values_differ\" }\nmessage = 'elements differ'\n")

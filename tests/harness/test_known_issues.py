@@ -152,6 +152,8 @@ def test_a_new_finding_describes_itself_and_links_its_tracker(tmp_path):
                                                      "finding kind; known: not_partitioned"),
     (with_fields(match='{ kind = "values_differ", layer = "x" }'), r"match.layer: unknown field; known: kind, tensor"),
     (with_fields(match='{ tensor = "bias$" }'), "match needs a kind"),
+    (with_fields(match='[{ kind = "raised" }, "x"]'), r"match\[1\]: match must be a table or a list of tables"),
+    (with_fields(match='[{ kind = "raised" }, { kind = "boom" }]'), r"match\[1\]: match.kind 'boom' is not a"),
     (with_fields(match='{ kind = "values_differ", tensor = "(unclosed" }'), "match.tensor '\\(unclosed' is not a"),
 ])
 def test_bad_files_are_usage_errors(tmp_path, text, message):
