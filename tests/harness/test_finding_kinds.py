@@ -152,3 +152,19 @@ def test_compare_proves_a_migrated_file_triages_every_record_alike_and_says_how(
     assert "G1-a[reference-llama]: XFAIL -> FAIL" in out
     assert "G1-b[reference-llama]: FAIL -> XFAIL" in out
     assert out.rstrip().endswith("2 triaged otherwise than with the old file")
+
+
+def test_a_record_showing_two_known_faults_is_met_by_their_entries_together(tmp_path, make_record):
+    """One rank raises the loader's size mismatch, the other DeepSpeed's weight-norm error: each finding is owned
+    by its own entry, so the record is met, naming both; a finding no entry owns leaves it a FAIL."""
+    issues = load(tmp_path, ENTRY + 'match = { kind = "size_mismatch_ignored" }\n'
+                  + ENTRY.replace("demo", "other") + "match = { kind = \"raised\", observed = '^IndexError' }\n")
+    mismatch = finding_kinds.make("size_mismatch_ignored", "", "", "RuntimeError: size mismatch", 0)
+    weight_norm = finding_kinds.make("raised", "", "", "IndexError: Dimension out of range", 1)
+    triaged = known_issues.apply(make_record(FAIL, findings=[mismatch, weight_norm]), issues)
+    assert (triaged.status, triaged.expected["entry"], triaged.expected["together_with"]) == (
+        XFAIL, "k.toml #1 (G1 reference)", ["k.toml #2 (G1 reference)"])
+    assert "with k.toml #2 (G1 reference) for its other findings" in known_issues.note(triaged)
+    assert known_issues.stale(issues, [triaged]) == []
+    stranger = finding_kinds.make("raised", "", "", "TypeError: boom", 1)
+    assert known_issues.apply(make_record(FAIL, findings=[mismatch, stranger]), issues).status == FAIL
