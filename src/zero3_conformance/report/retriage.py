@@ -1,7 +1,8 @@
 """`zero3-conformance known-issues compare`: the proof that an edit of the known-issues file changes nothing it
 should not. Every record of the runs is triaged afresh with the old file and with the new one; a record whose
-status, entry or met-ness differs is listed. An entry is identified by its reason and link, not its number,
-so reordering entries is no difference.
+status, entry or met-ness differs is listed. An entry is identified by its cause, not its number: a new
+finding by its short name, a known upstream one by its link; so reordering entries, or merging entries for one
+cause into one, is no difference.
 
 A comparison that compared nothing has not passed: the summary says how many records met an entry through their
 findings' kinds (`match`) and how many only through `message`, the fallback for records without findings."""
@@ -31,14 +32,12 @@ class Comparison:
                 f"without match); {len(self.differences)} triaged otherwise than with the old file")
 
 
+def _cause(issue: KnownIssue | None) -> str:
+    return "" if issue is None else issue.short_name or issue.link
+
+
 def _identity(issue: KnownIssue | None) -> str:
-    return "none" if issue is None else f"{issue.name} ({issue.reason[:60]!r}...)"
-
-
-def _same_entry(a: KnownIssue | None, b: KnownIssue | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.reason, a.link) == (b.reason, b.link)
+    return "none" if issue is None else f"{issue.name} ({_cause(issue)})"
 
 
 def _entry_of(record: Record, issues: Sequence[KnownIssue]) -> KnownIssue | None:
@@ -61,7 +60,7 @@ def compare(run_dirs: Sequence[Path], old: Sequence[KnownIssue], new: Sequence[K
                     result.met_by_kinds += 1
                 else:
                     result.met_by_message += 1
-            if (before.status, met_before) != (after.status, met_after) or not _same_entry(entry_before, entry_after):
+            if (before.status, met_before) != (after.status, met_after) or _cause(entry_before) != _cause(entry_after):
                 result.differences.append(
                     f"{cell.name} {record.case_id}: {before.status} -> {after.status}; entry "
                     f"{_identity(entry_before)}{' (met)' if met_before else ''} -> "
