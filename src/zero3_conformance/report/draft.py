@@ -47,18 +47,23 @@ def _public(text: str) -> Any:
         return None
 
 
-def _open_range(library: str, failing: list[dict[str, Any]], passing: list[dict[str, Any]]) -> str | None:
+def _version_of(cell: dict[str, Any], library: str) -> Any:
+    return _public(str(cell.get(library, "")))
+
+
+def _open_range(library: str, failing: list[dict[str, Any]], passing: list[dict[str, Any]],
+                oldest_failing: dict[str, Any]) -> str | None:
     """`library`'s range for an entry failing in the cells `failing`: from the oldest release seen failing, up to
     (not including) the oldest newer release of `library` in a cell of `passing` whose every other library is
-    at least as new as the oldest release seen failing, so that the newer `library` is what tells it apart;
-    open above where no such cell passed. None when a failing cell's version is not a version."""
-    low_of = {lib: min(_public(str(cell.get(lib, ""))) or Version("0") for cell in failing) for lib in VERSIONED}
-    seen = [_public(str(cell.get(library, ""))) for cell in failing]
+    at least as new as the oldest release seen failing (`oldest_failing`, per library), so that the newer
+    `library` is what tells it apart; open above where no such cell passed. None when a failing cell's version
+    is not a version."""
+    seen = [_version_of(cell, library) for cell in failing]
     if any(version is None for version in seen):
         return None
     newest = max(seen)
-    fixed = [_public(str(cell.get(library, ""))) for cell in passing
-             if all((_public(str(cell.get(lib, ""))) or Version("0")) >= low_of[lib] for lib in VERSIONED
+    fixed = [_version_of(cell, library) for cell in passing
+             if all((_version_of(cell, lib) or Version("0")) >= oldest_failing[lib] for lib in VERSIONED
                     if lib != library)]
     fixed = [version for version in fixed if version is not None and version > newest]
     return f">={min(seen)}" + (f",<{min(fixed)}" if fixed else "")
@@ -107,9 +112,11 @@ def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
             entry["backend"] = sorted(backends)[0] if len(backends) == 1 else sorted(backends)
         versions = {}
         failing_cells, passing_cells = [cell_of[name] for name in failing], [cell_of[name] for name in passing]
+        oldest_failing = {lib: min(_version_of(cell, lib) or Version("0") for cell in failing_cells)
+                          for lib in VERSIONED}
         for library in VERSIONED:
             seen = {str(cell_of[name].get(library, "")) for name in by_cell}
-            spec = _open_range(library, failing_cells, passing_cells)
+            spec = _open_range(library, failing_cells, passing_cells, oldest_failing)
             if spec is not None and (library != "python" or len(seen) > 1):
                 versions[library] = spec
         entry["versions"] = versions
