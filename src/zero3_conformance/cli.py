@@ -87,13 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the markdown report to FILE (e.g. COMPATIBILITY.md)")
     report.add_argument("--known-issues", type=Path, default=None, metavar="FILE",
                         help="triage every record afresh against FILE, from its raw outcomes (default: as recorded)")
-    issues_command = commands.add_parser("known-issues", help="expectations: draft entries from runs' results")
+    issues_command = commands.add_parser("known-issues", help="expectations: draft entries from runs' results, or "
+                                                                 "compare two files on runs")
     issues_actions = issues_command.add_subparsers(dest="action", required=True, parser_class=_Parser)
     draft = issues_actions.add_parser("draft", help="draft known-issues entries from runs' unexpected results")
     draft.add_argument("run_dirs", nargs="+", type=Path)
     draft.add_argument("--out", type=Path, required=True, help="the draft TOML file to write")
     draft.add_argument("--known-issues", type=Path, default=None, metavar="FILE",
                        help="draft only what FILE does not already expect (default: as recorded)")
+    compare = issues_actions.add_parser("compare", help="re-triage runs with two known-issues files and list every "
+                                                       "record triaged otherwise (exit 1 if any)")
+    compare.add_argument("old", type=Path, help="the known-issues file as it was")
+    compare.add_argument("new", type=Path, help="the known-issues file as edited")
+    compare.add_argument("run_dirs", nargs="+", type=Path)
     mutate = commands.add_parser("mutate", help="run the mutants of the reference against every clause: the "
                                                 "kill matrix")
     mutate.add_argument("--out", type=Path, default=Path("runs/mutate"), help="where kill-matrix.md/.json go")
@@ -338,6 +344,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_known_issues(args: argparse.Namespace) -> int:
     from .report.draft import draft
+    from .report.retriage import compare
+
+    if args.action == "compare":
+        result = compare(args.run_dirs, known_issues.load(args.old), known_issues.load(args.new))
+        _say_unfinished(args.run_dirs)
+        for line in result.differences:
+            print(line)
+        print(result.summary())
+        return 1 if result.differences else 0
 
     issues = known_issues.load(args.known_issues) if args.known_issues else None
     text = draft(args.run_dirs, issues)

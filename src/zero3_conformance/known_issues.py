@@ -12,6 +12,7 @@ and the status, or set of statuses for an intermittent case, they are expected t
     versions = { deepspeed = ">=0.15,<0.19" }  # PEP 440 specifiers on the cell's versions
     expected = ["PASS", "FAIL"]                # default "FAIL"; any of PASS, FAIL, ERROR, TIMEOUT, CRASH
     match = { kind = "values_differ", tensor = '^model\.norm\.' }  # optional: the findings it is about
+                                               # (a list of such tables: any one of them)
     message = '(?s)^(?!.*raised during)'       # optional: a regular expression the message must match
     reason = "..."
     link = "https://github.com/OWNER/REPO/issues/N"
@@ -93,8 +94,9 @@ class KnownIssue:
     finding: tuple[tuple[str, str], ...] = ()  # a new finding's description, field by field
     name: str = ""  # how messages and reports name the entry: file and position
     message: str = ""  # a regular expression the record's message must match; empty: any message
-    # The findings it is about: (field, value) with "kind" a tuple of kinds, the others regular expressions.
-    match: tuple[tuple[str, Any], ...] = ()
+    # The findings it is about, as alternatives (a finding meets the entry when it meets one): each a tuple of
+    # (field, value) with "kind" a tuple of kinds, the others regular expressions.
+    match: tuple[tuple[tuple[str, Any], ...], ...] = ()
 
     @property
     def short_name(self) -> str:
@@ -135,17 +137,17 @@ class KnownIssue:
     def has_evidence(self) -> bool:
         return bool(self.match or self.message)
 
-    def _meets_match(self, finding: dict[str, Any]) -> bool:
-        fields = dict(self.match)
-        return finding.get("kind") in fields.get("kind", (finding.get("kind"),)) and all(
+    def meets(self, finding: dict[str, Any]) -> bool:
+        """The finding is this entry's: it meets one of the entry's `match` tables."""
+        return any(finding.get("kind") in dict(alternative)["kind"] and all(
             re.search(pattern, str(finding.get(field, ""))) is not None
-            for field, pattern in self.match if field != "kind")
+            for field, pattern in alternative if field != "kind") for alternative in self.match)
 
     def _evidence(self, record: Record, every: bool) -> bool:
         """The record shows the entry's evidence: its findings meet `match` (every one of them, or one), or,
         where the record has no findings or the entry no `match`, its message matches `message`."""
         if self.match and record.findings:
-            return (all if every else any)(self._meets_match(found) for found in record.findings)
+            return (all if every else any)(self.meets(found) for found in record.findings)
         return not self.message or re.search(self.message, record.message) is not None
 
     def shown_by(self, record: Record) -> bool:
@@ -244,14 +246,22 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
                       tuple(narrowing), tuple(sorted(versions.items())), tuple(finding), name, message, match)
 
 
-def _match(match: Any, where: str) -> tuple[tuple[str, Any], ...]:
-    """An entry's `match` table, checked: known fields, known kinds, regular expressions."""
-    if not isinstance(match, dict):
-        raise UsageError(f"{where}: match must be a table, e.g. {{ kind = \"values_differ\", tensor = 'bias$' }}")
+def _match(match: Any, where: str) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """An entry's `match`, one table or a list of them (alternatives: a fault that shows as a raise on one
+    model and as wrong values on another), each checked: known fields, known kinds, regular expressions."""
+    if isinstance(match, list) and match:
+        return tuple(_match_table(table, f"{where}: match[{number}]") for number, table in enumerate(match))
+    return (_match_table(match, where),) if match else ()
+
+
+def _match_table(match: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(match, dict) or not match:
+        raise UsageError(f"{where}: match must be a table or a list of tables, e.g. "
+                         f"{{ kind = \"values_differ\", tensor = 'bias$' }}")
     unknown = sorted(set(match) - set(MATCHED))
     if unknown:
         raise UsageError(f"{where}: match.{unknown[0]}: unknown field; known: {', '.join(MATCHED)}")
-    if match and "kind" not in match:
+    if "kind" not in match:
         raise UsageError(f"{where}: match needs a kind (one of finding_kinds.KINDS, or a list of them)")
     checked: list[tuple[str, Any]] = []
     for field, value in match.items():
@@ -277,20 +287,40 @@ def _names(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[KnownIssue | None, bool]:
-    """The first entry the record's outcomes meet, else the first that applies (unmet), else none."""
+def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[KnownIssue | None, bool, list[KnownIssue]]:
+    """The first entry the record's outcomes meet, else the entries that meet it together, else the first that
+    applies (unmet), else none; with the other entries that met it together."""
     applying = [issue for issue in issues if issue.applies_to(record)]
     met = [issue for issue in applying if issue.met_by(record)]
     if met:
-        return met[0], True
-    return (applying[0], False) if applying else (None, False)
+        return met[0], True, []
+    together = _together(record, applying)
+    if together:
+        return together[0], True, together[1:]
+    return (applying[0], False, []) if applying else (None, False, [])
+
+
+def _together(record: Record, applying: list[KnownIssue]) -> list[KnownIssue]:
+    """Entries that between them own every finding of a record that shows two known faults (one rank raising
+    one way, another the other): each expects every outcome and owns findings by its kinds, so each fault is
+    still excused only by its own entry. [] where some finding is no entry's."""
+    owners = [issue for issue in applying if issue.match and set(record.outcomes) <= set(issue.expected)]
+    chosen: list[KnownIssue] = []
+    for found in record.findings:
+        if any(issue.meets(found) for issue in chosen):
+            continue
+        owner = next((issue for issue in owners if issue.meets(found)), None)
+        if owner is None:
+            return []
+        chosen.append(owner)
+    return chosen if len(chosen) > 1 else []
 
 
 def meeting(record: Record, issues: Iterable[KnownIssue]) -> KnownIssue | None:
     """The entry the record's raw outcomes meet (the one its triage names), else None."""
     if record.raw_status in (SKIP, PASS):
         return None
-    issue, met = _applying(dataclasses.replace(record, status=record.raw_status, expected=None), issues)
+    issue, met, _ = _applying(dataclasses.replace(record, status=record.raw_status, expected=None), issues)
     return issue if met else None
 
 
@@ -303,7 +333,7 @@ def apply(record: Record, issues: Iterable[KnownIssue]) -> Record:
     raw = dataclasses.replace(record, status=record.raw_status, expected=None)
     if raw.raw_status == SKIP:
         return raw
-    issue, met = _applying(raw, issues)
+    issue, met, together = _applying(raw, issues)
     if issue is None:
         near = next((i for i in issues if raw.raw_status != PASS and i.versions and i.names_case(raw)
                      and i.met_by(raw)), None)
@@ -315,16 +345,22 @@ def apply(record: Record, issues: Iterable[KnownIssue]) -> Record:
         status = raw.raw_status if raw.raw_status == PASS else XFAIL
     else:
         status = XPASS if raw.raw_status == PASS else raw.raw_status
-    return dataclasses.replace(raw, status=status, expected=issue.describe(met))
+    expected = issue.describe(met)
+    if together:
+        expected["together_with"] = [other.name for other in together]
+    return dataclasses.replace(raw, status=status, expected=expected)
 
 
 def stale(issues: Iterable[KnownIssue], records: list[Record]) -> list[KnownIssue]:
     """Entries possibly stale for these records: the entry's conditions hold for a cell the records come
     from, a case it applies to was run (not skipped), and no case met it."""
+    issues = list(issues)
+    met_together = {id(issue) for r in records if r.findings and r.raw_status not in (SKIP, PASS)
+                    for issue in _together(r, [i for i in issues if i.applies_to(r)])}
     stale_entries = []
     for issue in issues:
         applying = [r for r in records if r.raw_status != SKIP and issue.applies_to(r)]
-        if applying and not any(issue.met_by(r) for r in applying):
+        if applying and id(issue) not in met_together and not any(issue.met_by(r) for r in applying):
             stale_entries.append(issue)
     return stale_entries
 
@@ -363,6 +399,8 @@ def note(record: Record) -> str:
             for library, spec, version in entry["versions_missed"]) + f" ({entry['link']})"
     if entry["met"]:
         reason = _first_sentence(entry["reason"])
-        return f"known issue ({entry['kind']}): {reason} ({entry['link']}; expected {expected})"
+        together = f"; with {', '.join(entry['together_with'])} for its other findings" if entry.get(
+            "together_with") else ""
+        return f"known issue ({entry['kind']}): {reason} ({entry['link']}; expected {expected}{together})"
     return (f"known issue ({entry['kind']}) expected {expected}, outcomes {', '.join(record.outcomes)}: not met, "
             f"check the entry ({entry['link']})")

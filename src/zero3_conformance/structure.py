@@ -112,20 +112,22 @@ def differences(structure: Structure, model: Any, what: str, dtypes: bool, parti
             found.append(Found(
                 f"{what} lacks {len(missing)} of the {len(want)} {kind} of {structure.model_class}'s clean "
                 f"structure: {', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}",
-                "parameters_missing", ", ".join(missing[:SHOWN])))
+                "parameters_missing", ", ".join(missing[:SHOWN]), f"{len(want)} {kind} of {structure.model_class}",
+                f"{len(want) - len(missing)} present, {len(missing)} missing"))
         if extra:
             found.append(Found(
                 f"{what} has {len(extra)} {kind} {structure.model_class}'s clean structure lacks: "
                 f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''}",
-                "parameters_extra", ", ".join(extra[:SHOWN])))
+                "parameters_extra", ", ".join(extra[:SHOWN]), f"{len(want)} {kind} of {structure.model_class}",
+                f"{len(extra)} more"))
         for name in sorted(set(want) & set(tensors)):
             clean_shape, dtype = want[name]
             if shape(tensors[name]) != clean_shape:
                 found.append(Found(f"{what}: {name} has shape {shape(tensors[name])}, its clean structure "
-                                        f"{clean_shape}", "shape_differs", name))
+                                   f"{clean_shape}", "shape_differs", name, clean_shape, shape(tensors[name])))
             elif dtypes and str(tensors[name].dtype).removeprefix("torch.") != dtype:
                 found.append(Found(f"{what}: {name} is {tensors[name].dtype}, its clean structure {dtype}",
-                                        "dtype_differs", name))
+                                   "dtype_differs", name, dtype, str(tensors[name].dtype).removeprefix("torch.")))
     return found
 
 

@@ -60,6 +60,16 @@ def test_an_entry_matching_a_kind_is_met_only_when_every_finding_is_that_kind(tm
     assert (unmet.status, unmet.expected["met"]) == (FAIL, False)  # a second fault is not excused by the first's entry
 
 
+def test_an_entry_may_match_alternatives_each_finding_meeting_one(tmp_path, make_record):
+    """One cause, two faces: a raise on one model, wrong values on another; each finding must meet one table."""
+    issues = load(tmp_path, ENTRY + "match = [{ kind = \"values_differ\", tensor = 'norm' },\n"
+                                    "         { kind = \"raised\", observed = '^IndexError: ' }]\n")
+    raised = finding("raised", tensor="", observed="IndexError: index 0 is out of bounds")
+    assert known_issues.apply(make_record(FAIL, findings=[finding("values_differ"), raised]), issues).status == XFAIL
+    other = finding("raised", tensor="", observed="TypeError: boom")
+    assert known_issues.apply(make_record(FAIL, findings=[finding("values_differ"), other]), issues).status == FAIL
+
+
 def test_a_record_without_findings_falls_back_to_the_message(tmp_path, make_record):
     """Records written before findings existed (and crashes, timeouts) carry none: `message` decides."""
     issues = load(tmp_path, ENTRY + "match = { kind = \"values_differ\" }\nmessage = 'elements differ'\n")
@@ -114,3 +124,47 @@ def test_the_readme_prints_every_kind_with_its_line():
     listed = [line for line in readme.splitlines() if line.startswith("- `") and line[3:].split("`")[0]
               in finding_kinds.KINDS]
     assert listed == [f"- `{kind}`: {line}" for kind, line in finding_kinds.KINDS.items()]
+
+
+def test_compare_proves_a_migrated_file_triages_every_record_alike_and_says_how(tmp_path, make_record, capsys):
+    """`known-issues compare OLD NEW RUNS`: every record triaged with both files; a difference is listed and
+    exits 1; the summary says how many met an entry through kinds (a proof that compared nothing is none)."""
+    from zero3_conformance.results import RecordWriter
+
+    run = tmp_path / "run"
+    with RecordWriter(run / "results.jsonl") as writer:
+        writer.write(make_record(FAIL, message="[x] rank 0: model.norm.weight: 1/64 elements differ",
+                                 findings=[finding("values_differ")], case_id="G1-a[reference-llama]"))
+        writer.write(make_record(FAIL, message="raised during from_config: boom", case_id="G1-b[reference-llama]",
+                                 findings=[finding("raised", tensor="", observed="RuntimeError: boom")]))
+        writer.write(make_record(PASS, case_id="G1-c[reference-llama]"))
+    (tmp_path / "old.toml").write_text(ENTRY + "message = 'elements differ'\n")
+    (tmp_path / "new.toml").write_text(ENTRY + "match = { kind = \"values_differ\" }\n"
+                                       "message = 'elements differ'  # fallback: records without findings\n")
+    (tmp_path / "wrong.toml").write_text(ENTRY + "match = { kind = \"raised\" }\n")
+    assert cli.main(["known-issues", "compare", str(tmp_path / "old.toml"), str(tmp_path / "new.toml"),
+                     str(run)]) == 0
+    assert "3 records re-triaged; with the new file 1 meet an entry through their findings' kinds, 0 through" in (
+        capsys.readouterr().out)
+    assert cli.main(["known-issues", "compare", str(tmp_path / "old.toml"), str(tmp_path / "wrong.toml"),
+                     str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "G1-a[reference-llama]: XFAIL -> FAIL" in out
+    assert "G1-b[reference-llama]: FAIL -> XFAIL" in out
+    assert out.rstrip().endswith("2 triaged otherwise than with the old file")
+
+
+def test_a_record_showing_two_known_faults_is_met_by_their_entries_together(tmp_path, make_record):
+    """One rank raises the loader's size mismatch, the other DeepSpeed's weight-norm error: each finding is owned
+    by its own entry, so the record is met, naming both; a finding no entry owns leaves it a FAIL."""
+    issues = load(tmp_path, ENTRY + 'match = { kind = "size_mismatch_ignored" }\n'
+                  + ENTRY.replace("demo", "other") + "match = { kind = \"raised\", observed = '^IndexError' }\n")
+    mismatch = finding_kinds.make("size_mismatch_ignored", "", "", "RuntimeError: size mismatch", 0)
+    weight_norm = finding_kinds.make("raised", "", "", "IndexError: Dimension out of range", 1)
+    triaged = known_issues.apply(make_record(FAIL, findings=[mismatch, weight_norm]), issues)
+    assert (triaged.status, triaged.expected["entry"], triaged.expected["together_with"]) == (
+        XFAIL, "k.toml #1 (G1 reference)", ["k.toml #2 (G1 reference)"])
+    assert "with k.toml #2 (G1 reference) for its other findings" in known_issues.note(triaged)
+    assert known_issues.stale(issues, [triaged]) == []
+    stranger = finding_kinds.make("raised", "", "", "TypeError: boom", 1)
+    assert known_issues.apply(make_record(FAIL, findings=[mismatch, stranger]), issues).status == FAIL

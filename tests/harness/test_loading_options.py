@@ -52,3 +52,16 @@ def test_the_first_floating_tensor_gives_the_checkpoints_dtype(checkpoint):
     save_file({"ids": torch.arange(3), "w": torch.ones(2, dtype=torch.bfloat16)}, str(checkpoint / "model.safetensors"),
               metadata={"format": "pt"})
     assert CheckpointReader(checkpoint).floating_dtype() == torch.bfloat16
+
+
+@pytest.mark.parametrize("mismatched", [
+    [("score.weight", torch.Size([2, 8]), torch.Size([4, 8]))],  # transformers 5.x
+    ["score.weight"],  # 4.57: the key alone, its shapes kept out of the loading info
+], ids=["with shapes", "key alone"])
+def test_a_loading_report_is_read_in_every_release_format(mismatched):
+    """G8's label options read the mismatched keys of every release's loading info (4.57's raised ValueError)."""
+    from zero3_conformance.checks.gathered import loading_report, report_differences
+
+    info = {"missing_keys": [], "unexpected_keys": set(), "mismatched_keys": mismatched}
+    assert loading_report(info)["mismatched_keys"][0].startswith("score.weight")
+    assert report_differences(info, {**info, "mismatched_keys": []})[0].kind == "loading_report_differs"

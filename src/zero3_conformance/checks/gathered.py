@@ -226,8 +226,16 @@ def loading_report(info: dict[str, Any]) -> dict[str, list[str]]:
     """A loading report in one comparable form (releases give lists or sets, shapes as torch.Size or tuples)."""
     return {"missing_keys": sorted(map(str, info.get("missing_keys", []))),
             "unexpected_keys": sorted(map(str, info.get("unexpected_keys", []))),
-            "mismatched_keys": sorted(f"{key}: checkpoint {tuple(stored)}, model {tuple(wanted)}"
-                                      for key, stored, wanted in info.get("mismatched_keys", []))}
+            "mismatched_keys": sorted(map(_mismatched, info.get("mismatched_keys", [])))}
+
+
+def _mismatched(entry: Any) -> str:
+    """A mismatched key as the release reports it: (key, checkpoint shape, model shape), or the key alone
+    (transformers 4.57 keeps the shapes out of the loading info)."""
+    if isinstance(entry, str):
+        return entry
+    key, stored, wanted = entry
+    return f"{key}: checkpoint {tuple(stored)}, model {tuple(wanted)}"
 
 
 def report_differences(expected: dict[str, Any], got: dict[str, Any]) -> list[Found]:
