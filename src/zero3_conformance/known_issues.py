@@ -143,10 +143,14 @@ class KnownIssue:
             re.search(pattern, str(finding.get(field, ""))) is not None
             for field, pattern in alternative if field != "kind") for alternative in self.match)
 
+    def judges_by_kinds(self, record: Record) -> bool:
+        """The record's findings decide (the entry has `match`, the record findings); else its message does."""
+        return bool(self.match and record.findings)
+
     def _evidence(self, record: Record, every: bool) -> bool:
         """The record shows the entry's evidence: its findings meet `match` (every one of them, or one), or,
         where the record has no findings or the entry no `match`, its message matches `message`."""
-        if self.match and record.findings:
+        if self.judges_by_kinds(record):
             return (all if every else any)(self.meets(found) for found in record.findings)
         return not self.message or re.search(self.message, record.message) is not None
 
@@ -355,12 +359,12 @@ def stale(issues: Iterable[KnownIssue], records: list[Record]) -> list[KnownIssu
     """Entries possibly stale for these records: the entry's conditions hold for a cell the records come
     from, a case it applies to was run (not skipped), and no case met it."""
     issues = list(issues)
-    met_together = {id(issue) for r in records if r.findings and r.raw_status not in (SKIP, PASS)
+    met_together = {issue for r in records if r.findings and r.raw_status not in (SKIP, PASS)
                     for issue in _together(r, [i for i in issues if i.applies_to(r)])}
     stale_entries = []
     for issue in issues:
         applying = [r for r in records if r.raw_status != SKIP and issue.applies_to(r)]
-        if applying and id(issue) not in met_together and not any(issue.met_by(r) for r in applying):
+        if applying and issue not in met_together and not any(issue.met_by(r) for r in applying):
             stale_entries.append(issue)
     return stale_entries
 

@@ -56,7 +56,7 @@ def compare(run_dirs: Sequence[Path], old: Sequence[KnownIssue], new: Sequence[K
             met_after = bool((after.expected or {}).get("met"))
             result.records += 1
             if met_after and entry_after is not None:
-                if entry_after.match and record.findings:
+                if entry_after.judges_by_kinds(record):
                     result.met_by_kinds += 1
                 else:
                     result.met_by_message += 1
