@@ -65,3 +65,29 @@ def test_a_loading_report_is_read_in_every_release_format(mismatched):
     info = {"missing_keys": [], "unexpected_keys": set(), "mismatched_keys": mismatched}
     assert loading_report(info)["mismatched_keys"][0].startswith("score.weight")
     assert report_differences(info, {**info, "mismatched_keys": []})[0].kind == "loading_report_differs"
+
+
+@pytest.mark.parametrize(("baseline_error", "report", "why"), [
+    ("", {"missing_keys": [], "unexpected_keys": []}, ""),
+    ("ValueError: The state dictionary of the model you are trying to load is corrupted.",
+     None, "it raises ValueError"),
+    ("", {"missing_keys": [], "unexpected_keys": ["legacy.embed.weight"]}, "1 stored names reported unexpected"),
+    # transformers 4.57 on a base model stored under a prefix: every renamed key reported missing
+    ("", {"missing_keys": ["embed.weight", "head.bias"], "unexpected_keys": []}, "2 renamed names"),
+    ("", {"missing_keys": ["not.in.the.file"], "unexpected_keys": []}, ""),
+], ids=["applied", "raises", "unexpected", "missing", "missing but not stored"])
+def test_key_mapping_is_judged_only_where_transformers_applies_it_without_zero(checkpoint, baseline_error, report,
+                                                                               why):
+    """G8's key_mapping compares ZeRO-3 with a load without ZeRO only where that load read the renamed names."""
+    from safetensors.torch import save_file as save
+
+    from zero3_conformance.checks.loading import LEGACY_PREFIX, Load, key_mapping_unapplied
+
+    save({LEGACY_PREFIX + "embed.weight": torch.zeros(3, 2), LEGACY_PREFIX + "head.bias": torch.zeros(3)},
+         str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
+    mapping = {r"^legacy\.": ""}
+    load = Load("key_mapping", None, checkpoint, {"key_mapping": mapping}, expected=report,
+                baseline_error=baseline_error, reader=CheckpointReader(checkpoint, key_mapping=mapping))
+    unapplied = key_mapping_unapplied(load)
+    assert unapplied.startswith(why)
+    assert bool(unapplied) == bool(why)
