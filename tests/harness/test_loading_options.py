@@ -60,11 +60,23 @@ def test_the_first_floating_tensor_gives_the_checkpoints_dtype(checkpoint):
 ], ids=["with shapes", "key alone"])
 def test_a_loading_report_is_read_in_every_release_format(mismatched):
     """G8's label options read the mismatched keys of every release's loading info (4.57's raised ValueError)."""
-    from zero3_conformance.checks.gathered import loading_report, report_differences
+    from zero3_conformance.checks.gathered import initialized_keys, loading_report, report_differences
 
     info = {"missing_keys": [], "unexpected_keys": set(), "mismatched_keys": mismatched}
     assert loading_report(info)["mismatched_keys"][0].startswith("score.weight")
     assert report_differences(info, {**info, "mismatched_keys": []})[0].kind == "loading_report_differs"
+    assert initialized_keys(info) == {"score.weight"}
+
+
+def test_a_report_naming_keys_alone_agrees_with_one_adding_shapes():
+    """4.57's report (keys alone) against the reference's (keys with shapes): the same keys agree, others do not."""
+    from zero3_conformance.checks.gathered import report_differences
+
+    alone = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": ["score.weight"]}
+    shaped = {**alone, "mismatched_keys": [("score.weight", torch.Size([2, 8]), torch.Size([4, 8]))]}
+    assert report_differences(alone, shaped) == []
+    assert report_differences(shaped, {**shaped, "mismatched_keys": [("score.weight", (2, 8), (5, 8))]})
+    assert report_differences(alone, {**shaped, "mismatched_keys": [("score.bias", (2,), (4,))]})
 
 
 @pytest.mark.parametrize(("baseline_error", "report", "why"), [
