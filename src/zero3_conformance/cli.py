@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the run directory the case was recorded in (default runs/latest)")
     repro.add_argument("--out", type=Path, required=True, help="where repro.py and report.md go")
     findings = commands.add_parser("findings", help="every new finding of the known-issues file in a folder of its "
-                                                    "own: where it was seen, a reproducer, a bug report")
+                                                    "own: where it was seen, beside its hand-written reproducer")
     findings.add_argument("--from", dest="run_dirs", type=Path, action="append", required=True, metavar="RUN_DIR",
                           help="a run directory to look for the findings in (repeat for several)")
     findings.add_argument("--out", type=Path, default=Path("findings"), help="where the folders go (default "

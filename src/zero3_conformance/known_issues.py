@@ -292,15 +292,20 @@ def _names(value: Any) -> str:
 
 
 def _applying(record: Record, issues: Iterable[KnownIssue]) -> tuple[KnownIssue | None, bool, list[KnownIssue]]:
-    """The first entry the record's outcomes meet, else the entries that meet it together, else the first that
-    applies (unmet), else none; with the other entries that met it together."""
+    """The first entry the record's outcomes meet by its findings, else the entries that meet it together, else
+    the first that meets it by its message alone, else the first that applies (unmet), else none; with the other
+    entries that met it together. A broad message-only entry (a race that corrupts any value) does not take a
+    record whose findings other entries name exactly."""
     applying = [issue for issue in issues if issue.applies_to(record)]
     met = [issue for issue in applying if issue.met_by(record)]
-    if met:
-        return met[0], True, []
+    by_kinds = [issue for issue in met if issue.judges_by_kinds(record)]
+    if by_kinds:
+        return by_kinds[0], True, []
     together = _together(record, applying)
     if together:
         return together[0], True, together[1:]
+    if met:
+        return met[0], True, []
     return (applying[0], False, []) if applying else (None, False, [])
 
 

@@ -168,3 +168,20 @@ def test_a_record_showing_two_known_faults_is_met_by_their_entries_together(tmp_
     assert known_issues.stale(issues, [triaged]) == []
     stranger = finding_kinds.make("raised", "", "", "TypeError: boom", 1)
     assert known_issues.apply(make_record(FAIL, findings=[mismatch, stranger]), issues).status == FAIL
+
+
+def test_entries_naming_a_records_findings_take_it_before_an_entry_matching_its_message_alone(tmp_path, make_record):
+    """A broad message-only entry (a race that corrupts any value, listed first) does not take a record whose
+    findings the loader's two entries name exactly, alone or together."""
+    race = ENTRY.replace("demo", "race") + "expected = [\"PASS\", \"FAIL\"]\nmessage = '(?s)^(?!.*raised during)'\n"
+    issues = load(tmp_path, race + ENTRY + 'match = { kind = "values_differ" }\n'
+                  + ENTRY.replace("demo", "other") + 'match = { kind = "loading_report_differs" }\n')
+    values = finding_kinds.make("values_differ", "w", "equal", "1/4 elements differ", 0)
+    report = finding_kinds.make("loading_report_differs", "mismatched_keys", "['a']", "['a', 'b']", 0)
+    alone = known_issues.apply(make_record(FAIL, message="w: 1/4 elements differ", findings=[values]), issues)
+    assert alone.expected["entry"] == "k.toml #2 (G1 reference)"
+    both = known_issues.apply(make_record(FAIL, message="w: differ", findings=[values, report]), issues)
+    assert (both.status, both.expected["entry"], both.expected["together_with"]) == (
+        XFAIL, "k.toml #2 (G1 reference)", ["k.toml #3 (G1 reference)"])
+    unnamed = known_issues.apply(make_record(FAIL, message="w: differ"), issues)  # no findings: the message decides
+    assert unnamed.expected["entry"] == "k.toml #1 (G1 reference)"

@@ -21,29 +21,33 @@ def _marian_run(tmp_path):
                                                                     f"{EVIDENCE}")
 
 
-def test_a_seen_finding_gets_its_cases_a_reproducer_and_a_report(tmp_path):
+def test_a_seen_finding_gets_its_cases_and_keeps_its_own_reproducer(tmp_path):
     spec, run_dir = _marian_run(tmp_path)
     out = tmp_path / "findings"
     (out / "stale-finding").mkdir(parents=True)
     (out / "stale-finding" / "README.md").write_text("written by an earlier call")
     (out / "notes").mkdir()  # not written by the command: left alone
+    (out / SEEN).mkdir()
+    (out / SEEN / "repro.py").write_text("print('FINDING ABSENT')\n" * 3)  # written by hand: kept
+    (out / SEEN / "report.md").write_text("an earlier call's")  # the command's: regenerated, here removed
     written = {w.short_name: w for w in findings.write_all([run_dir], out, known_issues.load())}
     new = {i.short_name for i in known_issues.load() if not i.upstream}
     assert set(written) == new
     assert written[SEEN].sightings == 1
-    assert written[SEEN].reproducer == "script"
+    assert written[SEEN].reproducer == "script, 3 lines"
     readme = (out / SEEN / "README.md").read_text()
     for expected in (f"`{spec.id}` | FAIL", "transformers 5.24.0, deepspeed 0.19.8, torch 2.13.0; gloo, world size 2",
                      "**observed value:**", "**report to:** https://github.com/huggingface/transformers/issues",
-                     "exits 1 where the finding holds"):
+                     "`repro.py`, 3 lines", "prints one last line, `FINDING REPRODUCED: …`"):
         assert expected in readme, expected
-    assert "def gathered_equals_checkpoint(" in (out / SEEN / "repro.py").read_text()
-    assert EVIDENCE in (out / SEEN / "report.md").read_text()
-    assert all(written[name].reproducer == "not seen" for name in new - {SEEN})
+    assert (out / SEEN / "repro.py").read_text().count("FINDING ABSENT") == 3
+    assert not (out / SEEN / "report.md").exists()
+    assert all(written[name].sightings == 0 for name in new - {SEEN})
     assert "Not seen in the runs" in (out / "adamw-steps-parameters-without-gradient" / "README.md").read_text()
+    assert "None written yet." in (out / "adamw-steps-parameters-without-gradient" / "README.md").read_text()
     assert not (out / "stale-finding").exists()
     assert (out / "notes").is_dir()
-    assert f"| [{SEEN}]({SEEN}/README.md) | 1 | script |" in (out / "README.md").read_text()
+    assert f"| [{SEEN}]({SEEN}/README.md) | 1 | script, 3 lines |" in (out / "README.md").read_text()
 
 
 def test_a_case_that_passed_or_a_known_upstream_entry_makes_no_finding(tmp_path):
