@@ -325,12 +325,13 @@ def _together(record: Record, applying: list[KnownIssue]) -> list[KnownIssue]:
     return chosen if len(chosen) > 1 else []
 
 
-def meeting(record: Record, issues: Iterable[KnownIssue]) -> KnownIssue | None:
-    """The entry the record's raw outcomes meet (the one its triage names), else None."""
+def meeting(record: Record, issues: Iterable[KnownIssue]) -> list[KnownIssue]:
+    """The entries the record's raw outcomes meet: the one its triage names, and any that met it together with
+    that one; [] where none does."""
     if record.raw_status in (SKIP, PASS):
-        return None
-    issue, met, _ = _applying(dataclasses.replace(record, status=record.raw_status, expected=None), issues)
-    return issue if met else None
+        return []
+    issue, met, together = _applying(dataclasses.replace(record, status=record.raw_status, expected=None), issues)
+    return [issue, *together] if met and issue is not None else []
 
 
 def apply(record: Record, issues: Iterable[KnownIssue]) -> Record:

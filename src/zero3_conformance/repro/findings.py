@@ -53,9 +53,8 @@ def sightings(run_dirs: Iterable[Path], issues: list[known_issues.KnownIssue]) -
         if not result_files(run_dir):
             raise UsageError(f"{run_dir} is not a run directory (no {RESULTS_FILE})")
         for record in records(run_dir):
-            issue = known_issues.meeting(record, issues)
-            if issue is not None and not issue.upstream:
-                seen[issue.short_name].append(Sighting(run_dir, record))
+            for name in {issue.short_name for issue in known_issues.meeting(record, issues) if not issue.upstream}:
+                seen[name].append(Sighting(run_dir, record))
     return seen
 
 
@@ -95,7 +94,7 @@ def _readme(name: str, entries: list[known_issues.KnownIssue], found: list[Sight
         lines += [f"- **report to:** {entry.link}", ""]
     lines += ["## Seen", ""]
     if not found:
-        lines += ["Not seen in the runs this folder was made from: no reproducer.", ""]
+        lines += ["Not seen in the runs this folder was made from.", ""]
     else:
         cells = sorted({_cell(s.record) for s in found})
         lines += [f"{len(found)} cases in {len(cells)} cells:", ""] + [f"- {cell}" for cell in cells] + [""]
