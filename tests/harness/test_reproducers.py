@@ -12,7 +12,8 @@ from zero3_conformance.repro.findings import REPRODUCER
 FINDINGS = Path(__file__).resolve().parents[2] / "findings"
 SCRIPTS = sorted(FINDINGS.glob(f"*/{REPRODUCER}"))
 # What a reproducer may import: the libraries at fault and the standard library's plainest modules.
-ALLOWED = {"os", "sys", "tempfile", "traceback", "math", "json", "datetime", "torch", "deepspeed", "transformers", "safetensors"}
+ALLOWED = {"os", "sys", "tempfile", "traceback", "math", "json", "datetime",
+           "torch", "deepspeed", "transformers", "safetensors"}
 MOST_LINES, MEDIAN_LINES = 60, 40
 
 
