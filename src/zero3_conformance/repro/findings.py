@@ -23,10 +23,11 @@ from typing import Any
 from .. import known_issues
 from ..errors import UsageError
 from ..rundir import RESULTS_FILE, completion_of, records, result_files
+from . import RUN_COMMAND
 
 README = "README.md"  # in every folder this command writes, and in `out` itself
 REPRODUCER = "repro.py"  # a finding's own reproducer, written by hand and kept by this command
-REPRODUCER_RUN = "DS_ACCELERATOR=cpu torchrun --nproc-per-node 2 repro.py"
+REPRODUCER_RUN = RUN_COMMAND.format(n=2)  # a reproducer is written for a world of two ranks
 REPRODUCER_CONTRACT = (f"`{REPRODUCER_RUN}` prints one last line, `FINDING REPRODUCED: …` where the finding holds "
                        "or `FINDING ABSENT` where it does not, and exits 1 or 0 (read the line: a stack that passes "
                        "may still abort in gloo at teardown)")
