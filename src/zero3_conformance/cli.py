@@ -120,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", type=Path, required=True, help="where repro.py and report.md go")
     findings = commands.add_parser("findings", help="every new finding of the known-issues file in a folder of its "
                                                     "own: where it was seen, beside its hand-written reproducer")
-    findings.add_argument("--from", dest="run_dirs", type=Path, action="append", required=True, metavar="RUN_DIR",
-                          help="a run directory to look for the findings in (repeat for several)")
+    source = findings.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="run_dirs", type=Path, action="append", metavar="RUN_DIR",
+                        help="a run directory to look for the findings in (repeat for several)")
+    source.add_argument("--archive", type=Path, metavar="FILE",
+                        help="an archive of run directories (as --save-archive writes) to look in instead")
+    findings.add_argument("--save-archive", type=Path, metavar="FILE",
+                          help="with --from: also keep those runs' records in this archive (.tar.xz)")
     findings.add_argument("--out", type=Path, default=Path("findings"), help="where the folders go (default "
                                                                              "findings)")
     findings.add_argument("--known-issues", type=Path, default=known_issues.DEFAULT_FILE, metavar="FILE")
@@ -404,9 +409,20 @@ def cmd_repro(args: argparse.Namespace) -> int:
 def cmd_findings(args: argparse.Namespace) -> int:
     from .repro import findings
 
-    for written in findings.write_all(args.run_dirs, args.out, known_issues.load(args.known_issues)):
-        print(f"{args.out / written.short_name}: {written.sightings} cases seen; reproducer: {written.reproducer}")
-    _say_unfinished(args.run_dirs)
+    issues = known_issues.load(args.known_issues)
+    if args.archive is not None:
+        if args.save_archive is not None:
+            raise UsageError("--save-archive goes with --from: an archive is kept from run directories")
+        with findings.archived_runs(args.archive) as run_dirs:
+            written = findings.write_all(run_dirs, args.out, issues, archive=args.archive)
+    else:
+        written = findings.write_all(args.run_dirs, args.out, issues)
+        if args.save_archive is not None:
+            findings.write_archive(args.run_dirs, args.save_archive)
+        _say_unfinished(args.run_dirs)
+    for each in written:
+        print(f"{args.out / each.short_name}: {each.disposition}; {each.sightings} cases seen; reproducer: "
+              f"{each.reproducer}; report: {'yes' if each.report else 'none'}")
     return 0
 
 

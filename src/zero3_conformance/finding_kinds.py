@@ -45,7 +45,10 @@ KINDS: dict[str, str] = {
     "resize_wrong": "resize_token_embeddings leaves the vocabulary, its partitions or its outputs wrong",
     # activation and documented usage (A)
     "zero3_state_wrong": "is_zero3_enabled() is not what the config objects alive say",
-    "malformed_config_accepted": "a malformed config is accepted, or refused with an error that does not name it",
+    "malformed_config_accepted": "a malformed config accepted at construction, or refused with an error that does "
+                                 "not name it (A4 as first worded: records of runs before its rewording)",
+    "stage_read_differently": "the config object and deepspeed.initialize read one config's ZeRO stage differently: "
+                              "one partitions, the other does not",
     "launch_failed": "the documented usage under torchrun did not finish, or exited non-zero",
     # the harness's own accounting
     "compared_less": "the check compared less than the class has, for no stated reason",

@@ -33,8 +33,10 @@ without running it again.
 Two kinds of entry. A *known upstream* entry links an issue or pull request upstream (`/issues/N` or
 `/pull/N`). A *new finding* (`upstream = false`) is not reported upstream yet: it describes the finding in
 full (`short_name`, `tensor`, `expected_value`, `observed_value`, `seen_in`, `not_seen_in`) and links to
-the tracker where it should be reported; `zero3-conformance findings` writes each one's reproducer and bug
-report under findings/<short_name>/.
+the tracker where it should be reported. It names the code at fault (`at_fault`: library, release, file and
+function) and its `disposition`: "file" (a crash or wrong result a user sees), "divergence" (documented
+behaviour the contract asks more of) or "harness" (our own artifact, to fix); the last two say why in
+`not_filed_because`. `zero3-conformance findings` writes each one's folder under findings/<short_name>/.
 """
 
 from __future__ import annotations
@@ -60,10 +62,17 @@ NARROWING = ("check", "model", "head", "layout", "world_size", "dtype", "variant
 VERSIONED = ("python", "torch", "deepspeed", "transformers", "accelerate")  # the cell's versions
 # A new finding, in full; its short name names its folder of reproducer and report (`findings` command), and
 # entries that record one finding for several clauses share it.
-FINDING = ("short_name", "tensor", "expected_value", "observed_value", "seen_in", "not_seen_in")
+FINDING = ("short_name", "tensor", "expected_value", "observed_value", "seen_in", "not_seen_in", "at_fault",
+           "disposition")
+# What is to become of a new finding; all but "file" say why in `not_filed_because`.
+DISPOSITIONS = {
+    "file": "to be filed upstream: a crash or a wrong result a user sees",
+    "divergence": "a documented divergence from the contract, not a bug to file",
+    "harness": "an artifact of this harness, to be fixed here; the entry holds its cases until then",
+}
 SHORT_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 FIELDS = ("clause", "subject", "reason", "link", "expected", "match", "message", "upstream", "versions",
-          *NARROWING, *FINDING)
+          *NARROWING, *FINDING, "not_filed_because")
 MATCHED = ("kind", "tensor", "expected", "observed")  # `match`: the finding's kind(s), and a regex per other field
 UPSTREAM_LINK = re.compile(r"^https://\S+/(issues|pull)/\d+(#\S*)?$")
 KNOWN_UPSTREAM, NEW_FINDING = "known upstream", "new finding"
@@ -225,6 +234,15 @@ def _entry(entry: Any, where: str, name: str) -> KnownIssue:
                 raise UsageError(f"{where}: a new finding (upstream = false) describes itself in full: field "
                                  f"'{field}' is required ({', '.join(FINDING)})")
             finding.append((field, entry[field]))
+        if entry["disposition"] not in DISPOSITIONS:
+            raise UsageError(f"{where}: disposition {entry['disposition']!r} is not one of "
+                             f"{', '.join(DISPOSITIONS)}")
+        reason_not_filed = entry.get("not_filed_because", "")
+        if (entry["disposition"] != "file") != (isinstance(reason_not_filed, str) and bool(reason_not_filed.strip())):
+            raise UsageError(f"{where}: not_filed_because is required with disposition "
+                             f"{entry['disposition']!r} and only then (a finding to file needs no excuse)")
+        if reason_not_filed:
+            finding.append(("not_filed_because", reason_not_filed))
         if not SHORT_NAME.match(entry["short_name"]):
             raise UsageError(f"{where}: short_name {entry['short_name']!r} must be lower-case words joined by '-' "
                              f"(it names the finding's folder)")

@@ -86,6 +86,8 @@ expected_value = "the baseline's logits"
 observed_value = "logits off by 1e-3"
 seen_in = "transformers 5.24.0"
 not_seen_in = "none checked"
+at_fault = "transformers 5.24.0: modeling_utils.py: f"
+disposition = "file"
 link = "https://github.com/huggingface/transformers/issues"
 
 [[issue]]

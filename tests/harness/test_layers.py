@@ -127,3 +127,30 @@ def test_a_layer_never_imports_one_above_it(layer):
                     if module != "zero3_conformance" and LAYER.get(_part(module)) == height
                     for target in targets if LAYER.get(_part(target), -1) > height)
     assert upward == []
+
+
+def _unresolved(name, path, modules):
+    """The package's own modules that `name` imports (relative imports, those inside functions too) and that do
+    not exist: such an import fails only when its function runs."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    missing = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+            target = ".".join(filter(None, [base, node.module]))
+            if target not in modules:
+                missing.append(f"line {node.lineno}: from {'.' * node.level}{node.module or ''} ({target})")
+    return missing
+
+
+def test_every_relative_import_names_a_module_that_exists():
+    modules = _modules()
+    assert {name: found for name, path in modules.items() if (found := _unresolved(name, path, modules))} == {}
+
+
+
+def test_an_import_of_a_module_that_is_not_there_is_found(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from .reference import config\n    from ..reference import config\n")
+    assert _unresolved("zero3_conformance.mutation.probe", source, _modules()) == [
+        "line 2: from .reference (zero3_conformance.mutation.reference)"]

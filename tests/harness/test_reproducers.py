@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from zero3_conformance import known_issues
-from zero3_conformance.repro.findings import REPRODUCER
+from zero3_conformance.repro.findings import reproducers
 
 FINDINGS = Path(__file__).resolve().parents[2] / "findings"
-SCRIPTS = sorted(FINDINGS.glob(f"*/{REPRODUCER}"))
+SCRIPTS = [script for folder in sorted(FINDINGS.iterdir()) if folder.is_dir() for script in reproducers(folder)]
 # What a reproducer may import: the libraries at fault and the standard library's plainest modules.
 ALLOWED = {"os", "sys", "tempfile", "traceback", "math", "json", "datetime",
            "torch", "deepspeed", "transformers", "safetensors"}
@@ -23,7 +23,7 @@ def test_there_are_reproducers_and_each_is_a_new_findings():
     assert {script.parent.name for script in SCRIPTS} <= new
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[s.parent.name for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS, ids=[f"{s.parent.name}/{s.name}" for s in SCRIPTS])
 def test_a_reproducer_is_short_plain_and_decides_its_own_verdict(script):
     text = script.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= MOST_LINES

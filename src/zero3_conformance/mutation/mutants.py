@@ -47,15 +47,23 @@ class StrongRegistration(Mutant):
 
 
 class NoValidation(Mutant):
-    """The config is taken as given: a bad stage only shows up later, if ever."""
+    """The config is taken as given and its stage compared as written: "stage": "3", which deepspeed.initialize
+    runs as stage 3, reads as ZeRO-3 off, so models are built whole where the engine partitions."""
 
     kills = ("A4",)
 
     def make_config(self, source: Any) -> Any:
-        from .reference import config as reference_config
+        from ..reference import config as reference_config
 
         with _patched(reference_config, "read_config_source", lambda s: s if isinstance(s, dict) else {}):
             return super().make_config(source)
+
+    def is_zero3_enabled(self) -> bool:
+        from ..reference.config import active_config
+
+        config = active_config()
+        zero = config.config.get("zero_optimization") if config is not None else None
+        return isinstance(zero, dict) and zero.get("stage") == 3
 
 
 class Unpartitioned(Mutant):
@@ -172,7 +180,7 @@ class UntiedAfterLoad(Mutant):
         import deepspeed
         import torch
 
-        from .reference.build import active_zero3, partitioned_construction
+        from ..reference.build import active_zero3, partitioned_construction
 
         model, info = super().from_pretrained(model_class, path, dtype, **options)
         weight = model.get_input_embeddings().weight
@@ -191,7 +199,7 @@ class ResizeLeavesAliases(Mutant):
     family = "gpt2"
 
     def resize_token_embeddings(self, model: Any, new_num_tokens: int) -> Any:
-        from .reference import runtime
+        from ..reference import runtime
 
         def own_attribute_only(model: Any, old: Any, new: Any) -> None:  # the first holder, not its aliases
             for module in model.modules():
@@ -211,7 +219,7 @@ class UnregisteredConfig(Mutant):
     kills = ("A1",)
 
     def make_config(self, source: Any) -> Any:
-        from .reference import config as reference_config
+        from ..reference import config as reference_config
 
         unregistered = object.__new__(reference_config.ZeroConfig)
         unregistered.config = reference_config.read_config_source(source)
