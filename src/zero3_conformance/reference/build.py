@@ -355,7 +355,8 @@ def _resolved_dtype(dtype: Any, config: Any, reader: CheckpointReader) -> Any:
 
 def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: str | None = None,
                     use_safetensors: bool | None = None, key_mapping: dict[str, str] | None = None,
-                    ignore_mismatched_sizes: bool = False, **config_overrides: Any) -> tuple[Any, dict[str, Any]]:
+                    ignore_mismatched_sizes: bool = False, torch_dtype: Any = None,
+                    **config_overrides: Any) -> tuple[Any, dict[str, Any]]:
     """Returns (model, loading report with missing_keys / unexpected_keys / mismatched_keys). The options
     are transformers' own: which files (`variant`, `use_safetensors`), renamed keys (`key_mapping`),
     tensors of another shape initialized instead (`ignore_mismatched_sizes`), and config attributes
@@ -364,6 +365,8 @@ def from_pretrained(model_class: Any, path: Any, dtype: Any = None, *, variant: 
     import torch
     from transformers import AutoConfig
 
+    if torch_dtype is not None:  # the name transformers before 4.56 gives `dtype`: not a config attribute
+        dtype = torch_dtype
     zero = active_zero3()
     options = dict(variant=variant, use_safetensors=use_safetensors, key_mapping=key_mapping,
                    ignore_mismatched_sizes=ignore_mismatched_sizes)
