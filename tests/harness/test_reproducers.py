@@ -43,3 +43,18 @@ def test_a_reproducer_is_short_plain_and_decides_its_own_verdict(script):
 
 def test_the_median_reproducer_is_at_most_40_lines():
     assert statistics.median(len(s.read_text(encoding="utf-8").splitlines()) for s in SCRIPTS) <= MEDIAN_LINES
+
+
+REPORTS = sorted(FINDINGS.glob("*/report.md"))
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=[r.parent.name for r in REPORTS])
+def test_a_report_carries_its_reproducers_verbatim_and_its_measured_range(report):
+    text = report.read_text(encoding="utf-8")
+    scripts = reproducers(report.parent)
+    assert scripts, "a report without a reproducer to run"
+    for script in scripts:  # what a maintainer runs is what the report shows
+        assert script.read_text(encoding="utf-8").rstrip("\n") in text, script.name
+    assert "RELEASE-RANGE" not in text  # the placeholder a measurement replaces
+    assert "/tmp/" not in text  # nothing of the machine it was measured on
+    assert "## Release range" in text or "### Release range" in text or "Release range:" in text
