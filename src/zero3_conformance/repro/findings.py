@@ -34,6 +34,7 @@ from . import RUN_COMMAND
 
 README = "README.md"  # in every folder this command writes, and in `out` itself
 REPRODUCER = "repro.py"  # a finding's own reproducer, written by hand and kept by this command
+REPRODUCERS = "repro*.py"  # repro.py and repro_<symptom>.py: every reproducer of a finding
 REPORT = "report.md"  # its bug report in the upstream template, written by hand and kept too
 ARCHIVE = "runs.tar.xz"  # in findings/: the records of the runs it was made from
 REPRODUCER_RUN = RUN_COMMAND.format(n=2)  # a reproducer is written for a world of two ranks
@@ -60,11 +61,11 @@ class Written:
 
 def hand_written(path: Path) -> bool:
     """A file of a finding's folder that this command keeps: its reproducers and its report."""
-    return path.name == REPORT or (path.name.startswith(REPRODUCER[:-3]) and path.suffix == ".py")
+    return path.name == REPORT or path.match(REPRODUCERS)
 
 
 def reproducers(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("repro*.py") if hand_written(p))
+    return sorted(folder.glob(REPRODUCERS))
 
 
 @contextlib.contextmanager
