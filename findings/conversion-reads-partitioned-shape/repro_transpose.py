@@ -26,7 +26,11 @@ try:
     model = Qwen3VLMoeModel.from_pretrained(path)
 except RuntimeError as e:  # the loading report raises on rank 0 only
     f = traceback.extract_tb(e.__traceback__)[-1]
-    err = f"{str(e).splitlines()[1].strip()} at {f.filename.split('site-packages/')[-1]}:{f.lineno}"
+    lines = str(e).splitlines()  # the loading report's second line names the key; other errors are one line
+    err = f"{lines[min(1, len(lines) - 1)].strip()} at {f.filename.split('site-packages/')[-1]}:{f.lineno}"
+    if "size mismatch" not in str(e):  # another fault came first (5.1.0 unpacks convert()'s dict as a pair)
+        print(f"rank {dist.get_rank()}: NO VERDICT, another error first: {err}")
+        sys.exit(2)
 failed = torch.tensor(int(err is not None))
 dist.all_reduce(failed)  # every rank learns whether a rank raised, so none waits in a gather
 if failed.item():
