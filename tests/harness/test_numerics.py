@@ -55,6 +55,29 @@ def test_bf16_is_held_to_the_baselines_own_error_against_fp32():
     assert "allowed |diff|" in findings[0]
 
 
+def test_bf16_leaves_a_tensor_of_pure_rounding_noise_uncompared_and_says_why():
+    # An attention key bias's gradient: zero in exact arithmetic, rounding noise of cancelling terms in bf16 on
+    # both sides (the nllb-moe case: fp32 3.6e-11, the baseline's noise 7.2e-7, the engine's 1.48e-6).
+    exact = {"k_bias": torch.tensor([3.6e-11, -1e-11]), "w": torch.tensor([0.5, -0.25])}
+    baseline = {"k_bias": torch.tensor([7.2e-7, 0.0]), "w": exact["w"].clone()}
+    case, findings = _case("bf16")
+    uncompared = _compare(case, "gradients", baseline, {"k_bias": torch.tensor([1.48e-6, 0.0]), "w": exact["w"]},
+                          reference=exact)
+    assert findings == []
+    assert list(uncompared) == ["k_bias"]
+    assert "no significant digit in bf16" in uncompared["k_bias"]
+    # A tensor with a significant digit is compared as before: a wrong value in it still fails.
+    uncompared = _compare(case, "gradients", baseline, {"k_bias": torch.tensor([1.48e-6, 0.0]),
+                                                        "w": torch.tensor([0.5, -0.3])}, reference=exact)
+    assert len(findings) == 1
+    assert "worst w" in findings[0]
+    # An exactly computed zero is not noise: the ZeRO-3 side must give zero too.
+    case, findings = _case("bf16")
+    assert _compare(case, "gradients", {"z": torch.zeros(2)}, {"z": torch.tensor([0.0, 1e-6])},
+                    reference={"z": torch.zeros(2)}) == {}
+    assert len(findings) == 1
+
+
 def test_bf16_averaging_allowance_is_added_and_a_missing_tensor_fails():
     exact = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
     case, findings = _case("bf16")
