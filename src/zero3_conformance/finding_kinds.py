@@ -19,6 +19,8 @@ KINDS: dict[str, str] = {
     # construction and partitioning (P)
     "not_partitioned": "a parameter ZeRO-3 should partition is an ordinary one, or holds local elements",
     "partition_wrong": "a partitioned parameter's ds_shape, shard, status or dtype is not what ZeRO-3 promises",
+    "not_converted_at_initialize": "a parameter zero.Init left whole is still not a ZeRO-3 parameter after "
+                                   "deepspeed.initialize",
     "parameters_missing": "a build lacks parameters or buffers its class has",
     "parameters_extra": "a build has parameters or buffers its class lacks",
     "shape_differs": "a tensor's shape differs from its class's",

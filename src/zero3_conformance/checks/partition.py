@@ -10,7 +10,7 @@ from ..finding_kinds import make as make_finding
 from ..finding_kinds import raised_kind
 from ..memory.probe import MB
 from ..zoo import LAYOUTS
-from .base import Case, SubjectRaised, ceil_div, check
+from .base import Case, SubjectRaised, ceil_div, check, engine_config
 from .tensors import identical, undefined
 
 SHOWN = 8  # names listed per kind of mismatch
@@ -74,6 +74,37 @@ def verify_partitioned(case: Case, model: Any, shapes: dict[str, tuple[int, ...]
                       "the gathered tensor", "other values")
     case.count("parameters", [name for name, _ in zero_params], case.clean_names("parameters", shapes),
                {name: "not a ZeRO-3 parameter (a finding)" for name, param in params if not hasattr(param, "ds_id")})
+    _converted_at_initialize(case, model, [name for name, param in params if not hasattr(param, "ds_id")])
+
+
+def _converted_at_initialize(case: Case, model: Any, whole: list[str]) -> None:
+    """Parameters zero.Init left whole (found above) are, by DeepSpeed's design, converted by deepspeed.initialize:
+    each must then be a ZeRO-3 parameter, gathered to one value on every rank (rank 0's, which DeepSpeed
+    broadcasts). The not-partitioned finding stands either way (every rank holds them whole until then)."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    held = torch.tensor([len(whole)])
+    dist.all_reduce(held, op=dist.ReduceOp.MAX)  # every rank builds the engine, or none does
+    if not int(held.item()):
+        return
+    with case.subject_call("deepspeed.initialize around the built model"):
+        engine, *_ = deepspeed.initialize(model=model, config=engine_config(case.ds_config))
+    case.on_close(getattr(engine, "destroy", lambda: None))
+    converted = []
+    for name, param in model.named_parameters():
+        if name not in whole:
+            continue
+        if case.expect(hasattr(param, "ds_id"), f"{name} (rank {case.rank}): not a ZeRO-3 parameter after "
+                       f"deepspeed.initialize either; local shape {tuple(param.shape)}", "not_converted_at_initialize",
+                       name, "a ZeRO-3 parameter after deepspeed.initialize", f"local shape {tuple(param.shape)}"):
+            converted.append(name)
+    for name, param in model.named_parameters():  # one collective per converted parameter, in the same order
+        if name in converted:
+            with deepspeed.zero.GatheredParameters([param]):
+                case.agree(f"{name} after deepspeed.initialize", param.detach().clone())
+    case.metrics["converted_at_initialize"] = converted
 
 
 def baseline_shapes(model: Any) -> dict[str, tuple[int, ...]]:
