@@ -22,11 +22,12 @@ PARTIAL = "PARTIAL"
 SERVED = "SERVED"
 
 
-def read_cell_file(run_dir: Path) -> dict | None:
+def read_cell_file(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((Path(run_dir) / CELL_FILE).read_text(encoding="utf-8"))
+        cell = json.loads((Path(run_dir) / CELL_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return cell if isinstance(cell, dict) else None
 
 
 def installed_version(dist: str) -> str:

@@ -24,7 +24,7 @@ DEFAULT_ZERO3_CONFIG: dict[str, Any] = {
 DTYPE_SECTIONS = {"fp16": "fp16", "bf16": "bf16"}
 
 
-def read_config_source(source: str | Path | dict) -> dict[str, Any]:
+def read_config_source(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     """Reads a config from a dict or a JSON file and validates it; raises UsageError naming the problem."""
     if not isinstance(source, (str, Path)):
         config = copy.deepcopy(source)  # a dict, or a wrong type that validate() names

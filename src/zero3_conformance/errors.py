@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ def exception_line(exc: BaseException) -> str:
 
 def read_toml_file(path: str | Path, what: str) -> dict[str, Any]:
     """A TOML file's content; a file that cannot be read or parsed is a UsageError naming it as `what`."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
+    else:  # Python < 3.11
         import tomli as tomllib
 
     shown = shown_path(path)

@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..report import summary
 from ..results import Record, RecordWriter, read_records, write_records
 from ..rundir import PLAN_FILE, RESULTS_FILE, SUMMARY_FILE, mark_finished, write_plan
+from ..worlds.launched import LaunchedWorld
 from ..zoo import detect_layout, user_family
 from .runner import NOT_RUN, Runner, default_parallel_worlds, prepare_checkpoints
 
@@ -88,7 +89,7 @@ class Run:
     one that says it is partial."""
 
     def __init__(self, out: Path, selection: dict[str, Any], finished: Sequence[Record] | None = None,
-                 world: Any = None):
+                 world: LaunchedWorld | None = None):
         self.out, self.selection, self.world = out, selection, world
         self.issues = known_issues.load(Path(selection["known_issues"]))
         self.cases = cases_of(selection, world.world_size if world is not None else None)
@@ -98,7 +99,7 @@ class Run:
         self.records: list[Record] = list(self.finished)
 
     @classmethod
-    def resume(cls, out: Path, world: Any = None) -> Run:
+    def resume(cls, out: Path, world: LaunchedWorld | None = None) -> Run:
         return cls(out, read_plan(out), finished_records(out), world)
 
     def execute(self, parallel_worlds: int | None = None,

@@ -37,8 +37,8 @@ from ..results import (
 from ..structure import NoStructure, StructureOracle
 from ..worlds.launched import LaunchedPool, LaunchedWorld
 from ..worlds.verdict import gave_up, verdict
-from ..worlds.world import WorldPool, WorldStartError
-from ..zoo import FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
+from ..worlds.world import RankContext, WorldPool, WorldStartError
+from ..zoo import Family, FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
 
 CHECK_TIMEOUT_S = 180.0
 EXECUTE = "zero3_conformance.checks.execute:execute"
@@ -360,7 +360,7 @@ def _by_world_size(cases: Iterable[CaseSpec]) -> dict[int, list[CaseSpec]]:
 
 def _by_case(cases: Iterable[CaseSpec]) -> list[list[CaseSpec]]:
     """Cases that differ only in their subject, together, in the order their first one comes."""
-    together: dict[tuple, list[CaseSpec]] = defaultdict(list)
+    together: dict[tuple[object, ...], list[CaseSpec]] = defaultdict(list)
     for case in cases:
         together[(case.check_id, case.model, case.head, case.layout, case.world_size, case.dtype,
                   case.variant)].append(case)
@@ -400,7 +400,7 @@ def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
     return removed
 
 
-def _checkpoints_of(cases: Iterable[CaseSpec]) -> list[tuple[Any, str]]:
+def _checkpoints_of(cases: Iterable[CaseSpec]) -> list[tuple[Family, str]]:
     return sorted({(c.family, c.layout) for c in cases if c.family and c.layout and not c.skip}, key=str)
 
 
@@ -413,7 +413,7 @@ def prepare_checkpoints(cases: Iterable[CaseSpec]) -> None:
     ensure_checkpoints(_checkpoints_of(cases))
 
 
-def checkpoints_on_this_node(ctx: Any, pairs: list[tuple[Any, str]]) -> None:
+def checkpoints_on_this_node(ctx: RankContext, pairs: list[tuple[Family, str]]) -> None:
     """A launched world's task: each rank writes what its node's cache lacks, before any case needs it."""
     ensure_checkpoints(pairs)
 

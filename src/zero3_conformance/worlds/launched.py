@@ -163,11 +163,11 @@ class _Channel:
         dist.broadcast_object_list(name, src=0)  # the one collective: every rank is here, at the start
         self.store = dist.PrefixStore(f"zero3-conformance/{name[0]}/", dist.distributed_c10d._get_default_store())
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: object) -> None:
         self.store.set(key, pickle.dumps(value))
 
     def has(self, key: str) -> bool:
-        return self.store.check([key])
+        return bool(self.store.check([key]))
 
     def take(self, key: str) -> Any:
         return pickle.loads(self.store.get(key))
@@ -184,7 +184,7 @@ def _own_stacks() -> str:
 class _TaskThread(threading.Thread):
     """One rank's part of one task, off the main thread, which keeps listening to rank 0 meanwhile."""
 
-    def __init__(self, ctx: RankContext, fn_path: str, payload: Any):
+    def __init__(self, ctx: RankContext, fn_path: str, payload: object):
         super().__init__(name="zero3-conformance-task", daemon=True)
         self.ctx, self.fn_path, self.payload = ctx, fn_path, payload
         self.reply: RankReply | None = None
@@ -207,8 +207,8 @@ class LaunchedWorld:
         self._ids = itertools.count()
         self._stuck: _TaskThread | None = None  # rank 0's own part of a task that never ended
 
-    def run(self, fn_path: str, payload: Any, timeout_s: float,
-            gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
+    def run(self, fn_path: str, payload: object, timeout_s: float,
+            gave_up: Callable[[object], bool] = lambda value: False) -> TaskOutcome:
         if self.broken:
             raise RuntimeError(f"the launched world is unusable: {self.fault}")
         task_id = next(self._ids)

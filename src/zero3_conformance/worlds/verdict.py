@@ -6,7 +6,7 @@ from typing import Any
 
 from ..finding_kinds import make as make_finding
 from ..results import CRASH, ERROR, FAIL, PASS, SKIP, TIMEOUT, most_severe
-from .world import TaskOutcome
+from .world import RankReply, TaskOutcome
 
 
 def gave_up(value: Any) -> bool:
@@ -30,6 +30,8 @@ def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, 
     for rank, reply in sorted(outcome.replies.items()):
         if not reply.ok:
             return ERROR, f"rank {rank}: {reply.error}\n{reply.traceback[-3000:]}", {}
+        if not isinstance(reply.value, dict):  # a task of this harness returned no result: its own fault
+            return ERROR, f"rank {rank}: the task returned a {type(reply.value).__name__}, not a result", {}
         results[rank] = reply.value
     missing = sorted(set(range(world_size)) - set(results))
     status = most_severe(r["status"] for r in results.values())
@@ -52,7 +54,7 @@ def verdict(outcome: TaskOutcome, world_size: int) -> tuple[str, str, dict[str, 
     return status, "\n".join(lines), metrics
 
 
-def _reply_text(reply: Any) -> str:
+def _reply_text(reply: RankReply) -> str:
     if not reply.ok:
         return f"with an error: {reply.error}"
     value = reply.value if isinstance(reply.value, dict) else {}

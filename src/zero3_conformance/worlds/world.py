@@ -23,9 +23,12 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..op_cache import op_fault, use_own_op_cache
+
+if TYPE_CHECKING:
+    import torch.distributed as dist
 
 # A rank that raised while the others are still inside the task gets this long to be joined by them
 # before the world is declared stuck (the others are usually waiting in a collective).
@@ -45,7 +48,7 @@ class RankContext:
 class RankReply:
     rank: int
     ok: bool
-    value: Any = None  # the task's return value when ok
+    value: object = None  # the task's return value when ok
     error: str = ""  # "ExcType: message" when not ok
     traceback: str = ""
 
@@ -66,7 +69,8 @@ class WorldStartError(RuntimeError):
 def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 GROUP_TIMEOUT = timedelta(minutes=30)
@@ -84,7 +88,7 @@ def join_loopback_group(backend: str, rank: int, world_size: int, port: int) -> 
     deepspeed.init_distributed(dist_backend=backend, timeout=GROUP_TIMEOUT)
 
 
-def _loopback_store(rank: int, world_size: int, port: int) -> Any:
+def _loopback_store(rank: int, world_size: int, port: int) -> dist.TCPStore:
     import torch.distributed as dist
 
     listen_fd = None
@@ -99,7 +103,8 @@ def _loopback_store(rank: int, world_size: int, port: int) -> Any:
 
 def resolve(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    task: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return task
 
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:
@@ -125,7 +130,8 @@ def gloo_environment() -> None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
-def rank_context(backend: str, preload: tuple[str, ...], start_method: str | None = None) -> Any:
+def rank_context(backend: str, preload: tuple[str, ...],
+                 start_method: str | None = None) -> mp.context.SpawnContext | mp.context.ForkServerContext:
     """How ranks are started. gloo: forked from a server process (multiprocessing's forkserver) that imported
     `preload` once, so that starting a world costs no imports: the server is started with the first world,
     and its imports are shared by every rank of every later world. nccl: spawned, as CUDA cannot be used in
@@ -153,7 +159,7 @@ def _leave_forkserver() -> None:
             os.close(alive_fd)
         except OSError:
             pass
-        server._forkserver_alive_fd = None
+        setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the standard library
 
 
 def _rank_main(
@@ -216,7 +222,7 @@ def _rank_main(
             pass
 
 
-def run_task(ctx: RankContext, fn_path: str, payload: Any) -> RankReply:
+def run_task(ctx: RankContext, fn_path: str, payload: object) -> RankReply:
     """One rank's part of a task: its return value, or what it raised."""
     try:
         reply = RankReply(ctx.rank, True, value=resolve(fn_path)(ctx, payload))
@@ -226,7 +232,7 @@ def run_task(ctx: RankContext, fn_path: str, payload: Any) -> RankReply:
     return reply
 
 
-def collect(world_size: int, deadline: float, gave_up: Callable[[Any], bool],
+def collect(world_size: int, deadline: float, gave_up: Callable[[object], bool],
             receive: Callable[[float], tuple[int, RankReply] | None],
             dead: Callable[[set[int]], dict[int, int]],
             dump_stacks: Callable[[set[int]], dict[int, str]], grace_s: float = STRAGGLER_GRACE_S) -> TaskOutcome:
@@ -283,7 +289,7 @@ class World:
         self._ids = itertools.count()
         use_own_op_cache()  # before the ranks take this process's environment, and before any forkserver starts
         self._ctx = rank_context(backend, preload, start_method)
-        self._procs: list[Any] = []
+        self._procs: list[mp.process.BaseProcess] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="zero3-world-")
 
     def start(self) -> World:
@@ -311,8 +317,8 @@ class World:
             raise WorldStartError(f"world of {self.world_size} ranks ({self.backend}) did not start: {detail}")
         return self
 
-    def run(self, fn_path: str, payload: Any, timeout_s: float,
-            gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
+    def run(self, fn_path: str, payload: object, timeout_s: float,
+            gave_up: Callable[[object], bool] = lambda value: False) -> TaskOutcome:
         """Runs the task in every rank. `gave_up(value)` says a rank's reply means it stopped early, so its
         peers may be stuck waiting for it: they get STRAGGLER_GRACE_S more, not the whole limit."""
         if self.broken:
@@ -328,8 +334,8 @@ class World:
             self.close()
         return outcome
 
-    def _collect(self, task_id: Any, deadline: float,
-                 gave_up: Callable[[Any], bool] = lambda value: False) -> TaskOutcome:
+    def _collect(self, task_id: int | str, deadline: float,
+                 gave_up: Callable[[object], bool] = lambda value: False) -> TaskOutcome:
         def receive(wait_s: float) -> tuple[int, RankReply] | None:
             try:
                 got_id, rank, reply = self._replies.get(timeout=wait_s)
