@@ -1,0 +1,74 @@
+"""Two runs of the same selection, compared case by case: the same cases, each with the same status, raw status
+and known-issues entry. What a change to how checks run (not what they check) must leave as it was.
+
+    python benchmarks/compare_runs.py OLD_RUN_DIR NEW_RUN_DIR
+
+Exit 0: "same verdicts: N cases". Exit 1: every difference, one per line (a case in one run only; a status, raw
+status or entry that differs). A case whose entry expects more than one status (an intermittent outcome) may
+differ within those statuses. Exit 2: a directory that holds no records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zero3_conformance.results import Record
+from zero3_conformance.rundir import records
+
+
+def _by_case(run_dir: Path) -> dict[str, Record]:
+    found = records(run_dir)
+    if not found:
+        raise SystemExit(f"compare_runs: {run_dir}: no result records there")
+    return {record.case_id: record for record in found}  # a resumed case's last record counts
+
+
+def _entry(record: Record) -> str:
+    return str((record.expected or {}).get("entry", ""))
+
+
+def _within_intermittent(old: Record, new: Record) -> bool:
+    """Both records met the same entry, which expects either outcome: an intermittent case, not a difference."""
+    statuses = set((old.expected or {}).get("expected") or ())
+    return (_entry(old) == _entry(new) != "" and len(statuses) > 1
+            and {old.raw_status, new.raw_status} <= statuses)
+
+
+def differences(old: dict[str, Record], new: dict[str, Record]) -> list[str]:
+    lines = [f"{case}: only in the old run ({old[case].status})" for case in sorted(old.keys() - new.keys())]
+    lines += [f"{case}: only in the new run ({new[case].status})" for case in sorted(new.keys() - old.keys())]
+    for case in sorted(old.keys() & new.keys()):
+        a, b = old[case], new[case]
+        if _within_intermittent(a, b):
+            continue
+        for what, before, after in (("status", a.status, b.status), ("raw_status", a.raw_status, b.raw_status),
+                                    ("entry", _entry(a) or "none", _entry(b) or "none")):
+            if before != after:
+                lines.append(f"{case}: {what} {before} -> {after}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        old, new = _by_case(args.old), _by_case(args.new)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    found = differences(old, new)
+    for line in found:
+        print(line)
+    if found:
+        print(f"{len(found)} differences over {len(old.keys() | new.keys())} cases", file=sys.stderr)
+        return 1
+    print(f"same verdicts: {len(old)} cases")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""benchmarks/compare_runs.py: two runs' verdicts case by case; any difference in status, raw status or entry is
+listed and exits 1, an intermittent entry's own statuses excepted."""
+
+import importlib.util
+from pathlib import Path
+
+from zero3_conformance.results import FAIL, PASS, XFAIL, write_records
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_runs.py"
+_spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
+compare_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_runs)
+
+ENTRY = {"entry": "known_issues.toml #3 (G1 reference)", "expected": [FAIL], "met": True}
+FLAKY = {"entry": "known_issues.toml #4 (G1 reference)", "expected": [PASS, FAIL], "met": True}
+
+
+def _run(tmp_path, name, records):
+    directory = tmp_path / name
+    directory.mkdir()
+    write_records(directory / "results.jsonl", records)
+    return directory
+
+
+def test_the_same_verdicts_exit_0(tmp_path, make_record, capsys):
+    records = [make_record(case_id="a"), make_record(XFAIL, case_id="b", raw_status=FAIL, expected=ENTRY)]
+    assert compare_runs.main([str(_run(tmp_path, "old", records)), str(_run(tmp_path, "new", records))]) == 0
+    assert "same verdicts: 2 cases" in capsys.readouterr().out
+
+
+def test_every_difference_is_listed_and_exits_1(tmp_path, make_record, capsys):
+    old = _run(tmp_path, "old", [make_record(case_id="a"), make_record(case_id="gone"),
+                                 make_record(XFAIL, case_id="b", raw_status=FAIL, expected=ENTRY)])
+    new = _run(tmp_path, "new", [make_record(FAIL, case_id="a"), make_record(case_id="added"),
+                                 make_record(FAIL, case_id="b")])
+    assert compare_runs.main([str(old), str(new)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "gone: only in the old run (PASS)" in out
+    assert "added: only in the new run (PASS)" in out
+    assert "a: status PASS -> FAIL" in out
+    assert "a: raw_status PASS -> FAIL" in out
+    assert "b: status XFAIL -> FAIL" in out
+    assert "b: entry known_issues.toml #3 (G1 reference) -> none" in out
+
+
+def test_an_intermittent_entry_may_differ_within_its_statuses_only(tmp_path, make_record):
+    old = _run(tmp_path, "old", [make_record(case_id="a", expected=FLAKY)])
+    flipped = _run(tmp_path, "flipped", [make_record(XFAIL, case_id="a", raw_status=FAIL, expected=FLAKY)])
+    assert compare_runs.main([str(old), str(flipped)]) == 0
+    other_entry = _run(tmp_path, "other", [make_record(XFAIL, case_id="a", raw_status=FAIL, expected=ENTRY)])
+    assert compare_runs.main([str(old), str(other_entry)]) == 1
+
+
+def test_a_directory_without_records_is_one_line_and_exit_2(tmp_path, make_record, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert compare_runs.main([str(empty), str(_run(tmp_path, "new", [make_record(case_id="a")]))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "no result records there" in err[0]
