@@ -221,15 +221,16 @@ def _compare(case: Case, what: str, baseline: dict[str, Any], got: dict[str, Any
             if exact is None:
                 criterion += "; an fp64 computation to measure the baseline's own fp32 error raised"
             else:
-                conditioning = _low_precision_allowance(case, exact, baseline)
+                conditioning = _low_precision_allowance(case, _own_errors(exact, baseline))
                 problem = closeness_problem(baseline, got, rtol, atol, _plus(extra, conditioning))
                 criterion += (f" + per tensor {LOW_PRECISION_FACTOR:g} x the baseline's own fp32 max error against "
                               f"an fp64 computation + one fp32 rounding of the largest value")
     else:
-        uncompared = dict.fromkeys(_without_significant_digit(reference, baseline),
-                                   NO_SIGNIFICANT_DIGIT.format(dtype=case.dtype))
+        errors = _own_errors(reference, baseline)
+        uncompared = {name: NO_SIGNIFICANT_DIGIT.format(dtype=case.dtype)
+                      for name, (own, largest) in sorted(errors.items()) if own > 0 and own >= largest}
         reference = {name: t for name, t in reference.items() if name not in uncompared}
-        allowance = _plus(extra, _low_precision_allowance(case, reference, baseline))
+        allowance = _plus(extra, _low_precision_allowance(case, errors))
         problem = closeness_problem(reference, got, 0.0, 0.0, allowance)
         criterion = (f"expected: an fp32 computation; allowed per tensor {LOW_PRECISION_FACTOR:g} x the "
                      f"baseline's own {case.dtype} max error + one {case.dtype} rounding of the largest value")
@@ -238,31 +239,23 @@ def _compare(case: Case, what: str, baseline: dict[str, Any], got: dict[str, Any
     return uncompared
 
 
-def _without_significant_digit(reference: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
-    """Tensors whose baseline's own low-precision error is at least their largest exact value (and not zero)."""
-    noise = []
-    for name, exact in reference.items():
-        if name not in baseline or exact.numel() == 0:
-            continue
-        exact = exact.detach().double()
-        own_error = float((baseline[name].detach().double() - exact).abs().max())
-        if own_error > 0 and own_error >= float(exact.abs().max()):
-            noise.append(name)
-    return sorted(noise)
-
-
-def _low_precision_allowance(case: Case, reference: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    allowance = {}
+def _own_errors(reference: dict[str, Any], baseline: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Per tensor of both: the baseline's largest error against `reference` and the largest exact value (fp64)."""
+    errors = {}
     for name, exact in reference.items():
         if name not in baseline:
             continue
         exact = exact.detach().double()
         if exact.numel() == 0:
-            allowance[name] = exact.new_zeros(())
+            errors[name] = (exact.new_zeros(()), exact.new_zeros(()))
             continue
-        own_error = (baseline[name].detach().double() - exact).abs().max()
-        allowance[name] = LOW_PRECISION_FACTOR * own_error + UNIT_ROUNDOFF[case.dtype] * exact.abs().max()
-    return allowance
+        errors[name] = ((baseline[name].detach().double() - exact).abs().max(), exact.abs().max())
+    return errors
+
+
+def _low_precision_allowance(case: Case, errors: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    return {name: LOW_PRECISION_FACTOR * own + UNIT_ROUNDOFF[case.dtype] * largest
+            for name, (own, largest) in errors.items()}
 
 
 def _fp32_reference(case: Case, baseline: Any) -> Any | None:
