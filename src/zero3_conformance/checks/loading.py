@@ -100,8 +100,8 @@ def _saved_checkpoint(case: Case, name: str, class_name: str, config: Any) -> Pa
     return _saved(case, name, class_name, config)[0]
 
 
-def _saved(case: Case, name: str, class_name: str, config: Any) -> tuple[Path, dict[str, str]]:
-    """_saved_checkpoint, and which of the base model's tensors two of its keys load onto (_loading_onto_one)."""
+def _saved(case: Case, name: str, class_name: str, config: Any) -> tuple[Path, Any]:
+    """_saved_checkpoint, and the model it was written from."""
 
     target = _scratch(case) / name
     try:
@@ -122,7 +122,7 @@ def _saved(case: Case, name: str, class_name: str, config: Any) -> tuple[Path, d
         raise NotApplicable(f"a {class_name} checkpoint holds a {saved_type} config, not the type's "
                             f"{config.model_type} one: another class loading it is built at that config's "
                             f"default (full) size, not tiny")
-    return target, _loading_onto_one(model)
+    return target, model
 
 
 def _loading_onto_one(head: Any) -> dict[str, str]:
@@ -131,9 +131,9 @@ def _loading_onto_one(head: Any) -> dict[str, str]:
     (PixioBackbone's own layernorm beside pixio.layernorm) lands on the same tensor. Which of the two wins is no
     promise of from_pretrained's (without ZeRO the first, under ZeRO-3 the last): no value to compare with."""
     prefix = getattr(head, "base_model_prefix", "")
-    keys = set(head.state_dict())
     if not prefix:
         return {}
+    keys = set(head.state_dict())
     reason = f"two keys of the checkpoint load onto it ({prefix}.NAME and NAME): which one wins is not specified"
     return {key[len(prefix) + 1:]: reason
             for key in sorted(keys) if key.startswith(prefix + ".") and key[len(prefix) + 1:] in keys}
@@ -362,9 +362,9 @@ def base_and_head_checkpoints_cross_load(case: Case) -> None:
     if head is None:
         raise NotApplicable(f"{config.model_type} has no class but its base model {base}")
     base_checkpoint = _saved_checkpoint(case, "base", base, config)
-    head_checkpoint, ambiguous = _saved(case, "head", head, config)
+    head_checkpoint, head_model = _saved(case, "head", head, config)
     _run(case, [Load(f"a {base} checkpoint into {head}", auto_class(head), base_checkpoint, {},
                      reader=CheckpointReader(base_checkpoint)),
                 Load(f"a {head} checkpoint into {base}", auto_class(base), head_checkpoint, {},
-                     reader=CheckpointReader(head_checkpoint), ambiguous=ambiguous)])
+                     reader=CheckpointReader(head_checkpoint), ambiguous=_loading_onto_one(head_model))])
 
