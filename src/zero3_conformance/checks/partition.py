@@ -93,15 +93,13 @@ def _converted_at_initialize(case: Case, model: Any, whole: list[str]) -> None:
         engine, *_ = deepspeed.initialize(model=model, config=engine_config(case.ds_config))
     case.on_close(getattr(engine, "destroy", lambda: None))
     converted = []
-    for name, param in model.named_parameters():
+    for name, param in model.named_parameters():  # one gather per converted parameter, in the same order
         if name not in whole:
             continue
         if case.expect(hasattr(param, "ds_id"), f"{name} (rank {case.rank}): not a ZeRO-3 parameter after "
                        f"deepspeed.initialize either; local shape {tuple(param.shape)}", "not_converted_at_initialize",
                        name, "a ZeRO-3 parameter after deepspeed.initialize", f"local shape {tuple(param.shape)}"):
             converted.append(name)
-    for name, param in model.named_parameters():  # one collective per converted parameter, in the same order
-        if name in converted:
             with deepspeed.zero.GatheredParameters([param]):
                 case.agree(f"{name} after deepspeed.initialize", param.detach().clone())
     case.metrics["converted_at_initialize"] = converted
