@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 from zero3_conformance.results import Record
-from zero3_conformance.rundir import records
+from zero3_conformance.rundir import RunDir
 
 
 def _by_case(run_dir: Path) -> dict[str, Record]:
-    return {record.case_id: record for record in records(run_dir)}  # a resumed case's last record counts
+    return {record.case_id: record for record in RunDir(run_dir).records()}  # a resumed case's last record counts
 
 
 def _entry(record: Record) -> str:

@@ -14,6 +14,7 @@ from .checks.registry import load_checks
 from .contract import clause_key
 from .dsconfig import PLAIN, VARIANTS
 from .errors import UsageError
+from .protocol import RankTask
 from .subjects import DEFAULT_SUBJECTS, SUBJECTS
 from .zoo import FAMILIES, Family, detect_layout, sweep_family
 
@@ -65,12 +66,13 @@ class CaseSpec:
         parts += [self.variant] if self.variant != PLAIN else []
         return f"{self.check_id}[{'-'.join(parts)}]"
 
-    def payload(self, ds_config: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
+    def task(self, ds_config: dict[str, Any], checkpoint: str | None,
+             structure: dict[str, Any] | None = None) -> RankTask:
         # The module that registers the subject: a rank imports it to find the subject by name.
-        return {"check": self.check_id, "subject": self.subject, "subject_module": SUBJECTS[self.subject].__module__,
-                "family": dataclasses.asdict(self.family) if self.family else None,
-                "layout": self.layout, "dtype": self.dtype, "ds_config": ds_config, "checkpoint": checkpoint,
-                "variant": self.variant}
+        return RankTask(check=self.check_id, subject=self.subject, subject_module=SUBJECTS[self.subject].__module__,
+                        family=dataclasses.asdict(self.family) if self.family else None, layout=self.layout,
+                        dtype=self.dtype, ds_config=ds_config, checkpoint=checkpoint, variant=self.variant,
+                        structure=structure)
 
 
 def _choose(kind: str, wanted: Sequence[str] | None, known: Iterable[str]) -> list[str]:

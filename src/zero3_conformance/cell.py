@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import platform
-from pathlib import Path
 from typing import Any
 
 from . import __version__
 
 LIBRARIES = ("torch", "deepspeed", "transformers", "accelerate")
 
-# A matrix cell's run directory holds CELL_FILE: whether its environment installed and imported, and how the
-# run ended (one of these statuses).
-CELL_FILE = "cell.json"
+# A matrix cell's run directory holds its cell file (RunDir.CELL): whether its environment installed and
+# imported, and how the run ended (one of these statuses).
 NOT_INSTALLABLE, NOT_IMPORTABLE, COMPLETE, RUN_FAILED = "NOT_INSTALLABLE", "NOT_IMPORTABLE", "COMPLETE", "RUN_FAILED"
-# A run directory whose run did not record its end (killed, or still running): see rundir.completion.
+# A run directory whose run did not record its end (killed, or still running): see RunDir.completion.
 PARTIAL = "PARTIAL"
 # The run was launched across nodes and this node's ranks served another node's rank 0, which holds the records.
 SERVED = "SERVED"
-
-
-def read_cell_file(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        cell = json.loads((Path(run_dir) / CELL_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return cell if isinstance(cell, dict) else None
 
 
 def installed_version(dist: str) -> str:

@@ -162,7 +162,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .mutation import mutants  # noqa: F401 - registers the mutant:NAME subjects a run may name
     from .worlds import launched
 
-    launch = launched.detect()
+    try:
+        launch = launched.detect()
+    except launched.NotAWorld as exc:
+        raise UsageError(str(exc)) from None
     return _run(args) if launch is None else _run_launched(args, launch)
 
 
@@ -198,7 +201,7 @@ def _run_launched(args: argparse.Namespace, launch: Any) -> int:
 
 def _run(args: argparse.Namespace, world: Any = None) -> int:
     from .execution.plan import SELECTION, Run
-    from .rundir import PLAN_FILE
+    from .rundir import RunDir
 
     if args.repeat < 0:
         raise UsageError(f"--repeat must be 0 or more, not {args.repeat}")
@@ -208,7 +211,7 @@ def _run(args: argparse.Namespace, world: Any = None) -> int:
         given = [f"--{key.replace('_', '-')}" for key in (*SELECTION, "out")
                  if getattr(args, key) != build_parser().parse_args(["run"]).__dict__[key]]
         if given:
-            raise UsageError(f"--resume takes what to check from its run directory's {PLAN_FILE}; leave out "
+            raise UsageError(f"--resume takes what to check from its run directory's {RunDir.PLAN}; leave out "
                              f"{', '.join(given)}")
         run = Run.resume(args.resume, world)
     else:
@@ -225,7 +228,8 @@ def _run(args: argparse.Namespace, world: Any = None) -> int:
         print(f"resuming {out}: {len(run.finished)} of {total} results kept, {len(run.remaining)} to run", flush=True)
     records = run.execute(args.parallel_worlds, progress)
     ok = run_succeeded(records)
-    print(f"{'PASSED' if ok else 'FAILED'}: {len(records)} results in {out}/results.jsonl, summary in {out}/summary.md")
+    print(f"{'PASSED' if ok else 'FAILED'}: {len(records)} results in {run.dir.results_path}, summary in "
+          f"{run.dir.summary_path}")
     return 0 if ok else 1
 
 
@@ -325,10 +329,10 @@ def cmd_mutate(args: argparse.Namespace) -> int:
 
 def _say_unfinished(run_dirs: Sequence[Path]) -> None:
     """One line for each run directory whose run did not record that it finished."""
-    from .rundir import completion_of
+    from .rundir import RunDir
 
     for run_dir in run_dirs:
-        if note := completion_of(run_dir).note:
+        if note := RunDir(run_dir).completion().note:
             print(f"{run_dir}: {note}")
 
 

@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 
 from . import known_issues
-from .results import DEFAULT_REPEAT, FAIL, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter, write_records
-from .rundir import WORKER_RESULTS, clear_end, mark_finished, records
+from .results import DEFAULT_REPEAT, FAIL, PASS, SKIP, XFAIL, XPASS, Record
+from .rundir import RunDir
 
 
 def pytest_addoption(parser: Any) -> None:
     group = parser.getgroup("zero3-conformance")
     group.addoption("--z3-results", type=Path, default=None,
-                    help="also write every conformance record to DIR/results.jsonl")
+                    help="also write every conformance record to DIR (a run directory, its records in "
+                         f"{RunDir.WORKER_RESULTS.format(worker='<worker>')})")
     group.addoption("--z3-known-issues", type=Path, default=known_issues.DEFAULT_FILE,
                     help="known-issues file that turns matching FAILs into XFAILs")
     group.addoption("--z3-repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
@@ -48,7 +49,7 @@ def pytest_configure(config: Any) -> None:
     if config.getoption("--z3-resume"):
         _resume_from(config.getoption("--z3-results"))
     if config.getoption("--z3-results") is not None:
-        clear_end(config.getoption("--z3-results"))  # this session ends it anew, or it stays unfinished
+        RunDir(config.getoption("--z3-results")).clear_end()  # this session ends it anew, or it stays unfinished
     config.stash[_PLANNED] = 0
 
 
@@ -73,8 +74,8 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     out = session.config.getoption("--z3-results")
     if out is None or hasattr(session.config, "workerinput") or exitstatus == pytest.ExitCode.USAGE_ERROR:
         return
-    recorded = len({record.case_id for record in records(out)})
-    mark_finished(out, session.config.stash.get(_PLANNED, 0), recorded)
+    recorded = len({record.case_id for record in RunDir(out).records()})
+    RunDir(out).mark_finished(session.config.stash.get(_PLANNED, 0), recorded)
 
 
 def _resume_from(out: Path | None) -> None:
@@ -83,22 +84,21 @@ def _resume_from(out: Path | None) -> None:
     `run --resume` does), so that a case run again has one record."""
     from .cell import describe_cell, local_device
     from .errors import UsageError
-    from .execution.plan import finished_records, same_cell
+    from .execution.plan import same_cell
 
     if out is None:
         raise pytest.UsageError("--z3-resume needs --z3-results DIR: the directory whose records it finishes")
+    run_dir = RunDir(out)
     try:
-        same_cell(out, finished_records(out, WORKER_RESULTS), describe_cell(*local_device()))
+        same_cell(run_dir, run_dir.finished_records(), describe_cell(*local_device()))
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
-    for path in sorted(out.glob(WORKER_RESULTS)):
-        write_records(path, finished_records(out, path.name))
+    run_dir.keep_only_finished()
 
 
 class ConformanceSession:
     def __init__(self, config: Any):
         from .dsconfig import DEFAULT_ZERO3_CONFIG
-        from .execution.plan import finished_records
         from .execution.runner import Runner
 
         issues = known_issues.load(config.getoption("--z3-known-issues"))
@@ -107,9 +107,9 @@ class ConformanceSession:
         self.kept: dict[str, Record] = {}
         if config.getoption("--z3-resume") and out is not None:
             # Every worker's file: under xdist a case may land on another worker than the one that ran it.
-            self.kept = {r.case_id: r for r in finished_records(out, WORKER_RESULTS)}
+            self.kept = {r.case_id: r for r in RunDir(out).finished_records()}
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.writer = RecordWriter(out / WORKER_RESULTS.replace("*", worker)) if out else None
+        self.writer = RunDir(out).writer(worker) if out else None
 
     def run(self, case: Any) -> Record:
         if case.id in self.kept:

@@ -36,6 +36,9 @@ def most_severe(outcomes: Iterable[str]) -> str:
     return max(outcomes, key=SEVERITY.index)
 
 
+# A record's metric for a case that never ran (its world could not start, or a launched world broke
+# earlier): `run --resume` runs it.
+NOT_RUN = "not_run"
 # A P4 leftover record's metric: the subjects whose cases alone, replayed in a fresh world, spoil it the same way.
 REPRODUCED_BY = "reproduced_by"
 
@@ -93,7 +96,7 @@ class Record:
 
 
 class RecordWriter:
-    """Appends records to results.jsonl; each line is written whole and flushed to disk at once."""
+    """Appends records to a result file; each line is written whole and flushed to disk at once."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -116,7 +119,7 @@ class RecordWriter:
 
 
 def read_records(path: Path) -> list[Record]:
-    """Reads results.jsonl, ignoring a torn last line left by a killed run."""
+    """Reads a result file, ignoring a torn last line left by a killed run."""
     records = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
@@ -136,7 +139,7 @@ def write_whole(path: Path, text: str) -> None:
 
 
 def write_records(path: Path, records: Iterable[Record]) -> None:
-    """Replaces results.jsonl with exactly these records, all at once."""
+    """Replaces a result file with exactly these records, all at once."""
     write_whole(path, "".join(r.to_json() + "\n" for r in records))
 
 

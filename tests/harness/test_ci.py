@@ -142,13 +142,13 @@ def test_the_job_matrix_has_a_job_per_cell_and_node_for_worlds_across_machines(c
 
 def _run_dir(make_record, root, cell_name, status, **record):
     from zero3_conformance.results import RecordWriter
-    from zero3_conformance.rundir import mark_finished
+    from zero3_conformance.rundir import RunDir
 
     run_dir = root / f"run-{cell_name}"
     run_dir.mkdir(parents=True)
     with RecordWriter(run_dir / "results.jsonl") as writer:
         writer.write(make_record(status=status, **record))
-    mark_finished(run_dir, planned=1, recorded=1)
+    RunDir(run_dir).mark_finished(planned=1, recorded=1)
     (run_dir / "cell.json").write_text(json.dumps({"cell": cell_name, "status": "COMPLETE", "message": ""}))
     return run_dir
 

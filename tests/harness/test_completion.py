@@ -10,9 +10,9 @@ from zero3_conformance import cli, known_issues
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.report import write_report
 from zero3_conformance.report.aggregate import load_cell
-from zero3_conformance.report.summary import write as write_summary
+from zero3_conformance.report.summary import render as render_summary
 from zero3_conformance.results import FAIL, PASS, Record, RecordWriter
-from zero3_conformance.rundir import mark_finished, write_plan
+from zero3_conformance.rundir import RunDir
 
 from .test_matrix_report import _record
 
@@ -27,11 +27,11 @@ def _killed_run(path, records, planned=PLANNED, legacy=False):
     if legacy:
         (path / "run.json").write_text(json.dumps({"schema": 1, "selection": {}}))
     else:
-        write_plan(path, {}, planned)
+        RunDir(path).write_plan({}, planned)
     with RecordWriter(path / "results.jsonl") as writer:
         for record in records:
             writer.write(record)
-    write_summary(path / "summary.md", records, planned)
+    RunDir(path).write_summary(render_summary(records, planned))
     return path
 
 
@@ -52,7 +52,7 @@ def test_a_run_that_recorded_its_end_with_every_case_is_complete(tmp_path):
     records = [_record("A1", "transformers", PASS), _record("A1", "reference", PASS)]
     run_dir = _killed_run(tmp_path / "run", records, planned=2)
     assert load_cell(run_dir).status == "PARTIAL"  # every record, but no end: it may still be running
-    mark_finished(run_dir, planned=2, recorded=2)
+    RunDir(run_dir).mark_finished(planned=2, recorded=2)
     cell = write_report([run_dir], tmp_path / "report")["cells"][0]
     assert (cell["status"], cell["message"], cell["passed"]) == ("COMPLETE", "", True)
     # An end marker does not make up for records lost since: the file is what counts.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from zero3_conformance.cli import main
-from zero3_conformance.errors import UsageError
+from zero3_conformance.rundir import RunDir
 from zero3_conformance.worlds import launched
 from zero3_conformance.worlds.world import free_loopback_port
 
@@ -82,8 +82,8 @@ def test_two_nodes_give_the_cases_and_statuses_of_a_started_world(tmp_path, node
         assert any((home / "cache" / "zoo").rglob("config.json")), home
     # Only rank 0 writes the run; the other node says whom it served, and how the run ended there.
     other = (set(done) - {rank0}).pop() / "out"
-    assert [p.name for p in other.iterdir()] == [launched.SERVED_FILE]
-    served = json.loads((other / launched.SERVED_FILE).read_text())
+    assert [p.name for p in other.iterdir()] == [RunDir.SERVED]
+    served = json.loads((other / RunDir.SERVED).read_text())
     assert (served["ranks"], served["exit_status"]) == ([per_node, size - 1], 0)
 
     started = tmp_path / "started"
@@ -253,7 +253,7 @@ def test_no_launcher_and_an_allocations_shell_are_not_launched_worlds():
     ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "not a place in a world"),
 ])
 def test_a_launchers_variables_that_do_not_add_up_are_one_line_and_exit_2(environ, says, monkeypatch, capsys):
-    with pytest.raises(UsageError, match=says):
+    with pytest.raises(launched.NotAWorld, match=says):
         launched.detect(environ)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)

@@ -14,6 +14,7 @@ LAYERS = (
     ("the record and the stack", ("contract", "errors", "dsconfig", "finding_kinds", "results", "rundir", "cell",
                                   "op_cache", "compat", "known_issues")),
     ("worlds of processes", ("worlds",)),
+    ("what passes between a world's ranks and the parent", ("protocol",)),
     ("models", ("architectures", "zoo", "inputs", "reference", "structure")),
     ("subjects", ("subjects",)),
     ("the memory probe", ("memory",)),
@@ -154,3 +155,36 @@ def test_an_import_of_a_module_that_is_not_there_is_found(tmp_path):
     source.write_text("def f():\n    from .reference import config\n    from ..reference import config\n")
     assert _unresolved("zero3_conformance.mutation.probe", source, _modules()) == [
         "line 2: from .reference (zero3_conformance.mutation.reference)"]
+
+
+def _run_file_names():
+    from zero3_conformance.rundir import RunDir
+
+    return sorted({RunDir.PLAN, RunDir.RESULTS, RunDir.SUMMARY, RunDir.CELL, RunDir.SERVED,
+                   *filter(None, RunDir.WORKER_RESULTS.split("{worker}"))})
+
+
+def _naming_run_files(sources):
+    """Module -> the run files' names its source spells (docstrings and comments too)."""
+    names = _run_file_names()
+    return {module: found for module, text in sources.items() if (found := [n for n in names if n in text])}
+
+
+def test_only_rundir_names_a_run_file():
+    """Where a run directory's files are called what they are called is said once: every module reaches them
+    through RunDir."""
+    sources = {name: path.read_text(encoding="utf-8") for name, path in _modules().items()
+               if name != "zero3_conformance.rundir"}
+    assert _naming_run_files(sources) == {}
+    assert _naming_run_files({"m": "see DIR/summary.md", "n": "results-gw0.jsonl"}) == {
+        "m": ["summary.md"], "n": [".jsonl", "results-"]}
+
+
+def test_worlds_carry_tasks_and_results_without_reading_them():
+    """worlds/ starts processes and carries a task to every rank and its result back: what a task or a result
+    means (a check, a clause, a status, an expectation) is the protocol's, above it."""
+    meaning = {"checks", "contract", "results", "known_issues", "protocol", "finding_kinds", "errors"}
+    reads = sorted(f"{module} imports {target}" for module, targets in GRAPH.items()
+                   if module.startswith("zero3_conformance.worlds") for target in targets
+                   if _part(target) in meaning)
+    assert reads == []

@@ -23,9 +23,9 @@ from zero3_conformance.matrix.runner import (
 )
 from zero3_conformance.report import write_report
 from zero3_conformance.report.aggregate import BLAME_INTEGRATION, BLAME_STACK, load_cell
-from zero3_conformance.report.summary import write as write_summary
+from zero3_conformance.report.summary import render as render_summary
 from zero3_conformance.results import FAIL, PASS, XFAIL, XPASS, Record, RecordWriter
-from zero3_conformance.rundir import mark_finished
+from zero3_conformance.rundir import RunDir
 
 FAKE_TOX = textwrap.dedent('''
     import json, os, sys
@@ -52,8 +52,8 @@ FAKE_TOX = textwrap.dedent('''
     (out / "calls").write_text(str(int((out / "calls").read_text()) + 1 if (out / "calls").exists() else 1))
     (out / "results.jsonl").write_text("")
     if behaviour != "unfinished":  # as `run` does last: the plan records the run's end
-        from zero3_conformance.rundir import mark_finished
-        mark_finished(out, planned=0, recorded=0)
+        from zero3_conformance.rundir import RunDir
+        RunDir(out).mark_finished(planned=0, recorded=0)
     sys.exit(0)
 ''')
 
@@ -131,8 +131,8 @@ def _run_dir(path: Path, records) -> Path:
     with RecordWriter(path / "results.jsonl") as writer:
         for record in records:
             writer.write(record)
-    write_summary(path / "summary.md", records, len(records))
-    mark_finished(path, len(records), len(records))
+    RunDir(path).write_summary(render_summary(records, len(records)))
+    RunDir(path).mark_finished(len(records), len(records))
     return path
 
 

@@ -7,8 +7,8 @@ import pytest
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.checks.registry import load_checks
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import NOT_RUN, Runner, prepare_checkpoints
-from zero3_conformance.results import PASS
+from zero3_conformance.execution.runner import Runner, prepare_checkpoints
+from zero3_conformance.results import NOT_RUN, PASS
 
 from . import empty_baseline  # noqa: F401 - registers the subject whose baselines are empty
 

@@ -88,14 +88,14 @@ def test_bf16_averaging_allowance_is_added_and_a_missing_tensor_fails():
     assert "b: missing" in findings[0]
 
 
-def split_baseline_gradients_against_one_process(ctx, payload):
+def split_baseline_gradients_against_one_process(ctx, task):
     """Run in every rank: the baseline gradients the N checks use (each rank backpropagates its own batch, the
     ranks exchange them) against one process backpropagating every rank's batch in turn. Returns the names
     of parameters whose average or magnitude differs in any bit, or that one side lacks."""
     from zero3_conformance.checks.base import Case
     from zero3_conformance.checks.numerics import _baseline, _baseline_gradients, batch_for
 
-    case = Case(ctx, payload)
+    case = Case(ctx, task)
     baseline = _baseline(case)
     average, magnitude = _baseline_gradients(case, baseline, step=1)
     total, size = {}, {}
@@ -126,7 +126,7 @@ def test_split_baseline_gradients_are_bit_for_bit_one_process(model, dtype):
     pool = WorldPool("gloo", RANK_PRELOAD)
     try:
         outcome = pool.get(3).run(f"{__name__}:split_baseline_gradients_against_one_process",
-                                  case.payload(with_dtype(DEFAULT_ZERO3_CONFIG, dtype),
+                                  case.task(with_dtype(DEFAULT_ZERO3_CONFIG, dtype),
                                                str(ensure_checkpoint(case.family, case.layout))), 120)
     finally:
         pool.close()

@@ -17,8 +17,9 @@ import pytest
 from packaging.version import Version
 
 from zero3_conformance import cli, repro
-from zero3_conformance.cell import CELL_FILE, COMPLETE
+from zero3_conformance.cell import COMPLETE
 from zero3_conformance.matrix import load
+from zero3_conformance.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 # Both tests use the oldest cell's tox environment: one worker builds it, and runs them one after the other.
@@ -47,7 +48,7 @@ def test_checks_run_on_the_oldest_supported_transformers_and_deepspeed(tmp_path,
     out = tmp_path / "runs"
     cli.main(["matrix", "--profile", "minimum", "--cells", cell.name, "--out", str(out), "--",
               "--clauses", ",".join(CLAUSES), "--models", "gpt2", "--world-sizes", "1,2"])
-    info = json.loads((out / cell.name / CELL_FILE).read_text())
+    info = json.loads((out / cell.name / RunDir.CELL).read_text())
     assert info["status"] == COMPLETE, f"{cell.name}: {info['status']}\n{info['message']}"
     records = [json.loads(line) for line in (out / cell.name / "results.jsonl").read_text().splitlines()]
     assert {(r["cell"]["deepspeed"], r["cell"]["transformers"]) for r in records} == {

@@ -10,7 +10,7 @@ from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
 from zero3_conformance.execution.runner import LEFTOVER_CHECK, Runner, prepare_checkpoints
 from zero3_conformance.mutation import mutants  # noqa: F401 - registers the mutant
 from zero3_conformance.results import FAIL, PASS, RecordWriter, read_records
-from zero3_conformance.rundir import mark_finished, write_plan
+from zero3_conformance.rundir import RunDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-spoiled-world")]
 SPOILER = "mutant:spoils_later_builds"
@@ -49,8 +49,8 @@ def test_a_spoiled_world_is_recorded_and_its_cases_judged_in_a_fresh_one(tmp_pat
     assert seen in leftover.message
     assert f"replaying only {SPOILER}'s 1 of them in a fresh world reproduces it" in leftover.message
 
-    write_plan(tmp_path, None, len(cases))
-    mark_finished(tmp_path, len(cases), len(records))
+    RunDir(tmp_path).write_plan(None, len(cases))
+    RunDir(tmp_path).mark_finished(len(cases), len(records))
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) in (0, 1)
     capsys.readouterr()
     text = (tmp_path / "report" / "report.md").read_text()

@@ -2,8 +2,8 @@
 
 import pytest
 
+from zero3_conformance.protocol import verdict
 from zero3_conformance.results import CRASH, ERROR, TIMEOUT
-from zero3_conformance.worlds.verdict import verdict
 from zero3_conformance.worlds.world import WorldPool
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("harness-world")]

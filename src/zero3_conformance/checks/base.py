@@ -26,6 +26,7 @@ from ..compat import (
 from ..errors import exception_line
 from ..finding_kinds import make as make_finding
 from ..finding_kinds import raised_kind
+from ..protocol import RankTask
 from ..structure import NoStructure, Structure, StructureOracle, differences, tied_groups
 from ..worlds.world import RankContext
 
@@ -319,23 +320,23 @@ class Findings:
 class Case(Findings):
     """One check applied to one (subject, model, layout, world size, dtype), as seen from one rank."""
 
-    def __init__(self, ctx: RankContext, payload: dict[str, Any]):
+    def __init__(self, ctx: RankContext, task: RankTask):
         from ..subjects import get_subject
         from ..zoo import Family
 
         super().__init__()
         self.ctx = ctx
         self.rank, self.world_size = ctx.rank, ctx.world_size
-        self.subject_name: str = payload["subject"]
-        self.subject_module: str = payload["subject_module"]  # the module that registers the subject
+        self.subject_name: str = task.subject
+        self.subject_module: str = task.subject_module  # the module that registers the subject
         self.subject = get_subject(self.subject_name, self.subject_module)
-        self.family: Family | None = Family(**payload["family"]) if payload.get("family") else None
-        self.layout: str | None = payload.get("layout")
-        self.dtype: str = payload["dtype"]
-        self.ds_config: dict[str, Any] = payload["ds_config"]
-        self.checkpoint_path: str | None = self._checkpoint_here(payload.get("checkpoint"))
+        self.family: Family | None = Family(**task.family) if task.family else None
+        self.layout: str | None = task.layout
+        self.dtype: str = task.dtype
+        self.ds_config: dict[str, Any] = task.ds_config
+        self.checkpoint_path: str | None = self._checkpoint_here(task.checkpoint)
         self.device = ctx.device
-        found = payload.get("structure")
+        found = task.structure
         # The class's clean structure (structure.py), where the case builds a family's model; None where it
         # builds none.
         self.structure: Structure | NoStructure | None = None if found is None else \

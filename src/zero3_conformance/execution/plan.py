@@ -1,5 +1,5 @@
-"""A run of cases into a run directory: what it was asked to check (its plan, run.json), the cases that plan
-names, the records it already finished, and running the rest while summary.md follows every result. Every
+"""A run of cases into a run directory: what it was asked to check (its plan), the cases that plan names,
+the records it already finished, and running the rest while the summary follows every result. Every
 front end starts and resumes runs here: the CLI from a plan, the pytest plugin from the records alone."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from ..catalog import CaseSpec, build_cases
 from ..dsconfig import validate
 from ..errors import UsageError
 from ..report import summary
-from ..results import Record, RecordWriter, read_records, write_records
-from ..rundir import PLAN_FILE, RESULTS_FILE, SUMMARY_FILE, mark_finished, write_plan
+from ..results import Record
+from ..rundir import RunDir
 from ..worlds.launched import LaunchedWorld
 from ..zoo import detect_layout, user_family
-from .runner import NOT_RUN, Runner, default_parallel_worlds, prepare_checkpoints
+from .runner import Runner, default_parallel_worlds, prepare_checkpoints
 
 SELECTION = ("subject", "models", "architectures", "clauses", "world_sizes", "variants", "model", "ds_config",
              "known_issues", "timeout", "repeat")
@@ -37,29 +37,22 @@ def world_sizes(text: str) -> list[int]:
         raise UsageError(f"invalid --world-sizes {text!r}: expected comma-separated integers") from None
 
 
-def read_plan(run_dir: Path) -> dict[str, Any]:
+def read_plan(run_dir: RunDir) -> dict[str, Any]:
     """The selection an earlier run in `run_dir` was started with."""
+    if not run_dir.plan_path.is_file():
+        raise UsageError(f"cannot resume {run_dir}: no {run_dir.PLAN} (not a run directory, or one from before "
+                         "runs could be resumed)")
+    plan = run_dir.read_plan() or {}
     try:
-        plan = json.loads((run_dir / PLAN_FILE).read_text(encoding="utf-8"))
         selection = {key: plan["selection"][key] if key in plan["selection"] else SELECTION_BEFORE[key]
                      for key in SELECTION}
-    except OSError:
-        raise UsageError(f"cannot resume {run_dir}: no {PLAN_FILE} (not a run directory, or one from before "
-                         "runs could be resumed)") from None
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"cannot resume {run_dir}: {PLAN_FILE} is not a run plan") from None
-    validate(selection["ds_config"], str(run_dir / PLAN_FILE))
+    except (KeyError, TypeError):
+        raise UsageError(f"cannot resume {run_dir}: {run_dir.PLAN} is not a run plan") from None
+    validate(selection["ds_config"], str(run_dir.plan_path))
     return selection
 
 
-def finished_records(run_dir: Path, pattern: str = RESULTS_FILE) -> list[Record]:
-    """The records of the files matching `pattern` in `run_dir` whose case ran (a torn last line is dropped;
-    a case whose world never started or broke first is left to run again)."""
-    return [record for path in sorted(run_dir.glob(pattern)) for record in read_records(path)
-            if not record.metrics.get(NOT_RUN)]
-
-
-def same_cell(run_dir: Path, finished: Iterable[Record], cell: dict[str, Any]) -> None:
+def same_cell(run_dir: RunDir, finished: Iterable[Record], cell: dict[str, Any]) -> None:
     """Raises UsageError where a finished record was made on a cell other than `cell`."""
     other_cells = {json.dumps(r.cell, sort_keys=True) for r in finished} - {json.dumps(cell, sort_keys=True)}
     if other_cells:
@@ -85,12 +78,13 @@ def cases_of(selection: dict[str, Any], launched_size: int | None = None) -> lis
 
 class Run:
     """The cases of one selection, run into `out`: records already finished there are kept (a resumed run),
-    the rest run, and summary.md is rewritten after every result, so that a run killed outright still has
+    the rest run, and the summary is rewritten after every result, so that a run killed outright still has
     one that says it is partial."""
 
     def __init__(self, out: Path, selection: dict[str, Any], finished: Sequence[Record] | None = None,
                  world: LaunchedWorld | None = None):
         self.out, self.selection, self.world = out, selection, world
+        self.dir = RunDir(out)
         self.issues = known_issues.load(Path(selection["known_issues"]))
         self.cases = cases_of(selection, world.world_size if world is not None else None)
         self.finished = list(finished or ())
@@ -100,7 +94,8 @@ class Run:
 
     @classmethod
     def resume(cls, out: Path, world: LaunchedWorld | None = None) -> Run:
-        return cls(out, read_plan(out), finished_records(out), world)
+        run_dir = RunDir(out)
+        return cls(out, read_plan(run_dir), run_dir.finished_records(run_dir.results_path), world)
 
     def execute(self, parallel_worlds: int | None = None,
                 on_record: Callable[[Record], None] = lambda record: None) -> list[Record]:
@@ -108,28 +103,28 @@ class Run:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             # The plan, with the number of cases and no end marker: the run records its end as its last act.
-            write_plan(self.out, self.selection, len(self.cases))
-            write_records(self.out / RESULTS_FILE, self.finished)  # drops a line a killed run left torn
-            (self.out / SUMMARY_FILE).unlink(missing_ok=True)
+            self.dir.write_plan(self.selection, len(self.cases))
+            self.dir.keep_only(self.finished)  # drops a line a killed run left torn
+            self.dir.drop_summary()
         except OSError as exc:
             raise UsageError(f"cannot write to output directory {self.out}: {exc.strerror}") from None
         prepare_checkpoints(self.remaining)
         runner = Runner(self.selection["ds_config"], timeout_s=self.selection["timeout"], known_issues=self.issues,
                         repeat=self.selection["repeat"], launched=self.world)
-        same_cell(self.out, self.finished, runner.cell)
+        same_cell(self.dir, self.finished, runner.cell)
 
         def progress(index: int, total: int, record: Record) -> None:
             self.records.append(record)
-            summary.write(self.out / SUMMARY_FILE, self.records, len(self.cases))
+            self.dir.write_summary(summary.render(self.records, len(self.cases)))
             on_record(record)
 
         if self.world is not None:
             parallel_worlds = 1  # the launched world is the one world there is
-        with RecordWriter(self.out / RESULTS_FILE) as writer:
+        with self.dir.writer() as writer:
             runner.run(self.remaining, writer, progress, parallel_worlds or default_parallel_worlds(runner.backend))
         notes = [f"possibly stale known issue {i.name}: it applies to cases that ran here and none met it "
                  f"(expected {' or '.join(i.expected)}; {i.link})"
                  for i in known_issues.stale(self.issues, self.records)]
-        summary.write(self.out / SUMMARY_FILE, self.records, len(self.cases), notes)
-        mark_finished(self.out, len(self.cases), len(self.records))
+        self.dir.write_summary(summary.render(self.records, len(self.cases), notes))
+        self.dir.mark_finished(len(self.cases), len(self.records))
         return self.records

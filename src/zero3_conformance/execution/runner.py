@@ -21,10 +21,12 @@ from ..finding_kinds import make as make_finding
 from ..known_issues import KnownIssue
 from ..known_issues import apply as apply_known_issues
 from ..op_cache import use_own_op_cache
+from ..protocol import RankTask, gave_up, verdict
 from ..results import (
     DEFAULT_REPEAT,
     ERROR,
     FAIL,
+    NOT_RUN,
     PASS,
     REPRODUCED_BY,
     SETTLED,
@@ -36,7 +38,6 @@ from ..results import (
 )
 from ..structure import NoStructure, StructureOracle
 from ..worlds.launched import LaunchedPool, LaunchedWorld
-from ..worlds.verdict import gave_up, verdict
 from ..worlds.world import RankContext, WorldPool, WorldStartError
 from ..zoo import Family, FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
 
@@ -45,9 +46,6 @@ EXECUTE = "zero3_conformance.checks.execute:execute"
 LEFTOVER_CHECK = "P4-leaves_no_leftover"  # the record of a world whose earlier cases spoiled its builds without ZeRO
 UNATTRIBUTED = "unattributed"  # a leftover record's subject where no one subject's cases alone reproduce it
 NODE_CHECKPOINTS_S = 3600.0  # a launched world's nodes write the run's checkpoints (the sweep's: minutes)
-# A record's metric for a case that never ran (its world could not start, or a launched world broke
-# earlier): `run --resume` runs it.
-NOT_RUN = "not_run"
 RANK_PRELOAD = ("transformers", "zero3_conformance.checks.registry", "zero3_conformance.execution.warm")
 # Inherited by rank processes: no hub, no progress bars, no per-load chatter in the run's output.
 QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
@@ -101,7 +99,7 @@ class Runner:
         self.unstartable: dict[int, str] = {}  # world size -> why its world would not start
         self.structures = StructureOracle()  # every class's clean structure, derived once per run
         # world -> the cases it ran (weakly keyed: a world started later never inherits a closed one's history)
-        self._history: weakref.WeakKeyDictionary[Any, list[tuple[CaseSpec, dict[str, Any]]]] = \
+        self._history: weakref.WeakKeyDictionary[Any, list[tuple[CaseSpec, RankTask]]] = \
             weakref.WeakKeyDictionary()
         self._leftovers: list[Record] = []  # records of spoiled worlds, for the front end to write
         self._leftovers_lock = threading.Lock()  # world lanes add and take them
@@ -168,7 +166,7 @@ class Runner:
         if case.variant != PLAIN and self.nodes < 2:
             return attempt(SKIP, f"the {case.variant} variant partitions within a node's ranks: this world is one "
                                  f"node (a world launched on 2 or more nodes checks it)")
-        payload = self._payload(case, checkpoint)
+        task = self._task(case, checkpoint)
         if case.world_size in self.unstartable:  # one wait per run for a world that cannot start, not one per case
             return attempt(ERROR, f"not run: {self.unstartable[case.world_size]}", {NOT_RUN: True})
         try:
@@ -178,17 +176,17 @@ class Runner:
             return attempt(ERROR, f"not run: {exc}", {NOT_RUN: True})
         timeout_s = min(self.timeout_s, case.timeout_s or self.timeout_s)
         history = self._history.setdefault(world, [])
-        outcome = world.run(EXECUTE, payload, timeout_s, gave_up)
+        outcome = world.run(EXECUTE, task, timeout_s, gave_up)
         status, message, metrics = verdict(outcome, case.world_size)
         if SPOILED in metrics and self.pool.restarts:
             # Not judged where earlier cases spoiled the process: said in a record of its own, and tried again
             # in a world started for it.
-            leftover = self._leftover(case, payload, list(history), metrics[SPOILED], timeout_s)
+            leftover = self._leftover(case, task, list(history), metrics[SPOILED], timeout_s)
             with self._leftovers_lock:
                 self._leftovers.append(leftover)
             again = self._try(case, fresh=True)
             return dataclasses.replace(again, seconds=time.monotonic() - started)
-        history.append((case, payload))
+        history.append((case, task))
         return attempt(status, message, metrics)
 
     def take_leftovers(self) -> list[Record]:
@@ -197,16 +195,16 @@ class Runner:
             taken, self._leftovers = self._leftovers, []
         return taken
 
-    def _leftover(self, case: CaseSpec, payload: dict[str, Any], history: list[tuple[CaseSpec, dict[str, Any]]],
+    def _leftover(self, case: CaseSpec, task: RankTask, history: list[tuple[CaseSpec, RankTask]],
                   spoiled: dict[str, Any], timeout_s: float) -> Record:
         """P4's record of a spoiled world: the cases it ran, what changed, and the subject whose share of those
         cases alone, replayed in a fresh world, reproduces the change (none where no one subject's does)."""
         started = time.monotonic()
-        shares: dict[str, list[tuple[CaseSpec, dict[str, Any]]]] = defaultdict(list)
+        shares: dict[str, list[tuple[CaseSpec, RankTask]]] = defaultdict(list)
         for earlier in history:
             shares[earlier[0].subject].append(earlier)
         reproduced = [subject for subject, share in shares.items()
-                      if self._replay_spoils(case, payload, share, timeout_s)]
+                      if self._replay_spoils(case, task, share, timeout_s)]
         subject = reproduced[0] if len(reproduced) == 1 else UNATTRIBUTED
         cases = ", ".join(earlier.id for earlier, _ in history)
         blamed = f"replaying only {subject}'s {len(shares[subject])} of them in a fresh world reproduces it" \
@@ -240,26 +238,25 @@ class Runner:
             nth = self._leftover_ids[key]
         return f"{key}{f'-{nth}' if nth > 1 else ''}]"
 
-    def _replay_spoils(self, case: CaseSpec, payload: dict[str, Any], share: list[tuple[CaseSpec, dict[str, Any]]],
+    def _replay_spoils(self, case: CaseSpec, task: RankTask, share: list[tuple[CaseSpec, RankTask]],
                        timeout_s: float) -> bool:
-        """Whether running `share` in a fresh world, then `case` (its `payload`), leaves `case` not judged there
+        """Whether running `share` in a fresh world, then `case` (its `task`), leaves `case` not judged there
         again."""
         world = self.pool.get(case.world_size, fresh=True)
-        for _earlier, earlier_payload in share:
-            world.run(EXECUTE, earlier_payload, timeout_s, gave_up)
-        _, _, metrics = verdict(world.run(EXECUTE, payload, timeout_s, gave_up), case.world_size)
+        for _earlier, earlier_task in share:
+            world.run(EXECUTE, earlier_task, timeout_s, gave_up)
+        _, _, metrics = verdict(world.run(EXECUTE, task, timeout_s, gave_up), case.world_size)
         self.pool.release(case.world_size)  # the replay's world is spoiled: the next case's starts fresh
         return SPOILED in metrics
 
-    def _payload(self, case: CaseSpec, checkpoint: str | None) -> dict[str, Any]:
+    def _task(self, case: CaseSpec, checkpoint: str | None) -> RankTask:
         """What a rank needs to run the case: its config in this run, its checkpoint, its class's clean structure."""
         ds_config = with_zero3_variant(with_dtype(self.ds_config, case.dtype), case.variant, self.ranks_per_node)
-        payload = case.payload(ds_config, checkpoint)
+        structure = None
         if case.family is not None:
-            structure = self.structures.get(case.family)
-            payload["structure"] = {"error": str(structure)} if isinstance(structure, NoStructure) else \
-                structure.to_dict()
-        return payload
+            found = self.structures.get(case.family)
+            structure = {"error": str(found)} if isinstance(found, NoStructure) else found.to_dict()
+        return case.task(ds_config, checkpoint, structure)
 
     def _record(self, case: CaseSpec, tries: Sequence[Attempt]) -> Record:
         """One record of every try: the most severe outcome's status, message and metrics, all outcomes in order."""

@@ -1,6 +1,6 @@
 """Runs a profile's cells, each in its own tox environment, and keeps going past cells that break.
 
-Each cell gets a run directory named after it, holding the run's records and `cell.json`: whether its
+Each cell gets a run directory named after it, holding the run's records and its cell file: whether its
 environment installed, whether the libraries imported, and how the run ended. A cell that cannot be
 installed or imported is recorded as such, with the resolver's or the import's message, never as a
 test failure and never dropped.
@@ -9,7 +9,6 @@ test failure and never dropped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -17,17 +16,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..cell import (
-    CELL_FILE,
     COMPLETE,
     NOT_IMPORTABLE,
     NOT_INSTALLABLE,
     RUN_FAILED,
     SERVED,
-    read_cell_file,
 )
-from ..results import write_whole
-from ..rundir import completion_of
-from ..worlds.launched import SERVED_FILE
+from ..rundir import RunDir
 from . import Cell
 
 IMPORT_CHECK = "import torch, deepspeed, transformers, accelerate, zero3_conformance"
@@ -43,15 +38,14 @@ def _write_cell_file(run_dir: Path, cell: Cell, extras: Sequence[str], status: s
                      exit_status: int | None = None) -> dict:
     info = {"cell": cell.name, "pins": dataclasses.asdict(cell), "extra_packages": list(extras), "status": status,
             "message": message, "exit_status": exit_status, "seconds": round(seconds, 1)}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_whole(run_dir / CELL_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    RunDir(run_dir).write_cell(info)
     return info
 
 
 def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args: Sequence[str],
              extras: Sequence[str] = ()) -> dict:
     """Installs, import-checks and runs one cell through tox (tox.ini pins its versions and `extras`);
-    returns what its cell.json says."""
+    returns what its cell file says."""
     import os
 
     started = time.monotonic()
@@ -70,11 +64,11 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
     ran = tox_call("run", "-e", cell.name, "--", "--quiet", *run_args)
     # The run exits 0 (all passed) or 1 (findings): both are complete runs. Anything else broke the run.
     finished = ran.returncode in (0, 1)
-    ended = completion_of(run_dir)
+    ended = RunDir(run_dir).completion()
+    served = RunDir(run_dir).read_served()
     if finished and ended.finished:
         status, message = COMPLETE, ended.note
-    elif finished and (run_dir / SERVED_FILE).is_file():
-        served = json.loads((run_dir / SERVED_FILE).read_text(encoding="utf-8"))
+    elif finished and served is not None:
         status, message = SERVED, f"this node's ranks {served['ranks']} served rank 0 at {served['served']}, " \
                                   f"whose node holds the records"
     else:  # a run that ended without recording its end did not finish what it planned
@@ -84,9 +78,9 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
 
 
 def served_elsewhere(run_dirs: Sequence[Path]) -> dict[Path, dict]:
-    """The cells (their cell.json) whose ranks on this node served another node's rank 0, which holds their
+    """The cells (their cell files) whose ranks on this node served another node's rank 0, which holds their
     records: no cell of this node's report, and the run's outcome is the exit status rank 0 sent."""
-    return {d: info for d in run_dirs if (info := read_cell_file(d) or {}).get("status") == SERVED}
+    return {d: info for d in run_dirs if (info := RunDir(d).read_cell() or {}).get("status") == SERVED}
 
 
 def run_profile(cells: list[Cell], out_root: Path, tox: list[str], project: Path,
@@ -99,7 +93,7 @@ def run_profile(cells: list[Cell], out_root: Path, tox: list[str], project: Path
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     def one(cell: Cell) -> dict:
-        previous = read_cell_file(out_root / cell.name) if resume else None
+        previous = RunDir(out_root / cell.name).read_cell() if resume else None
         if previous is not None and previous.get("status") != RUN_FAILED:
             return previous
         return run_cell(cell, out_root, tox, project, run_args.get(cell.name, ()), extras.get(cell.name, ()))

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import known_issues
-from ..cell import CELL_FILE, COMPLETE, PARTIAL, cell_label, read_cell_file, topology_suffix
+from ..cell import COMPLETE, PARTIAL, cell_label, topology_suffix
 from ..errors import UsageError
 from ..results import BAD_STATUSES, PASS, REPRODUCED_BY, XFAIL, XPASS, Record
-from ..rundir import RESULTS_FILE, completion, result_files
-from ..rundir import records as read_run_records
+from ..rundir import RunDir
 from .summary import architecture_coverage, classes_with_values_compared
 
 BLAME_INTEGRATION = "transformers integration"
@@ -51,19 +50,20 @@ class CellResult:
 
 
 def load_cell(run_dir: Path, issues: Sequence[known_issues.KnownIssue] | None = None) -> CellResult:
-    """One run directory: its records, and cell.json where a matrix run wrote one. With `issues`, the records
+    """One run directory: its records, and its cell file where a matrix run wrote one. With `issues`, the records
     are triaged afresh against them from their raw outcomes."""
     run_dir = Path(run_dir)
-    info = read_cell_file(run_dir)
-    if info is None and not result_files(run_dir):
-        raise UsageError(f"{run_dir} is not a run directory: no {RESULTS_FILE} or {CELL_FILE}")
-    records = read_run_records(run_dir)
+    run = RunDir(run_dir)
+    info = run.read_cell()
+    if info is None and not run.has_records():
+        raise UsageError(f"{run.not_a_run_dir()[:-1]} or {run.CELL})")
+    records = run.records()
     if issues is not None:
         records = [known_issues.apply(record, issues) for record in records]
     if info and info["status"] != COMPLETE:  # a matrix cell that never ran, or whose run broke
         status, message = info["status"], info.get("message", "")
     else:  # finished only where the run said so as its last act
-        ended = completion(run_dir, len(records))
+        ended = run.completion(len(records))
         status, message = (COMPLETE if ended.finished else PARTIAL), ended.note
     cell = records[0].cell if records else {**(info or {}).get("pins", {})}
     # A matrix cell's name is its versions; a launched world's shape makes it another cell of the report.

@@ -29,7 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 from ..known_issues import VERSIONED, KnownIssue, versions_hold
 from ..results import BAD_STATUSES, PASS, SEVERITY, SKIP, Record
-from ..rundir import completion_of
+from ..rundir import RunDir
 from .aggregate import CellResult, load_cell
 
 GROUP = ("clause", "check", "subject", "model")
@@ -145,7 +145,7 @@ def render(drafted: list[dict[str, Any]], sources: Sequence[Path]) -> str:
              "# expected_value, observed_value, seen_in, not_seen_in) and link the tracker it belongs to.",
              "# An entry with an empty link is refused, so a draft is never applied untriaged."]
     lines += [f"# {d}: {ended.note}: a case it never ran cannot be drafted from it" for d in sources
-              if (ended := completion_of(d)).note] + [""]
+              if (ended := RunDir(d).completion()).note] + [""]
     for item in drafted:
         lines += ["[[issue]]"] + [f"# {c}" for c in item["comments"]]
         lines += [f"{field} = {_toml(value)}" for field, value in item["entry"].items()] + [""]

@@ -78,7 +78,7 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
                          f"{cover['classes']} | " + " | ".join(_group_cell(cover["clauses"], g) for g in GROUPS[1:3])
                          + " |")
         lines += ["", f"Checked: {', '.join(CHECKED_WHEN_RAN)} ran (not SKIP) for every subject; each cell's "
-                  "summary.md names the types that were not."]
+                  "the run's summary names the types that were not."]
     broken = [c for c in report["cells"] if c["status"] != COMPLETE]
     if broken:
         lines += ["", "## Cells that did not run to the end", ""]

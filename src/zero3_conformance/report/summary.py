@@ -1,15 +1,14 @@
-"""summary.md: clauses x subjects, then every non-passing result with its message."""
+"""A run's summary: clauses x subjects, then every non-passing result with its message."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
 from ..cell import cell_label
 from ..contract import clause_key
 from ..known_issues import note
-from ..results import BAD_STATUSES, SKIP, STATUSES, XFAIL, XPASS, Record, run_succeeded, write_whole
+from ..results import BAD_STATUSES, SKIP, STATUSES, XFAIL, XPASS, Record, run_succeeded
 
 
 def render(records: list[Record], planned: int, notes: list[str] = ()) -> str:
@@ -197,6 +196,3 @@ def _undefined_without_zero(records: list[Record]) -> list[str]:
             "| model | class | tensors |", "|---|---|---|"] + [
         f"| {model} | {head or '—'} | {', '.join(f'`{n}`' for n in names)} |" for model, head, names in rows]
 
-
-def write(path: Path, records: list[Record], planned: int, notes: list[str] = ()) -> None:
-    write_whole(path, render(records, planned, notes))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError
-from ..rundir import RESULTS_FILE, completion_of, read_plan_file, records, result_files
+from ..rundir import RunDir
 from . import prelude
 
 SUBJECT = "transformers"
@@ -64,16 +64,17 @@ def write(case_id: str, run_dir: Path, out: Path) -> Reproducer:
 
 
 def _find(case_id: str, run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    if not result_files(run_dir):
-        raise UsageError(f"{run_dir} is not a run directory (no {RESULTS_FILE})")
-    matches = [r for r in records(run_dir) if r.case_id == case_id]
+    run = RunDir(run_dir)
+    if not run.has_records():
+        raise UsageError(run.not_a_run_dir())
+    matches = [r for r in run.records() if r.case_id == case_id]
     if not matches:
         raise UsageError(f"no case {case_id!r} in {run_dir}")
     record = matches[-1]
     if record.subject != SUBJECT:
         raise UsageError(f"{case_id} is a case of the {record.subject} subject: a reproducer is for the "
                          f"{SUBJECT} subject's findings")
-    selection = (read_plan_file(run_dir) or {}).get("selection", {})
+    selection = (run.read_plan() or {}).get("selection", {})
     return record, selection
 
 
@@ -301,7 +302,7 @@ def _report(record: Any, selection: dict[str, Any], script: str | None, why: str
              f"{cell.get('device')}, world size {record.world_size}.", "",
              "**Contract clause** " + clause_text(record.clause), "",
              f"**Case:** `{record.case_id}` (zero3-conformance {cell.get('harness', '')})", "",
-             *([f"**Run:** `{run_dir}`, {ended}", ""] if (ended := completion_of(run_dir).note) else []),
+             *([f"**Run:** `{run_dir}`, {ended}", ""] if (ended := RunDir(run_dir).completion().note) else []),
              "## Expected vs observed", "", "```", record.message.strip() or record.status, "```", ""]
     if script is not None:
         lines += ["## Reproduce", "", "```sh", RUN_COMMAND.format(n=record.world_size), "```", "",

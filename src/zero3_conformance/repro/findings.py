@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import known_issues
 from ..errors import UsageError
-from ..rundir import PLAN_FILE, RESULTS_FILE, completion_of, records, result_files
+from ..rundir import RunDir
 from . import RUN_COMMAND
 
 README = "README.md"  # in every folder this command writes, and in `out` itself
@@ -86,7 +86,8 @@ def write_archive(run_dirs: Iterable[Path], archive: Path) -> None:
     """A compressed archive of the runs' records and plans (no logs, no summaries), for `archived_runs`."""
     with tarfile.open(archive, "w:xz") as tar:
         for run_dir in run_dirs:
-            for path in sorted([*result_files(run_dir), run_dir / PLAN_FILE]):
+            run = RunDir(run_dir)
+            for path in sorted([*run.result_files(), run.plan_path]):
                 if path.is_file():
                     info = tar.gettarinfo(str(path), f"{run_dir.name}/{path.name}")
                     info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -98,9 +99,10 @@ def sightings(run_dirs: Iterable[Path], issues: list[known_issues.KnownIssue]) -
     """Short name -> the cases of these runs whose outcomes met an entry of that new finding."""
     seen: dict[str, list[Sighting]] = collections.defaultdict(list)
     for run_dir in run_dirs:
-        if not result_files(run_dir):
-            raise UsageError(f"{run_dir} is not a run directory (no {RESULTS_FILE})")
-        for record in records(run_dir):
+        run = RunDir(run_dir)
+        if not run.has_records():
+            raise UsageError(run.not_a_run_dir())
+        for record in run.records():
             for name in {issue.short_name for issue in known_issues.meeting(record, issues) if not issue.upstream}:
                 seen[name].append(Sighting(run_dir, record))
     return seen
@@ -189,7 +191,7 @@ def _index(written: list[Written], run_dirs: list[Path], out: Path, archive: Pat
     if archive:
         lines += [f"The runs ({len(run_dirs)}, records only): " + ", ".join(f"`{d.name}`" for d in run_dirs) + ".",
                   ""]
-    unfinished = [(d, ended.note) for d in run_dirs if (ended := completion_of(d)).note]
+    unfinished = [(d, ended.note) for d in run_dirs if (ended := RunDir(d).completion()).note]
     if unfinished:  # a case such a run never reached cannot show a finding here
         lines += ["Runs that did not record their end:", ""] + [f"- `{d.name}`: {note}" for d, note in unfinished]
         lines += [""]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import faulthandler
 import itertools
-import json
 import os
 import pickle
 import tempfile
@@ -26,12 +25,10 @@ import traceback
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UsageError
 from ..op_cache import op_fault, use_own_op_cache
-from ..results import write_whole
+from ..rundir import RunDir
 from .world import RankContext, RankReply, TaskOutcome, WorldStartError, collect, gloo_environment, run_task
 
 POLL_S = 0.05
@@ -89,9 +86,13 @@ class Launch:
         return {"nodes": self.nodes, "ranks_per_node": self.ranks_per_node}
 
 
+class NotAWorld(ValueError):
+    """A launcher's variables that are incomplete or not numbers: what is wrong with them, in one line."""
+
+
 def detect(environ: Mapping[str, str] = os.environ) -> Launch | None:
     """The launched world this process belongs to, or None where no launcher started it. A launcher's
-    variables that are incomplete or not numbers are a usage error, never a guess."""
+    variables that are incomplete or not numbers raise NotAWorld (the front end's usage error), never a guess."""
     for launcher, (rank_name, size_name, local_name, per_node_names) in LAUNCHER_VARIABLES.items():
         if rank_name not in environ and size_name not in environ:
             continue
@@ -100,7 +101,7 @@ def detect(environ: Mapping[str, str] = os.environ) -> Launch | None:
         per_node_name = next((name for name in per_node_names if name in environ), per_node_names[0])
         missing = [name for name in (rank_name, size_name, "MASTER_ADDR", "MASTER_PORT") if not environ.get(name)]
         if missing:
-            raise UsageError(f"a launched world ({launcher}'s variables are set) but {', '.join(missing)} "
+            raise NotAWorld(f"a launched world ({launcher}'s variables are set) but {', '.join(missing)} "
                              f"{'is' if len(missing) == 1 else 'are'} not: the harness cannot join it")
 
         def number(name: str, default: int | None = None) -> int:
@@ -110,14 +111,14 @@ def detect(environ: Mapping[str, str] = os.environ) -> Launch | None:
             try:
                 return int(str(value).split("(")[0])  # srun may say "2(x3)": 2 tasks on each of 3 nodes
             except ValueError:
-                raise UsageError(f"{name}={value!r} is not a number: the harness cannot join the launched "
+                raise NotAWorld(f"{name}={value!r} is not a number: the harness cannot join the launched "
                                  f"world") from None
 
         rank, world_size = number(rank_name), number(size_name)
         launch = Launch(launcher, rank, world_size, number(local_name, rank),
                         number(per_node_name, world_size), environ["MASTER_ADDR"], number("MASTER_PORT"))
         if not 0 <= launch.rank < world_size or not 0 < launch.ranks_per_node <= world_size:
-            raise UsageError(f"{rank_name}={rank}, {size_name}={world_size}, {per_node_name}="
+            raise NotAWorld(f"{rank_name}={rank}, {size_name}={world_size}, {per_node_name}="
                              f"{launch.ranks_per_node}: not a place in a world")
         return launch
     return None
@@ -324,20 +325,15 @@ def serve(ctx: RankContext) -> tuple[int, bool]:
     return int(status), task is not None and task.reply is None
 
 
-SERVED_FILE = "served.json"
-
-
 def note_served(launch: Launch, out: Any, exit_status: int) -> None:
     """On a node that holds no rank 0, its first rank leaves a note in the run directory it was given, where
     rank 0's node has the records: what ran this node's ranks, and how the run ended. A matrix run reads it
     (a node's cell that served is not a cell that failed to run)."""
     if launch.local_rank != 0 or launch.rank == 0:
         return
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     note = {"served": f"{launch.master_addr}:{launch.master_port}", "launcher": launch.launcher,
             "ranks": [launch.rank, launch.rank + launch.ranks_per_node - 1], "exit_status": exit_status}
-    write_whole(out / SERVED_FILE, json.dumps(note, indent=2, sort_keys=True) + "\n")
+    RunDir(out).write_served(note)
 
 
 def leave(exit_status: int, stuck: bool) -> int:
