@@ -16,8 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from zero3_conformance.contract import clause_key
-from zero3_conformance.report.summary import is_sweep_record
-from zero3_conformance.results import PASS, SKIP, read_records
+from zero3_conformance.results import PASS, SKIP
+from zero3_conformance.rundir import RunDir
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--wall", type=float, default=None, help="the run's wall time in seconds")
     args = parser.parse_args()
-    records = [r for r in read_records(args.run_dir / "results.jsonl") if is_sweep_record(r)]
+    records = [r for r in RunDir(args.run_dir).records() if r.sweep]
     per_clause: dict[str, float] = defaultdict(float)
     per_type: dict[str, float] = defaultdict(float)
     retried = 0.0

@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .casekey import CaseKey
 from .checks.registry import load_checks
 from .contract import clause_key
 from .dsconfig import PLAIN, VARIANTS
@@ -61,10 +62,13 @@ class CaseSpec:
         return self.family.label if self.family else "none"
 
     @property
+    def key(self) -> CaseKey:
+        return CaseKey(self.clause, self.check, self.subject, self.model, self.head, self.layout, self.world_size,
+                       self.dtype, self.variant, sweep=bool(self.family and self.family.model_type))
+
+    @property
     def id(self) -> str:
-        parts = [self.subject, self.label, *([self.layout] if self.layout else []), f"ws{self.world_size}", self.dtype]
-        parts += [self.variant] if self.variant != PLAIN else []
-        return f"{self.check_id}[{'-'.join(parts)}]"
+        return self.key.id
 
     def task(self, ds_config: dict[str, Any], checkpoint: str | None,
              structure: dict[str, Any] | None = None) -> RankTask:

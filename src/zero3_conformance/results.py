@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .casekey import CaseKey
 from .dsconfig import PLAIN
 
 SCHEMA = 2
@@ -64,6 +65,7 @@ class Record:
     expected: dict[str, Any] | None = None  # the known-issues entry the raw outcome met
     head: str | None = None  # the class built (a sweep type has several); None where no model is built
     variant: str = PLAIN  # the ZeRO-3 configuration variant the case ran under (dsconfig.VARIANTS)
+    sweep: bool = False  # a case of the architecture sweep (its id names the type with the class built)
     # What the check compared, per kind, and how many of each the class's clean structure says it covers.
     compared: dict[str, int] = dataclasses.field(default_factory=dict)
     expected_to_compare: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -81,6 +83,11 @@ class Record:
         self.intermittent = len(set(self.outcomes)) > 1  # derived, so it cannot disagree with the outcomes
         self.finding = self.findings[0] if self.findings else None  # derived, as intermittent is
 
+    @property
+    def key(self) -> CaseKey:
+        return CaseKey(self.clause, self.check, self.subject, self.model, self.head, self.layout, self.world_size,
+                       self.dtype, self.variant, self.sweep)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
 
@@ -92,6 +99,11 @@ class Record:
             # Schema 1 wrote the known issue into the message's first line; schema 2 keeps it in `expected`.
             fields["message"] = str(data.get("message", "")).split("\n", 1)[1] if "\n" in str(
                 data.get("message", "")) else ""
+        if "sweep" not in data:  # written before records said so: the id does
+            try:
+                fields["sweep"] = CaseKey.parse(str(data.get("case_id", ""))).sweep
+            except ValueError:  # a P4 leftover's id names no one case
+                fields["sweep"] = False
         return cls(**fields)
 
 

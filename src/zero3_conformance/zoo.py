@@ -23,7 +23,6 @@ from typing import Any
 from .compat import build_from_config
 from .errors import UsageError, exception_line
 
-LAYOUTS = ("safetensors", "sharded", "bin")
 CHECKPOINT_SEED = 1234
 SHARD_SIZE = "40KB"  # small enough that every family's checkpoint spans several shards
 

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "zero3_conformance"
 # The package's parts from the bottom up, as README's layout shows them: a part imports only parts of its own
 # layer or below (and parts of one layer never each other both ways). A new module or package is placed here.
 LAYERS = (
-    ("the record and the stack", ("contract", "errors", "dsconfig", "finding_kinds", "results", "rundir", "cell",
+    ("the record and the stack", ("contract", "errors", "dsconfig", "casekey", "finding_kinds", "results", "rundir",
+                                  "cell",
                                   "op_cache", "compat", "known_issues")),
     ("worlds of processes", ("worlds",)),
     ("what passes between a world's ranks and the parent", ("protocol",)),
@@ -188,3 +189,38 @@ def test_worlds_carry_tasks_and_results_without_reading_them():
                    if module.startswith("zero3_conformance.worlds") for target in targets
                    if _part(target) in meaning)
     assert reads == []
+
+
+_STRING_READS = {"split", "rsplit", "partition", "rpartition", "startswith", "endswith", "find", "rfind", "index",
+                 "replace", "removeprefix", "removesuffix", "strip", "count"}
+
+
+def _is_case_id(node):
+    return (isinstance(node, ast.Attribute) and node.attr == "case_id") or (
+        isinstance(node, ast.Name) and node.id == "case_id")
+
+
+def _case_id_reads(source):
+    """Lines of `source` that read a case id as text: a string method, `in`, an index or a regular expression
+    applied to a `case_id`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        read = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and ((node.func.attr in _STRING_READS and _is_case_id(node.func.value))
+                     or (isinstance(node.func.value, ast.Name) and node.func.value.id == "re"
+                     and any(_is_case_id(arg) for arg in node.args)))) \
+            or (isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+                and any(_is_case_id(side) for side in node.comparators)) \
+            or (isinstance(node, ast.Subscript) and _is_case_id(node.value))
+        if read:
+            found.append(node.lineno)
+    return sorted(found)
+
+
+def test_only_casekey_parse_reads_a_case_id():
+    """A case's identity is the key's fields, which records carry: no module reads them back out of its id."""
+    reads = {name: lines for name, path in _modules().items() if name != "zero3_conformance.casekey"
+             if (lines := _case_id_reads(path.read_text(encoding="utf-8")))}
+    assert reads == {}
+    assert _case_id_reads('a = f"-{m}.{h}-" in r.case_id\nb = r.case_id.split("[")\nc = re.match(P, case_id)\n'
+                          'd = case_id[2:]\ne = r.case_id == x\n') == [1, 2, 3, 4]

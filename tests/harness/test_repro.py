@@ -95,17 +95,20 @@ def test_a_check_without_a_script_gets_a_report_with_the_harness_command(tmp_pat
     assert "zero3-conformance run --subject transformers --clauses N2 --world-sizes 2 --models llama" in report
 
 
-@pytest.mark.parametrize("problem", ["unknown case", "reference case", "not a run directory"])
+@pytest.mark.parametrize("problem", ["unknown case", "reference case", "not a run directory", "not a case id"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, problem):
     spec = next(c for c in build_cases(subjects=["reference"], clauses=["G1"], world_sizes=[2], models=["llama"]))
     run_dir = _run_dir(tmp_path, [spec])
     case_id, source = {"unknown case": ("G1-nothing[transformers-llama-ws2-fp32]", run_dir),
                        "reference case": (spec.id, run_dir),
-                       "not a run directory": (spec.id.replace("reference", "transformers"), tmp_path)}[problem]
+                       "not a run directory": (spec.id.replace("reference", "transformers"), tmp_path),
+                       "not a case id": ("G1 llama ws2", run_dir)}[problem]
     assert cli.main(["repro", case_id, "--from", str(source), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1, error
     assert error.startswith("zero3-conformance: error:"), error
+    if problem == "not a case id":
+        assert "'G1 llama ws2' is not a case id (CLAUSE-check[subject-model" in error
 
 
 def _launch(script_dir, fault=False):

@@ -154,9 +154,10 @@ def test_types_of_three_modalities_are_checked_for_real(tmp_path):
 def _record(model, head, clause, subject, status):
     from zero3_conformance.results import Record
 
-    label = f"{model}.{head}" if head and not head.startswith("Auto") else model
+    sweep = bool(head) and not head.startswith("Auto")
+    label = f"{model}.{head}" if sweep else model
     return Record(clause=clause, check="c", subject=subject, model=model, head=head, layout=None, world_size=2,
-                  dtype="fp32", status=status, message="", duration_s=0.1, cell={},
+                  dtype="fp32", status=status, message="", duration_s=0.1, cell={}, sweep=sweep,
                   case_id=f"{clause}-c[{subject}-{label}-ws2-fp32]")
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..casekey import LAYOUTS
 from ..compat import checkpoint_conversion
 from ..finding_kinds import Found
 from ..finding_kinds import make as make_finding
 from ..reference.checkpoint import CheckpointReader
 from ..structure import tied_groups
-from ..zoo import LAYOUTS
 from .base import Case, NotApplicable, ceil_div, check
 from .tensors import exact_mismatch, full_parameters, init_mismatch, undefined
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+from ..casekey import LAYOUTS
 from ..dsconfig import partition_group_size, torch_dtype, with_stage
 from ..finding_kinds import make as make_finding
 from ..finding_kinds import raised_kind
 from ..memory.probe import MB
-from ..zoo import LAYOUTS
 from .base import Case, SubjectRaised, ceil_div, check, engine_config
 from .tensors import identical, undefined
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+from ..casekey import CaseKey
 from ..catalog import CaseSpec
 from ..cell import describe_cell, local_device, visible_gpus
 from ..checks.execute import SPOILED
@@ -277,7 +278,8 @@ class Runner:
         record = Record(clause=case.clause, check=case.check, subject=case.subject, model=case.model,
                         head=case.head, layout=case.layout, world_size=case.world_size, dtype=case.dtype, status=status,
                         message=message, duration_s=round(sum(a.seconds for a in tries), 3), cell=self.cell,
-                        metrics=metrics, case_id=case.id, outcomes=outcomes, variant=case.variant, compared=compared,
+                        metrics=metrics, case_id=case.id, outcomes=outcomes, variant=case.variant,
+                        sweep=case.key.sweep, compared=compared,
                         expected_to_compare=expected, findings=findings if status == FAIL else [])
         return apply_known_issues(record, self.known_issues)
 
@@ -357,10 +359,9 @@ def _by_world_size(cases: Iterable[CaseSpec]) -> dict[int, list[CaseSpec]]:
 
 def _by_case(cases: Iterable[CaseSpec]) -> list[list[CaseSpec]]:
     """Cases that differ only in their subject, together, in the order their first one comes."""
-    together: dict[tuple[object, ...], list[CaseSpec]] = defaultdict(list)
+    together: dict[CaseKey, list[CaseSpec]] = defaultdict(list)
     for case in cases:
-        together[(case.check_id, case.model, case.head, case.layout, case.world_size, case.dtype,
-                  case.variant)].append(case)
+        together[case.key.across_subjects()].append(case)
     return list(together.values())
 
 

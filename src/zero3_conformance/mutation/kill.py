@@ -51,7 +51,7 @@ def kill_matrix(runner: Runner, names: Sequence[str], clauses: Sequence[str] | N
             outcome: dict[str, Any] = {"statuses": _count(r.status for r in records),
                                        "by": [r.case_id for r in killers], "verdict": "survived"}
             if killers:
-                killer_ids = {r.case_id.replace(f"mutant:{name}", "reference") for r in killers}
+                killer_ids = {r.key.with_subject("reference").id for r in killers}
                 reference = [runner.run_case(c) for c in killing_cases(name, target, subject="reference")
                              if c.id in killer_ids]
                 failing = [r.case_id for r in reference if r.status != PASS]

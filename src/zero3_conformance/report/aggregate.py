@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import known_issues
+from ..casekey import CaseKey
 from ..cell import COMPLETE, PARTIAL, cell_label, topology_suffix
 from ..errors import UsageError
 from ..results import BAD_STATUSES, PASS, REPRODUCED_BY, XFAIL, XPASS, Record
@@ -72,12 +73,6 @@ def load_cell(run_dir: Path, issues: Sequence[known_issues.KnownIssue] | None = 
     return CellResult(name, status, message, cell, records)
 
 
-def _case_key(record: Record) -> tuple:
-    """A case's full identity but its subject: the cases blame compares, subject against subject."""
-    return (record.clause, record.check, record.model, record.head, record.layout, record.world_size, record.dtype,
-            record.variant)
-
-
 def likely_fault(record: Record, others: Sequence[Record], reference_flaky: int = 0) -> str:
     """Where the fault behind `record` (a case that did not pass) likely lies, from the raw outcomes of every
     try of it and of the same case for the other subjects. `reference_flaky`: cases of the cell on which the
@@ -127,12 +122,12 @@ def _replayed_fault(reproduced_by: Sequence[str]) -> str:
 def blame(cell: CellResult) -> list[dict[str, Any]]:
     """Every case where a subject did not hold the clause and no known issue expected it, with where the
     fault likely lies."""
-    by_case: dict[tuple, list[Record]] = defaultdict(list)
+    by_case: dict[CaseKey, list[Record]] = defaultdict(list)
     for record in cell.records:
-        by_case[_case_key(record)].append(record)
+        by_case[record.key.across_subjects()].append(record)
     reference_flaky = sum(r.subject == "reference" and r.intermittent for r in cell.records)
     found = []
-    for _, records in sorted(by_case.items(), key=lambda kv: str(kv[0])):
+    for _, records in sorted(by_case.items(), key=lambda kv: str(dataclasses.astuple(kv[0]))):
         for record in sorted(records, key=lambda r: r.subject):
             if record.status not in BAD_STATUSES:
                 continue

@@ -96,16 +96,11 @@ def _values_compared(records: list[Record]) -> list[str]:
             + (", ".join(f"{len(found[s])} for {s}" for s in subjects) or "none for any subject") + "."]
 
 
-def is_sweep_record(record: Record) -> bool:
-    """A case of the architecture sweep: its id names the type with the class built (`vit.ViTModel`)."""
-    return bool(record.head) and f"-{record.model}.{record.head}-" in record.case_id
-
-
 def architecture_coverage(records: list[Record]) -> dict[str, Any] | None:
     """The sweep's reach in these records, or None where there is no sweep: types attempted, built (some
     record not a SKIP), checked (CHECKED_WHEN_RAN ran for every subject), classes, each clause's outcomes
     and how many types it reached (a record not a SKIP)."""
-    sweep = [r for r in records if is_sweep_record(r)]
+    sweep = [r for r in records if r.sweep]
     if not sweep:
         return None
     subjects = sorted({r.subject for r in sweep})

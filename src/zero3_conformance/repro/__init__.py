@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable
 
+from ..casekey import CaseKey
 from ..errors import UsageError
 from ..rundir import RunDir
 from . import prelude
@@ -69,6 +70,10 @@ def _find(case_id: str, run_dir: Path) -> tuple[Any, dict[str, Any]]:
         raise UsageError(run.not_a_run_dir())
     matches = [r for r in run.records() if r.case_id == case_id]
     if not matches:
+        try:
+            CaseKey.parse(case_id)
+        except ValueError as exc:  # mistyped, rather than absent from this run
+            raise UsageError(str(exc)) from None
         raise UsageError(f"no case {case_id!r} in {run_dir}")
     record = matches[-1]
     if record.subject != SUBJECT:
