@@ -1,10 +1,14 @@
 """pytest front end: the conformance suite runs the catalog's cases in persistent worlds shared by a
-session, tries again a case that did not pass (--z3-repeat N), applies the known-issues file, can write
-the same records as the CLI (--z3-results DIR), and can finish an interrupted session from them
-(--z3-resume)."""
+session, the subjects of a case together, tries again a case that did not pass (--z3-repeat N) and the
+other subject as often, applies the known-issues file, can write a run directory as the CLI does
+(--z3-results DIR: plan, every worker's records, summary, end marker), and can finish an interrupted session
+from it (--z3-resume). Under pytest-xdist the first worker asked for a case runs its subjects together and
+the others take their records from it, whichever worker the scheduler gives which test."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +38,8 @@ def pytest_addoption(parser: Any) -> None:
 
 _PLANNED = pytest.StashKey[int]()
 _PLANNED_KEY = "zero3_conformance_planned"  # a worker's count of the cases it collected, sent to the controller
+_SHARED = pytest.StashKey[Path]()
+_SHARED_KEY = "zero3_conformance_shared"  # the directory the controller gives its workers to share cases in
 MARKERS = ("conformance: a check of a subject against the ZeRO-3 contract",
            "slow: starts worlds of processes or builds real models (seconds to minutes each)")
 
@@ -46,20 +52,52 @@ def pytest_configure(config: Any) -> None:
     if hasattr(config, "workerinput"):
         return
     # Once, in the controlling process, before workers start.
-    if config.getoption("--z3-resume"):
-        _resume_from(config.getoption("--z3-results"))
-    if config.getoption("--z3-results") is not None:
-        RunDir(config.getoption("--z3-results")).clear_end()  # this session ends it anew, or it stays unfinished
+    out = config.getoption("--z3-results")
+    if config.getoption("--z3-resume") and out is None:
+        raise pytest.UsageError("--z3-resume needs --z3-results DIR: the directory whose records it finishes")
+    # Where the session's processes (pytest-xdist's workers) find the cases another one claimed.
+    config.stash[_SHARED] = Path(tempfile.mkdtemp(prefix="zero3-conformance-session-"))
+    if out is not None:
+        from .errors import UsageError
+        from .execution.session import start
+
+        try:
+            start(RunDir(out), _selection(config), config.getoption("--z3-resume"))
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
     config.stash[_PLANNED] = 0
+
+
+def _selection(config: Any) -> dict[str, Any]:
+    """What the session was asked to check, as the plan records it: pytest's own arguments select the cases."""
+    return {"front_end": "pytest", "args": [str(arg) for arg in config.invocation_params.args],
+            "known_issues": str(config.getoption("--z3-known-issues")), "repeat": config.getoption("--z3-repeat")}
+
+
+def _case_of(item: Any) -> Any:
+    """The catalog case a conformance test item runs, or None for any other test."""
+    callspec = getattr(item, "callspec", None)
+    if "conformance_session" not in getattr(item, "fixturenames", ()) or callspec is None:
+        return None
+    return callspec.params.get("case")
 
 
 def pytest_collection_finish(session: Any) -> None:
     """The session's conformance cases: what it plans to record (under xdist every worker collects them all)."""
-    planned = sum("conformance_session" in getattr(item, "fixturenames", ()) for item in session.items)
+    planned = sum(_case_of(item) is not None for item in session.items)
     if hasattr(session.config, "workerinput"):
         session.config.workeroutput[_PLANNED_KEY] = planned
-    else:
-        session.config.stash[_PLANNED] = planned
+        return
+    session.config.stash[_PLANNED] = planned
+    if session.config.getoption("--z3-results") is not None:
+        from .execution.session import planned as plan_cases
+
+        plan_cases(RunDir(session.config.getoption("--z3-results")), planned)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # pytest-xdist's: a worker is being started
+    node.workerinput[_SHARED_KEY] = str(node.config.stash[_SHARED])
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -69,67 +107,30 @@ def pytest_testnodedown(node: Any, error: Any) -> None:  # pytest-xdist's: a wor
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    """The controlling process's last act: the results directory records that the session ended, with the cases
-    it planned and those recorded there (a session cut short records fewer, and reads as PARTIAL)."""
-    out = session.config.getoption("--z3-results")
-    if out is None or hasattr(session.config, "workerinput") or exitstatus == pytest.ExitCode.USAGE_ERROR:
+    """The controlling process's last act: the summary of every worker's records, and the end marker with the
+    cases planned and those recorded (a session cut short records fewer, and reads as PARTIAL)."""
+    if hasattr(session.config, "workerinput"):
         return
-    recorded = len({record.case_id for record in RunDir(out).records()})
-    RunDir(out).mark_finished(session.config.stash.get(_PLANNED, 0), recorded)
+    shutil.rmtree(session.config.stash.get(_SHARED, ""), ignore_errors=True)
+    out = session.config.getoption("--z3-results")
+    if out is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
+        return
+    from .execution.session import finish
 
-
-def _resume_from(out: Path | None) -> None:
-    """Before any case runs: a usage error where --z3-resume has nothing of this cell to finish; then each
-    worker's file keeps only the records whose case ran (a torn last line and the `not_run` ones go, as
-    `run --resume` does), so that a case run again has one record."""
-    from .cell import describe_cell, local_device
-    from .errors import UsageError
-    from .execution.plan import same_cell
-
-    if out is None:
-        raise pytest.UsageError("--z3-resume needs --z3-results DIR: the directory whose records it finishes")
-    run_dir = RunDir(out)
-    try:
-        same_cell(run_dir, run_dir.finished_records(), describe_cell(*local_device()))
-    except UsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    run_dir.keep_only_finished()
-
-
-class ConformanceSession:
-    def __init__(self, config: Any):
-        from .dsconfig import DEFAULT_ZERO3_CONFIG
-        from .execution.runner import Runner
-
-        issues = known_issues.load(config.getoption("--z3-known-issues"))
-        self.runner = Runner(DEFAULT_ZERO3_CONFIG, known_issues=issues, repeat=config.getoption("--z3-repeat"))
-        out: Path | None = config.getoption("--z3-results")
-        self.kept: dict[str, Record] = {}
-        if config.getoption("--z3-resume") and out is not None:
-            # Every worker's file: under xdist a case may land on another worker than the one that ran it.
-            self.kept = {r.case_id: r for r in RunDir(out).finished_records()}
-        worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.writer = RunDir(out).writer(worker) if out else None
-
-    def run(self, case: Any) -> Record:
-        if case.id in self.kept:
-            return self.kept[case.id]  # finished by the session this one resumes: its record stands
-        record = self.runner.run_case(case)
-        leftovers = self.runner.take_leftovers()  # a spoiled world's record, beside the case's
-        if self.writer:
-            for written in [record, *leftovers]:
-                self.writer.write(written)
-        return record
-
-    def close(self) -> None:
-        self.runner.close()
-        if self.writer:
-            self.writer.close()
+    finish(RunDir(out), session.config.stash.get(_PLANNED, 0))
 
 
 @pytest.fixture(scope="session")
-def conformance_session(request: Any) -> Iterator[ConformanceSession]:
-    session = ConformanceSession(request.config)
+def conformance_session(request: Any) -> Iterator[Any]:
+    """The cases of this process's tests, run as the CLI runs them (execution.session.Session)."""
+    from .execution.session import Session
+
+    config = request.config
+    cases = [case for item in request.session.items if (case := _case_of(item)) is not None]
+    worker = getattr(config, "workerinput", {})
+    session = Session(cases, config.getoption("--z3-results"), worker.get("workerid", "main"),
+                      config.getoption("--z3-known-issues"), config.getoption("--z3-repeat"),
+                      config.getoption("--z3-resume"), Path(worker[_SHARED_KEY]) if _SHARED_KEY in worker else None)
     yield session
     session.close()
 

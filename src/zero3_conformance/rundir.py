@@ -95,6 +95,12 @@ class RunDir:
         for path in self.result_files():
             self.keep_only(self.finished_records(path), path)
 
+    def clear_records(self) -> None:
+        """A run starting afresh here: no earlier run's records, and no summary of them."""
+        for path in self.result_files():
+            path.unlink()
+        self.drop_summary()
+
     def writer(self, worker: str | None = None) -> RecordWriter:
         """Appends to the CLI's result file, or with `worker` to that pytest worker's."""
         return RecordWriter(self.worker_results_path(worker) if worker else self.results_path)
@@ -108,16 +114,16 @@ class RunDir:
             return None
         return plan if isinstance(plan, dict) else None
 
-    def write_plan(self, selection: dict[str, Any] | None, planned: int) -> None:
-        """The plan a run starts with, without an end marker: a run resumed in this directory starts over here."""
-        plan: dict[str, Any] = {"schema": 1, "planned": planned}
+    def write_plan(self, selection: dict[str, Any] | None, planned: int | None) -> None:
+        """The plan a run starts with, without an end marker: a run resumed in this directory starts over here.
+        `planned`: None where the cases are not counted yet (a pytest controller's, before its workers collect)."""
+        plan: dict[str, Any] = {"schema": 1} if planned is None else {"schema": 1, "planned": planned}
         if selection is not None:
             plan["selection"] = selection
         self._write_plan(plan)
 
     def mark_finished(self, planned: int, recorded: int) -> None:
         """The run's last act: its plan says that it ended, with the cases it planned and recorded."""
-        self.path.mkdir(parents=True, exist_ok=True)
         plan = self.read_plan() or {"schema": 1}
         plan.update(planned=planned)
         plan[END] = {"planned": planned, "recorded": recorded}
@@ -131,6 +137,7 @@ class RunDir:
             self._write_plan(plan)
 
     def _write_plan(self, plan: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         write_whole(self.plan_path, json.dumps(plan, indent=2) + "\n")
 
     def completion(self, recorded: int | None = None) -> Completion:

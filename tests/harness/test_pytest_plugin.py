@@ -148,3 +148,54 @@ def test_an_interrupted_session_resumes_from_its_records(pytester):
     alone = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-resume")
     assert alone.ret == pytest.ExitCode.USAGE_ERROR
     alone.stderr.fnmatch_lines(["*--z3-resume needs --z3-results DIR*"])
+
+
+UNPAIRED_CONFTEST = """
+from zero3_conformance.results import FAIL
+from zero3_conformance.execution.runner import Attempt, Runner
+
+real_try = Runner._try
+
+
+def try_with_fault(self, case, fresh):  # an injected fault: the transformers subject fails every try of A1
+    attempt = real_try(self, case, fresh)
+    if case.subject == "transformers":
+        return Attempt(FAIL, "is_deepspeed_zero3_enabled() was False", {}, attempt.seconds, fresh)
+    return attempt
+
+
+Runner._try = try_with_fault
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
+def test_a_cases_subjects_are_tried_together_and_the_directory_reads_as_a_run(pytester, workers, tmp_path):
+    """Blame pairing under pytest: where one subject fails, the subject that passed is tried as often (under
+    xdist, by whichever worker is first asked for the case, the other taking its record); the results
+    directory then reads as a CLI run's does: its plan, summary and end, `report`'s blame, `repro`'s case."""
+    from zero3_conformance import cli
+    from zero3_conformance.report.aggregate import BLAME_INTEGRATION, blame
+
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makeconftest(UNPAIRED_CONFTEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-results", "records", "-k", "A1",
+                                           *workers)
+    result.assert_outcomes(passed=1, failed=1)
+    out = pytester.path / "records"
+    records = {r["subject"]: r for line in "".join(p.read_text() for p in sorted(out.glob("results-*.jsonl")))
+               .splitlines() if (r := json.loads(line))}
+    assert records["transformers"]["outcomes"] == ["FAIL", "FAIL", "FAIL"]
+    assert records["reference"]["outcomes"] == ["PASS", "PASS", "PASS"]  # tried as often, though it passed
+    plan = json.loads((out / "run.json").read_text())
+    assert plan["selection"]["front_end"] == "pytest"
+    assert plan["finished"] == {"planned": 2, "recorded": 2}
+    assert "A1-zero3_flag_follows_stage" in (out / "summary.md").read_text()
+    cell = load_cell(out)
+    assert cell.status == COMPLETE
+    assert [(b["subject"], b["likely_fault"]) for b in blame(cell)] == [("transformers", BLAME_INTEGRATION)]
+    assert cli.main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert BLAME_INTEGRATION in (tmp_path / "report" / "report.md").read_text()
+    case = records["transformers"]["case_id"]
+    assert cli.main(["repro", case, "--from", str(out), "--out", str(tmp_path / "repro")]) == 0
+    assert case in (tmp_path / "repro" / "report.md").read_text()

@@ -2,7 +2,8 @@
 
 `pytest` and `zero3-conformance run` take their cases from the same catalog, so they run identical
 checks. Cases are grouped by world size so that, under `-n 2 --dist loadgroup`, each worker keeps
-its worlds alive.
+its worlds alive (where pytest-xdist groups them: pytest-dev/pytest-xdist#1386); a case's subjects are tried
+together whichever worker runs which.
 """
 
 import pytest
