@@ -23,7 +23,7 @@ LAYERS = (
     ("the catalog of cases", ("catalog",)),
     ("what is read from runs", ("matrix", "report", "repro")),
     ("running cases", ("execution",)),
-    ("front ends", ("mutation", "pytest_plugin", "suite", "cli", "__main__")),
+    ("front ends", ("mutation", "pytest_plugin", "unittest_suite", "suite", "cli", "__main__")),
 )
 LAYER = {part: height for height, (_, parts) in enumerate(LAYERS) for part in parts}
 

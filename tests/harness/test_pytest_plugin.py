@@ -104,10 +104,13 @@ def test_the_installed_package_runs_the_suite_from_any_directory(tmp_path):
     import xml.etree.ElementTree as ElementTree
 
     done = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "zero3_conformance", "-p", "no:cacheprovider",
-                           "-k", "A1-zero3_flag_follows_stage", "--junitxml", "suite.xml", "-q"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           "-k", "A1-zero3_flag_follows_stage", "--junitxml", "suite.xml", "-q",
+                           "--z3-results", "records"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 passed" in done.stdout
+    cell = load_cell(tmp_path / "records")  # a run directory, as `run` writes one
+    assert cell.status == COMPLETE
+    assert sorted(r.subject for r in cell.records) == ["reference", "transformers"]
     cases = ElementTree.parse(tmp_path / "suite.xml").getroot().iter("testcase")
     assert sorted(case.get("name") for case in cases) == [
         "test_contract[A1-zero3_flag_follows_stage[reference-none-ws1-fp32]]",
