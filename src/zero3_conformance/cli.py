@@ -16,7 +16,7 @@ from .cell import describe_cell, local_device
 from .contract import clause_key
 from .dsconfig import DEFAULT_ZERO3_CONFIG, load_user_zero3_config
 from .errors import UsageError
-from .execution.plan import comma_list
+from .execution.selection import comma_list
 from .results import DEFAULT_REPEAT, Record, run_succeeded, write_whole
 
 
@@ -149,12 +149,18 @@ def cmd_list() -> int:
     return 0
 
 
-def _selection(args: argparse.Namespace) -> dict:
-    return {"subject": args.subject, "models": args.models, "architectures": args.architectures,
-            "clauses": args.clauses, "world_sizes": args.world_sizes, "variants": args.variants,
-            "model": str(args.model) if args.model else None,
-            "ds_config": load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG,
-            "known_issues": str(args.known_issues), "timeout": args.timeout, "repeat": args.repeat}
+# `run`'s options that say what to check: a resumed run takes them from its plan.
+SELECTION_OPTIONS = ("subject", "models", "architectures", "clauses", "world_sizes", "variants", "model", "ds_config",
+                     "known_issues", "timeout", "repeat")
+
+
+def _selection(args: argparse.Namespace) -> Any:
+    from .execution.selection import Selection
+
+    return Selection.parse(args.subject, args.models, args.architectures, args.clauses, args.world_sizes,
+                           args.variants, str(args.model) if args.model else None,
+                           load_user_zero3_config(args.ds_config) if args.ds_config else DEFAULT_ZERO3_CONFIG,
+                           args.known_issues, args.timeout, args.repeat)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -200,7 +206,7 @@ def _run_launched(args: argparse.Namespace, launch: Any) -> int:
 
 
 def _run(args: argparse.Namespace, world: Any = None) -> int:
-    from .execution.plan import SELECTION, Run
+    from .execution.plan import Run
     from .rundir import RunDir
 
     if args.repeat < 0:
@@ -208,7 +214,7 @@ def _run(args: argparse.Namespace, world: Any = None) -> int:
     if args.parallel_worlds is not None and args.parallel_worlds < 1:
         raise UsageError(f"--parallel-worlds must be 1 or more, not {args.parallel_worlds}")
     if args.resume is not None:
-        given = [f"--{key.replace('_', '-')}" for key in (*SELECTION, "out")
+        given = [f"--{key.replace('_', '-')}" for key in (*SELECTION_OPTIONS, "out")
                  if getattr(args, key) != build_parser().parse_args(["run"]).__dict__[key]]
         if given:
             raise UsageError(f"--resume takes what to check from its run directory's {RunDir.PLAN}; leave out "

@@ -33,13 +33,13 @@ class RankTask:
     check: str
     subject: str
     subject_module: str
-    family: dict[str, Any] | None
+    family: dict[str, object] | None
     layout: str | None
     dtype: str
     ds_config: dict[str, Any]
     checkpoint: str | None
     variant: str
-    structure: dict[str, Any] | None = None
+    structure: dict[str, object] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +49,9 @@ class RankResult:
 
     status: Status
     message: str = ""
-    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    agreed: dict[str, Any] = dataclasses.field(default_factory=dict)
-    findings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    metrics: dict[str, object] = dataclasses.field(default_factory=dict)
+    agreed: dict[str, object] = dataclasses.field(default_factory=dict)
+    findings: list[dict[str, object]] = dataclasses.field(default_factory=list)
 
     @property
     def gave_up(self) -> bool:
@@ -111,7 +111,7 @@ def _reply_text(reply: RankReply) -> str:
     return f"{reply.value.status.value}: {reply.value.message[:2000]}".rstrip(": ")
 
 
-def _disagreements(results: dict[int, RankResult]) -> tuple[list[str], list[dict[str, Any]]]:
+def _disagreements(results: dict[int, RankResult]) -> tuple[list[str], list[dict[str, object]]]:
     """Where a rank saw another value than the first rank for a key every rank must agree on: the messages, and
     the findings."""
     first = min(results)

@@ -114,7 +114,7 @@ class RunDir:
             return None
         return plan if isinstance(plan, dict) else None
 
-    def write_plan(self, selection: dict[str, Any] | None, planned: int | None) -> None:
+    def write_plan(self, selection: dict[str, object] | None, planned: int | None) -> None:
         """The plan a run starts with, without an end marker: a run resumed in this directory starts over here.
         `planned`: None where the cases are not counted yet (a pytest controller's, before its workers collect)."""
         plan: dict[str, Any] = {"schema": 1} if planned is None else {"schema": 1, "planned": planned}

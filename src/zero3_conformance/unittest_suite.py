@@ -39,14 +39,12 @@ def conformance_tests(clauses: str = "", models: str = "", subjects: str = "", a
     `repro` and `findings` read. Raises UsageError (one line) where the selection names nothing known."""
     from parameterized import parameterized
 
-    from .execution.plan import cases_of
+    from .execution.selection import Selection
 
-    if repeat < 0:
-        raise UsageError(f"repeat must be 0 or more, not {repeat}")
-    selection = {"front_end": "unittest", "subject": subjects, "models": models, "architectures": architectures,
-                 "clauses": clauses, "world_sizes": world_sizes, "variants": variants, "model": None,
-                 "known_issues": str(issues), "repeat": repeat}
-    cases = cases_of(selection)
+    chosen = Selection.parse(subjects, models, architectures, clauses, world_sizes, variants, issues=issues,
+                             repeat=repeat)
+    cases = chosen.cases()
+    selection = {"front_end": "unittest", **chosen.to_plan()}
     run_dir = Path(out) if out is not None else None
 
     class Conformance(unittest.TestCase):

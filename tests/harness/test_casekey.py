@@ -7,6 +7,7 @@ import pytest
 
 from zero3_conformance.casekey import CaseKey
 from zero3_conformance.catalog import build_cases
+from zero3_conformance.errors import UsageError
 from zero3_conformance.results import Record
 
 SWEEP_TYPES = ["vit", "xlm-roberta", "blip-2", "mixtral"]  # hyphens in a type's name; several heads each
@@ -63,3 +64,23 @@ def test_a_record_from_before_sweep_was_recorded_gets_it_from_its_id(cases, make
         data = dataclasses.asdict(make_record("PASS", model=case.model, head=case.head, case_id=case.id))
         del data["sweep"]
         assert Record.from_dict(data).sweep is case.key.sweep
+
+
+def test_a_selection_is_kept_in_the_plan_as_typed_and_read_back_the_same():
+    from zero3_conformance.execution.selection import Selection
+
+    chosen = Selection.parse(subjects="reference", models="llama, bert", clauses="A1,G1", world_sizes="1,2",
+                             repeat=0)
+    assert chosen.models == ("llama", "bert")
+    assert chosen.world_sizes == (1, 2)
+    plan = chosen.to_plan()
+    assert plan["models"] == "llama,bert"
+    assert Selection.from_plan(plan, "run.json") == chosen
+    older = {key: value for key, value in plan.items() if key not in ("repeat", "architectures", "variants")}
+    assert Selection.from_plan(older, "run.json").repeat == 0  # what a plan from before `repeat` meant
+    with pytest.raises(UsageError, match=r"run\.json is not a run plan"):
+        Selection.from_plan({"models": "llama"}, "run.json")
+    with pytest.raises(UsageError, match="invalid world sizes 'two'"):
+        Selection.parse(world_sizes="two")
+    assert sorted(c.id for c in chosen.cases()) == sorted(
+        c.id for c in build_cases(["reference"], ["llama", "bert"], ["A1", "G1"], [1, 2]))

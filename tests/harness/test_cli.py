@@ -17,7 +17,7 @@ def run_cli(capsys, *argv):
     (["run", "--models", "gpt5"], "unknown model 'gpt5'"),
     (["run", "--clauses", "Q7"], "unknown clause 'Q7'"),
     (["run", "--subject", "mine"], "unknown subject 'mine'"),
-    (["run", "--world-sizes", "two"], "invalid --world-sizes"),
+    (["run", "--world-sizes", "two"], "invalid world sizes 'two'"),
     (["run", "--world-sizes", "0"], "invalid world size 0"),
     (["run", "--parallel-worlds", "0"], "--parallel-worlds must be 1 or more"),
     (["run", "--model", "/nonexistent/checkpoint"], "does not exist"),

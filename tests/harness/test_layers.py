@@ -224,3 +224,24 @@ def test_only_casekey_parse_reads_a_case_id():
     assert reads == {}
     assert _case_id_reads('a = f"-{m}.{h}-" in r.case_id\nb = r.case_id.split("[")\nc = re.match(P, case_id)\n'
                           'd = case_id[2:]\ne = r.case_id == x\n') == [1, 2, 3, 4]
+
+
+def _options_named(source):
+    """The command-line options (`--world-sizes`) that a module's strings name, its docstrings aside."""
+    import re
+
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return sorted({option for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                   and id(node) not in docstrings for option in re.findall(r"--[a-z][a-z-]+", node.value)})
+
+
+def test_running_cases_names_no_front_ends_option():
+    """execution/ serves every front end: what is wrong with a selection is said of its value, and each front end
+    names its own option around it."""
+    named = {name: found for name, path in _modules().items() if name.startswith("zero3_conformance.execution.")
+             if (found := _options_named(path.read_text(encoding="utf-8")))}
+    assert named == {}
+    assert _options_named('"""Says --resume."""\nraise ValueError(f"invalid --world-sizes {x}")\n') == ["--world-sizes"]

@@ -10,46 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from .. import known_issues
-from ..catalog import CaseSpec, build_cases
-from ..dsconfig import validate
 from ..errors import UsageError
 from ..report import summary
 from ..results import Record
 from ..rundir import RunDir
 from ..worlds.launched import LaunchedWorld
-from ..zoo import detect_layout, user_family
 from .runner import Runner, default_parallel_worlds, prepare_checkpoints
-
-SELECTION = ("subject", "models", "architectures", "clauses", "world_sizes", "variants", "model", "ds_config",
-             "known_issues", "timeout", "repeat")
-# What a plan written before a key existed meant by leaving it out.
-SELECTION_BEFORE = {"repeat": 0, "architectures": "", "variants": ""}
+from .selection import Selection
 
 
-def comma_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def world_sizes(text: str) -> list[int]:
-    try:
-        return [int(part) for part in comma_list(text)]
-    except ValueError:
-        raise UsageError(f"invalid --world-sizes {text!r}: expected comma-separated integers") from None
-
-
-def read_plan(run_dir: RunDir) -> dict[str, Any]:
+def read_plan(run_dir: RunDir) -> Selection:
     """The selection an earlier run in `run_dir` was started with."""
     if not run_dir.plan_path.is_file():
         raise UsageError(f"cannot resume {run_dir}: no {run_dir.PLAN} (not a run directory, or one from before "
                          "runs could be resumed)")
-    plan = run_dir.read_plan() or {}
-    try:
-        selection = {key: plan["selection"][key] if key in plan["selection"] else SELECTION_BEFORE[key]
-                     for key in SELECTION}
-    except (KeyError, TypeError):
-        raise UsageError(f"cannot resume {run_dir}: {run_dir.PLAN} is not a run plan") from None
-    validate(selection["ds_config"], str(run_dir.plan_path))
-    return selection
+    plan = (run_dir.read_plan() or {}).get("selection")
+    if not isinstance(plan, dict):
+        raise UsageError(f"cannot resume {run_dir}: {run_dir.PLAN} is not a run plan")
+    return Selection.from_plan(plan, str(run_dir.plan_path))
 
 
 def same_cell(run_dir: RunDir, finished: Iterable[Record], cell: dict[str, Any]) -> None:
@@ -60,33 +38,17 @@ def same_cell(run_dir: RunDir, finished: Iterable[Record], cell: dict[str, Any])
                          f"environment is {json.dumps(cell, sort_keys=True)}")
 
 
-def cases_of(selection: dict[str, Any], launched_size: int | None = None) -> list[CaseSpec]:
-    """The cases a selection names; in a launched world of `launched_size` ranks, each at that size."""
-    user_model = None
-    if selection["model"] is not None:
-        detect_layout(Path(selection["model"]))
-        user_model = user_family(Path(selection["model"]))
-    asked_sizes = world_sizes(selection["world_sizes"]) if selection["world_sizes"] else None
-    if launched_size is not None and asked_sizes and asked_sizes != [launched_size]:
-        raise UsageError(f"--world-sizes {selection['world_sizes']}: the launched world has {launched_size} "
-                         f"ranks, and every case runs at its size")
-    return build_cases(comma_list(selection["subject"]), comma_list(selection["models"]),
-                       comma_list(selection["clauses"]), asked_sizes, user_model,
-                       comma_list(selection["architectures"]), launched_size=launched_size,
-                       variants=comma_list(selection["variants"]))
-
-
 class Run:
     """The cases of one selection, run into `out`: records already finished there are kept (a resumed run),
     the rest run, and the summary is rewritten after every result, so that a run killed outright still has
     one that says it is partial."""
 
-    def __init__(self, out: Path, selection: dict[str, Any], finished: Sequence[Record] | None = None,
+    def __init__(self, out: Path, selection: Selection, finished: Sequence[Record] | None = None,
                  world: LaunchedWorld | None = None):
         self.out, self.selection, self.world = out, selection, world
         self.dir = RunDir(out)
-        self.issues = known_issues.load(Path(selection["known_issues"]))
-        self.cases = cases_of(selection, world.world_size if world is not None else None)
+        self.issues = known_issues.load(Path(selection.known_issues))
+        self.cases = selection.cases(world.world_size if world is not None else None)
         self.finished = list(finished or ())
         done = {r.case_id for r in self.finished}
         self.remaining = [case for case in self.cases if case.id not in done]
@@ -103,14 +65,14 @@ class Run:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             # The plan, with the number of cases and no end marker: the run records its end as its last act.
-            self.dir.write_plan(self.selection, len(self.cases))
+            self.dir.write_plan(self.selection.to_plan(), len(self.cases))
             self.dir.keep_only(self.finished)  # drops a line a killed run left torn
             self.dir.drop_summary()
         except OSError as exc:
             raise UsageError(f"cannot write to output directory {self.out}: {exc.strerror}") from None
         prepare_checkpoints(self.remaining)
-        runner = Runner(self.selection["ds_config"], timeout_s=self.selection["timeout"], known_issues=self.issues,
-                        repeat=self.selection["repeat"], launched=self.world)
+        runner = Runner(self.selection.ds_config, timeout_s=self.selection.timeout, known_issues=self.issues,
+                        repeat=self.selection.repeat, launched=self.world)
         same_cell(self.dir, self.finished, runner.cell)
 
         def progress(index: int, total: int, record: Record) -> None:

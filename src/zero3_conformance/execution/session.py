@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from .. import known_issues
 from ..casekey import CaseKey
@@ -104,7 +103,7 @@ class Session:
             self.writer.close()
 
 
-def start(run_dir: RunDir, selection: dict[str, Any], resume: bool) -> None:
+def start(run_dir: RunDir, selection: dict[str, object], resume: bool) -> None:
     """Before any case runs, in the process that ends the session: the plan (what was asked, by the front end's
     own options), and for a resumed session only the records whose case ran, all of this cell."""
     from ..cell import describe_cell, local_device
