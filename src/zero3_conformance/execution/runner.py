@@ -39,7 +39,7 @@ from ..results import (
 )
 from ..structure import NoStructure, StructureOracle
 from ..worlds.launched import LaunchedPool, LaunchedWorld
-from ..worlds.world import RankContext, WorldPool, WorldStartError
+from ..worlds.world import Pool, RankContext, WorldPool, WorldStartError
 from ..zoo import Family, FamilyUnavailable, ensure_checkpoint, ensure_checkpoints
 
 CHECK_TIMEOUT_S = 180.0
@@ -94,7 +94,7 @@ class Runner:
         self.timeout_s = timeout_s
         self.known_issues = list(known_issues)
         self.repeat = repeat  # further tries of a case that neither passed nor skipped
-        self.pool: WorldPool | LaunchedPool = LaunchedPool(launched) if launched else WorldPool(self.backend,
+        self.pool: Pool = LaunchedPool(launched) if launched else WorldPool(self.backend,
                                                                                                RANK_PRELOAD)
         self.gpus = visible_gpus() if self.backend == "nccl" else None  # NCCL: one rank per GPU
         self.unstartable: dict[int, str] = {}  # world size -> why its world would not start
@@ -291,8 +291,8 @@ class Runner:
         the next world size left, largest first (they take longest), and run its cases in a world of their
         own."""
         cases = list(cases)
-        if isinstance(self.pool, LaunchedPool):  # nodes may share no files: each writes its own copies first
-            self.pool.world.run(f"{__name__}:checkpoints_on_this_node", _checkpoints_of(cases), NODE_CHECKPOINTS_S)
+        # Nodes that share no files with this process each write their own copies first.
+        self.pool.on_each_node(f"{__name__}:checkpoints_on_this_node", _checkpoints_of(cases), NODE_CHECKPOINTS_S)
         groups = _by_world_size(cases)
         sizes = deque(sorted(groups, reverse=True))
         total = sum(map(len, groups.values()))

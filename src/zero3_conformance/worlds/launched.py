@@ -297,6 +297,10 @@ class LaunchedPool:
     def close(self) -> None:
         pass
 
+    def on_each_node(self, fn_path: str, payload: object, timeout_s: float) -> None:
+        """Nodes may share no files: every rank runs it (each node's first rank does the node's work)."""
+        self.world.run(fn_path, payload, timeout_s)
+
 
 def serve(ctx: RankContext) -> tuple[int, bool]:
     """A rank other than 0: runs each task rank 0 hands out until it says stop. Returns (rank 0's exit

@@ -23,7 +23,7 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..op_cache import op_fault, use_own_op_cache
 
@@ -382,6 +382,32 @@ class World:
         self.close()
 
 
+class RunsTasks(Protocol):
+    """A world, started here or by a launcher: runs a task in every rank."""
+
+    world_size: int
+
+    def run(self, fn_path: str, payload: object, timeout_s: float,
+            gave_up: Callable[[object], bool] = ...) -> TaskOutcome: ...
+
+
+class Pool(Protocol):
+    """Where a runner gets the world for a world size: worlds it starts (WorldPool) or the one a launcher
+    started (launched.LaunchedPool). `restarts`: whether a fresh world can replace one."""
+
+    restarts: bool
+
+    def get(self, world_size: int, fresh: bool = False) -> RunsTasks: ...
+
+    def release(self, world_size: int) -> None: ...
+
+    def close(self) -> None: ...
+
+    def on_each_node(self, fn_path: str, payload: object, timeout_s: float) -> None:
+        """Runs a task once on every node whose files this process does not share (none, for a world started
+        here: its ranks are this machine's processes)."""
+
+
 class WorldPool:
     """One live world per world size, started on first use and replaced when broken."""
 
@@ -412,4 +438,7 @@ class WorldPool:
     def close(self) -> None:
         for world_size in list(self._worlds):
             self.release(world_size)
+
+    def on_each_node(self, fn_path: str, payload: object, timeout_s: float) -> None:
+        pass  # one node: its ranks see this process's files
 
