@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from . import known_issues
-from .results import DEFAULT_REPEAT, FAIL, PASS, SKIP, XFAIL, XPASS, Record
+from .results import DEFAULT_REPEAT, FAIL, Record
 from .rundir import RunDir
 
 
@@ -137,18 +137,17 @@ def conformance_session(request: Any) -> Iterator[Any]:
 
 def report(record: Record) -> None:
     """Turns a record into the pytest outcome of the same meaning."""
-    if record.status == PASS:
-        return
-    if record.status == SKIP:
-        pytest.skip(record.message)
-    if record.status == XFAIL:
-        pytest.xfail(f"{known_issues.note(record)}\n{record.message}")
-    if record.status == XPASS:
-        warnings.warn(f"XPASS {record.case_id}: {known_issues.note(record)}", stacklevel=2)
-        return
-    intermittent = f"INTERMITTENT ({', '.join(record.outcomes)}) " if record.intermittent else ""
-    unmet = f"\n{known_issues.note(record)}" if record.expected else ""
-    pytest.fail(f"{intermittent}{record.status} {record.case_id}\n{record.message}{unmet}", pytrace=False)
+    from .execution.session import FAILED, SKIPPED, XFAILED, XPASSED, framework_outcome
+
+    kind, text = framework_outcome(record)
+    if kind == SKIPPED:
+        pytest.skip(text)
+    elif kind == XFAILED:
+        pytest.xfail(text)
+    elif kind == XPASSED:
+        warnings.warn(text, stacklevel=2)
+    elif kind == FAILED:
+        pytest.fail(text, pytrace=False)
 
 
 __all__ = ["FAIL", "conformance_session", "report"]

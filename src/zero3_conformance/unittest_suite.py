@@ -27,7 +27,7 @@ from typing import Any
 from . import known_issues
 from .catalog import CaseSpec
 from .errors import UsageError
-from .results import DEFAULT_REPEAT, PASS, SKIP, XFAIL, XPASS, Record
+from .results import DEFAULT_REPEAT, Record
 
 
 def conformance_tests(clauses: str = "", models: str = "", subjects: str = "", architectures: str = "",
@@ -89,18 +89,17 @@ def _test_doc(func: Any, number: str, param: Any) -> str:
 def outcome(test: unittest.TestCase, record: Record) -> None:
     """Turns a record into the unittest outcome of the same meaning (unittest has no expected failure decided
     while a test runs: an XFAIL is a skip that says so)."""
-    if record.status == PASS:
-        return
-    if record.status == SKIP:
-        test.skipTest(record.message)
-    if record.status == XFAIL:
-        test.skipTest(f"XFAIL: {known_issues.note(record)}")
-    if record.status == XPASS:
-        warnings.warn(f"XPASS {record.case_id}: {known_issues.note(record)}", stacklevel=2)
-        return
-    intermittent = f"INTERMITTENT ({', '.join(record.outcomes)}) " if record.intermittent else ""
-    unmet = f"\n{known_issues.note(record)}" if record.expected else ""
-    test.fail(f"{intermittent}{record.status} {record.case_id}\n{record.message}{unmet}")
+    from .execution.session import FAILED, SKIPPED, XFAILED, XPASSED, framework_outcome
+
+    kind, text = framework_outcome(record)
+    if kind == SKIPPED:
+        test.skipTest(text)
+    elif kind == XFAILED:
+        test.skipTest(f"XFAIL: {text}")
+    elif kind == XPASSED:
+        warnings.warn(text, stacklevel=2)
+    elif kind == FAILED:
+        test.fail(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The pytest front end runs catalog cases and writes the same records as the CLI."""
 
 import json
+import tarfile
 
 import pytest
 
@@ -177,21 +178,26 @@ def test_a_cases_subjects_are_tried_together_and_the_directory_reads_as_a_run(py
     """Blame pairing under pytest: where one subject fails, the subject that passed is tried as often (under
     xdist, by whichever worker is first asked for the case, the other taking its record); the results
     directory then reads as a CLI run's does: its plan, summary and end, `report`'s blame, `repro`'s case."""
-    from zero3_conformance import cli
-    from zero3_conformance.report.aggregate import BLAME_INTEGRATION, blame
-
     pytester.makepyfile(test_suite=SUITE)
     pytester.makeconftest(UNPAIRED_CONFTEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--z3-results", "records", "-k", "A1",
                                            *workers)
     result.assert_outcomes(passed=1, failed=1)
-    out = pytester.path / "records"
-    records = {r["subject"]: r for line in "".join(p.read_text() for p in sorted(out.glob("results-*.jsonl")))
-               .splitlines() if (r := json.loads(line))}
-    assert records["transformers"]["outcomes"] == ["FAIL", "FAIL", "FAIL"]
-    assert records["reference"]["outcomes"] == ["PASS", "PASS", "PASS"]  # tried as often, though it passed
+    assert_a_paired_run(pytester.path / "records", "pytest", tmp_path)
+
+
+def assert_a_paired_run(out, front_end, tmp_path):
+    """`out`, the run directory of A1 on both subjects where transformers failed every try, holds what a CLI
+    run would: the reference tried as often, its plan and end, its summary; blame, report and repro read it."""
+    from zero3_conformance import cli
+    from zero3_conformance.report.aggregate import BLAME_INTEGRATION, blame
+    from zero3_conformance.rundir import RunDir
+
+    records = {r.subject: r for r in RunDir(out).records()}
+    assert records["transformers"].outcomes == ["FAIL", "FAIL", "FAIL"]
+    assert records["reference"].outcomes == ["PASS", "PASS", "PASS"]  # tried as often, though it passed
     plan = json.loads((out / "run.json").read_text())
-    assert plan["selection"]["front_end"] == "pytest"
+    assert plan["selection"]["front_end"] == front_end
     assert plan["finished"] == {"planned": 2, "recorded": 2}
     assert "A1-zero3_flag_follows_stage" in (out / "summary.md").read_text()
     cell = load_cell(out)
@@ -199,6 +205,12 @@ def test_a_cases_subjects_are_tried_together_and_the_directory_reads_as_a_run(py
     assert [(b["subject"], b["likely_fault"]) for b in blame(cell)] == [("transformers", BLAME_INTEGRATION)]
     assert cli.main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     assert BLAME_INTEGRATION in (tmp_path / "report" / "report.md").read_text()
-    case = records["transformers"]["case_id"]
+    case = records["transformers"].case_id
     assert cli.main(["repro", case, "--from", str(out), "--out", str(tmp_path / "repro")]) == 0
     assert case in (tmp_path / "repro" / "report.md").read_text()
+    archive = tmp_path / "runs.tar.xz"  # findings reads the directory's records, and keeps them
+    assert cli.main(["findings", "--from", str(out), "--out", str(tmp_path / "findings"), "--save-archive",
+                     str(archive)]) == 0
+    with tarfile.open(archive) as tar:
+        kept = sorted(name.split("/", 1)[1] for name in tar.getnames())
+    assert kept == sorted([RunDir.PLAN, *(path.name for path in RunDir(out).result_files())])

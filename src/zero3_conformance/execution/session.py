@@ -22,7 +22,7 @@ from ..catalog import CaseSpec
 from ..dsconfig import DEFAULT_ZERO3_CONFIG
 from ..errors import UsageError
 from ..report import summary
-from ..results import DEFAULT_REPEAT, Record, RecordWriter, read_records, write_whole
+from ..results import DEFAULT_REPEAT, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter, read_records, write_whole
 from ..rundir import RunDir
 from .plan import same_cell
 from .runner import Runner
@@ -101,6 +101,26 @@ class Session:
         self.runner.close()
         if self.writer is not None:
             self.writer.close()
+
+
+# How a test framework reports a record (framework_outcome).
+PASSED, SKIPPED, XFAILED, XPASSED, FAILED = "passed", "skipped", "xfailed", "xpassed", "failed"
+
+
+def framework_outcome(record: Record) -> tuple[str, str]:
+    """The test outcome of the same meaning as a record, and what the test says: a failure names the case, its
+    outcomes where they differed, and an expectation it did not meet."""
+    if record.status == PASS:
+        return PASSED, ""
+    if record.status == SKIP:
+        return SKIPPED, record.message
+    if record.status == XFAIL:
+        return XFAILED, f"{known_issues.note(record)}\n{record.message}"
+    if record.status == XPASS:
+        return XPASSED, f"XPASS {record.case_id}: {known_issues.note(record)}"
+    intermittent = f"INTERMITTENT ({', '.join(record.outcomes)}) " if record.intermittent else ""
+    unmet = f"\n{known_issues.note(record)}" if record.expected else ""
+    return FAILED, f"{intermittent}{record.status} {record.case_id}\n{record.message}{unmet}"
 
 
 def start(run_dir: RunDir, selection: dict[str, object], resume: bool) -> None:
