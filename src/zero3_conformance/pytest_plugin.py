@@ -55,8 +55,6 @@ def pytest_configure(config: Any) -> None:
     out = config.getoption("--z3-results")
     if config.getoption("--z3-resume") and out is None:
         raise pytest.UsageError("--z3-resume needs --z3-results DIR: the directory whose records it finishes")
-    # Where the session's processes (pytest-xdist's workers) find the cases another one claimed.
-    config.stash[_SHARED] = Path(tempfile.mkdtemp(prefix="zero3-conformance-session-"))
     if out is not None:
         from .errors import UsageError
         from .execution.session import start
@@ -97,6 +95,9 @@ def pytest_collection_finish(session: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:  # pytest-xdist's: a worker is being started
+    """Where the session's workers find the cases another one claimed: made for the first worker, given to all."""
+    if _SHARED not in node.config.stash:
+        node.config.stash[_SHARED] = Path(tempfile.mkdtemp(prefix="zero3-conformance-session-"))
     node.workerinput[_SHARED_KEY] = str(node.config.stash[_SHARED])
 
 
@@ -111,7 +112,8 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     cases planned and those recorded (a session cut short records fewer, and reads as PARTIAL)."""
     if hasattr(session.config, "workerinput"):
         return
-    shutil.rmtree(session.config.stash.get(_SHARED, ""), ignore_errors=True)
+    if _SHARED in session.config.stash:
+        shutil.rmtree(session.config.stash[_SHARED], ignore_errors=True)
     out = session.config.getoption("--z3-results")
     if out is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
         return

@@ -73,9 +73,10 @@ class RunDir:
     def has_records(self) -> bool:
         return bool(self.result_files())
 
-    def not_a_run_dir(self) -> str:
-        """What a reader says of a directory with no records."""
-        return f"{self.path} is not a run directory (no {self.RESULTS} or {self.WORKER_RESULTS.format(worker='*')})"
+    def not_a_run_dir(self, *also: str) -> str:
+        """What a reader says of a directory with no records (nor any of the files `also` names that it reads)."""
+        names = [self.RESULTS, self.WORKER_RESULTS.format(worker="*"), *also]
+        return f"{self.path} is not a run directory (no {' or '.join(names)})"
 
     def records(self) -> list[Record]:
         return [record for path in self.result_files() for record in read_records(path)]

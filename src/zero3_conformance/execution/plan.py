@@ -57,7 +57,7 @@ class Run:
     @classmethod
     def resume(cls, out: Path, world: LaunchedWorld | None = None) -> Run:
         run_dir = RunDir(out)
-        return cls(out, read_plan(run_dir), run_dir.finished_records(run_dir.results_path), world)
+        return cls(out, read_plan(run_dir), run_dir.finished_records(), world)
 
     def execute(self, parallel_worlds: int | None = None,
                 on_record: Callable[[Record], None] = lambda record: None) -> list[Record]:

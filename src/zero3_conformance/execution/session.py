@@ -54,9 +54,10 @@ class Session:
         (here, or by another process of the session)."""
         if case.id in self.records:
             return self.records[case.id]
-        together = [c for c in self.by_case.get(case.key.across_subjects(), [case]) if c.id not in self.records]
+        key = case.key.across_subjects()
+        together = [c for c in self.by_case.get(key, [case]) if c.id not in self.records]
         together = together if case in together else [case]
-        published, mine = self._claim(case.key.across_subjects())
+        published, mine = self._claim(key)
         if mine or published is None:
             self._run(together, published)
         else:

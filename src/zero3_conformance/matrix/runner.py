@@ -65,10 +65,9 @@ def run_cell(cell: Cell, out_root: Path, tox: list[str], project: Path, run_args
     # The run exits 0 (all passed) or 1 (findings): both are complete runs. Anything else broke the run.
     finished = ran.returncode in (0, 1)
     ended = RunDir(run_dir).completion()
-    served = RunDir(run_dir).read_served()
     if finished and ended.finished:
         status, message = COMPLETE, ended.note
-    elif finished and served is not None:
+    elif finished and (served := RunDir(run_dir).read_served()) is not None:
         status, message = SERVED, f"this node's ranks {served['ranks']} served rank 0 at {served['served']}, " \
                                   f"whose node holds the records"
     else:  # a run that ended without recording its end did not finish what it planned

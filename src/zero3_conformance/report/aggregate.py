@@ -57,7 +57,7 @@ def load_cell(run_dir: Path, issues: Sequence[known_issues.KnownIssue] | None = 
     run = RunDir(run_dir)
     info = run.read_cell()
     if info is None and not run.has_records():
-        raise UsageError(f"{run.not_a_run_dir()[:-1]} or {run.CELL})")
+        raise UsageError(run.not_a_run_dir(run.CELL))
     records = run.records()
     if issues is not None:
         records = [known_issues.apply(record, issues) for record in records]
