@@ -11,7 +11,8 @@ from collections import defaultdict
 from typing import Any
 
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import Runner, prepare_checkpoints
+from zero3_conformance.execution.checkpoints import write_checkpoints
+from zero3_conformance.execution.runner import Runner
 from zero3_conformance.results import BAD_STATUSES
 
 
@@ -31,7 +32,7 @@ def run_timed(cases: list, fresh_world_per_check: bool = False, cold_zoo: bool =
 
 def _run(cases: list, fresh_world_per_check: bool, start_method: str | None) -> dict[str, Any]:
     started = time.monotonic()
-    prepare_checkpoints(cases)
+    write_checkpoints(cases)
     zoo = time.monotonic() - started
     runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)  # the checks' own cost, one try each
     runner.pool.start_method = start_method

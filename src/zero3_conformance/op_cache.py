@@ -57,3 +57,30 @@ def op_fault(text: str) -> str | None:
     where = os.environ.get(ENV) or "torch's default directory"
     return (f"DeepSpeed's JIT-built op in {where} failed to build or load (a build of another deepspeed release, or "
             f"one cut short?): remove that directory, or give this environment a {ENV} of its own")
+
+
+STALE_LOCK_S = 15 * 60  # the DeepSpeed op builds in about a minute; a lock this old has no builder left
+
+
+def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
+    """torch builds a JIT op (DeepSpeed's shm comm op, on every world's first start) under a file `lock` in
+    the op's build directory. Up to torch 2.13 the file's mere existence means "held": a build killed
+    midway leaves it, and so does torch 2.14, which holds an OS lock on the same file and leaves the file
+    behind. Either way every later build by torch <= 2.13 then waits forever, and every world start times
+    out. Removes lock files older than any build takes that no process holds an OS lock on."""
+    import fcntl
+    import time
+
+    root = use_own_op_cache()  # the directory this run's worlds build in
+    removed = []
+    for lock in root.glob("*/*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime <= max_age_s:
+                continue
+            with open(lock, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a build holds it
+                lock.unlink()
+            removed.append(lock)
+        except OSError:
+            continue  # held by a build right now, gone already, or not ours to remove
+    return removed

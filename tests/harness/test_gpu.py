@@ -6,7 +6,8 @@ import pytest
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.cell import local_device, visible_gpus
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import Runner, prepare_checkpoints
+from zero3_conformance.execution.checkpoints import write_checkpoints
+from zero3_conformance.execution.runner import Runner
 from zero3_conformance.report import summary
 from zero3_conformance.results import PASS, SKIP
 
@@ -42,7 +43,7 @@ def test_nccl_worlds_build_and_check_models_on_the_gpus():
     size = min(2, visible_gpus())
     cases = build_cases(subjects=["reference", "transformers"], clauses=["P1", "G1", "N1"], world_sizes=[size],
                         models=["llama"])
-    prepare_checkpoints(cases)
+    write_checkpoints(cases)
     runner = Runner(DEFAULT_ZERO3_CONFIG)
     try:
         records = [runner.run_case(case) for case in cases]
@@ -57,7 +58,7 @@ def test_nccl_worlds_build_and_check_models_on_the_gpus():
 def test_peak_memory_at_construction_is_judged_on_the_cuda_allocator():
     cases = build_cases(subjects=["reference"], clauses=["P3"], world_sizes=[1])
     cases = [c for c in cases if c.check == "from_config_peak_memory"]
-    prepare_checkpoints(cases)
+    write_checkpoints(cases)
     runner = Runner(DEFAULT_ZERO3_CONFIG)
     try:
         record = runner.run_case(cases[0])

@@ -5,7 +5,8 @@ import pytest
 
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import Runner, prepare_checkpoints
+from zero3_conformance.execution.checkpoints import write_checkpoints
+from zero3_conformance.execution.runner import Runner
 from zero3_conformance.mutation import mutants  # noqa: F401 - registers the mutant:NAME subjects
 from zero3_conformance.results import FAIL, PASS
 
@@ -24,7 +25,7 @@ def leak_zero3_config(ctx, payload):
 def test_a_leaked_config_does_not_poison_the_next_check():
     cases = build_cases(subjects=["transformers"], clauses=["P4"], world_sizes=[2], models=["llama"])
     leaky = build_cases(subjects=["mutant:strong_registration"], clauses=["A2"], world_sizes=[1])
-    prepare_checkpoints(cases)
+    write_checkpoints(cases)
     runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)  # every case in the one world, one after another
     try:
         world = runner.pool.get(2)

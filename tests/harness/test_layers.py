@@ -245,3 +245,31 @@ def test_running_cases_names_no_front_ends_option():
              if (found := _options_named(path.read_text(encoding="utf-8")))}
     assert named == {}
     assert _options_named('"""Says --resume."""\nraise ValueError(f"invalid --world-sizes {x}")\n') == ["--world-sizes"]
+
+
+def _uses(source, module, name):
+    """Whether `source` uses `name` of the package's `module` (`zoo`): imported from it, or as `module.name`."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").rpartition(".")[2] == module \
+                and any(alias.name == name for alias in node.names):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == name and isinstance(node.value, ast.Name) \
+                and node.value.id == module:
+            return True
+    return False
+
+
+@pytest.mark.parametrize(("module", "name", "where", "owner"), [
+    # A run writes each checkpoint once, before its cases; a rank only finds its node's copy.
+    ("zoo", "ensure_checkpoint", ("execution", "checks"), "zero3_conformance.execution.checkpoints"),
+    ("zoo", "ensure_checkpoints", ("execution", "checks"), "zero3_conformance.execution.checkpoints"),
+    # The runner records what ran; the known-issues file is applied where records are written.
+    ("known_issues", "apply", ("execution",), "zero3_conformance.execution.records"),
+])
+def test_running_cases_does_each_thing_in_one_place(module, name, where, owner):
+    users = sorted(found for found, path in _modules().items() if "." in found and _part(found) in where
+                   and _uses(path.read_text(encoding="utf-8"), module, name))
+    assert users == [owner]
+    assert _uses("from ..zoo import Family, ensure_checkpoint\n", "zoo", "ensure_checkpoint")
+    assert _uses("x = known_issues.apply(r, i)\n", "known_issues", "apply")
+    assert not _uses("from ..zoo import ensure_checkpoints\n", "zoo", "ensure_checkpoint")

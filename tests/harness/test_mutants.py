@@ -4,7 +4,8 @@ the same cases: the checks are shown able to fail."""
 import pytest
 
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import Runner, prepare_checkpoints
+from zero3_conformance.execution.checkpoints import write_checkpoints
+from zero3_conformance.execution.runner import Runner
 from zero3_conformance.mutation.mutants import MUTANTS, killing_cases
 from zero3_conformance.results import FAIL, PASS, TIMEOUT
 
@@ -24,7 +25,7 @@ def runner():
                          [(name, target) for name in sorted(MUTANTS) for target in MUTANTS[name].kills])
 def test_mutant_is_killed_and_reference_passes(runner, name, target):
     mutant_cases = killing_cases(name, target)
-    prepare_checkpoints(mutant_cases)
+    write_checkpoints(mutant_cases)
     assert mutant_cases
     for case in mutant_cases:
         record = runner.run_case(case)

@@ -7,7 +7,8 @@ import pytest
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.checks.registry import load_checks
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import Runner, prepare_checkpoints
+from zero3_conformance.execution.checkpoints import write_checkpoints
+from zero3_conformance.execution.runner import Runner
 from zero3_conformance.results import NOT_RUN, PASS
 
 from . import empty_baseline  # noqa: F401 - registers the subject whose baselines are empty
@@ -54,7 +55,7 @@ def test_no_model_building_check_passes_with_nothing_to_compare(kind):
     subject, exempt = SUBJECTS[kind]
     cases = [case for case in _one_case_per_check(subject) if case.clause not in exempt]
     assert len(cases) >= 25, [c.id for c in cases]
-    prepare_checkpoints(cases)
+    write_checkpoints(cases)
     runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)
     try:
         verdicts = {case.check_id: runner.run_case(case) for case in cases}

@@ -8,7 +8,8 @@ import torch
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.checks.numerics import _compare
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG, with_dtype
-from zero3_conformance.execution.runner import RANK_PRELOAD, prepare_checkpoints
+from zero3_conformance.execution.checkpoints import write_checkpoints
+from zero3_conformance.execution.runner import RANK_PRELOAD
 from zero3_conformance.worlds.world import WorldPool
 from zero3_conformance.zoo import ensure_checkpoint
 
@@ -122,7 +123,7 @@ def test_split_baseline_gradients_are_bit_for_bit_one_process(model, dtype):
     # mixtral: experts a rank's batch does not route to get no gradient on that rank only.
     case = next(c for c in build_cases(subjects=["reference"], models=[model], clauses=["N2"], world_sizes=[3])
                 if c.dtype == dtype)
-    prepare_checkpoints([case])
+    write_checkpoints([case])
     pool = WorldPool("gloo", RANK_PRELOAD)
     try:
         outcome = pool.get(3).run(f"{__name__}:split_baseline_gradients_against_one_process",

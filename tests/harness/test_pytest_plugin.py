@@ -60,9 +60,10 @@ def test_without_known_issues_the_finding_fails(pytester):
 
 FLAKY_CONFTEST = """
 from zero3_conformance.results import FAIL
-from zero3_conformance.execution.runner import Attempt, Runner
+from zero3_conformance.execution.runner import Runner
+from zero3_conformance.execution.tries import Attempt
 
-real_try = Runner._try
+real_try = Runner.try_case
 tries = []
 
 
@@ -74,7 +75,7 @@ def try_with_fault(self, case, fresh):  # an injected fault: the subject fails i
     return attempt
 
 
-Runner._try = try_with_fault
+Runner.try_case = try_with_fault
 """
 
 
@@ -156,9 +157,10 @@ def test_an_interrupted_session_resumes_from_its_records(pytester):
 
 UNPAIRED_CONFTEST = """
 from zero3_conformance.results import FAIL
-from zero3_conformance.execution.runner import Attempt, Runner
+from zero3_conformance.execution.runner import Runner
+from zero3_conformance.execution.tries import Attempt
 
-real_try = Runner._try
+real_try = Runner.try_case
 
 
 def try_with_fault(self, case, fresh):  # an injected fault: the transformers subject fails every try of A1
@@ -168,7 +170,7 @@ def try_with_fault(self, case, fresh):  # an injected fault: the transformers su
     return attempt
 
 
-Runner._try = try_with_fault
+Runner.try_case = try_with_fault
 """
 
 

@@ -7,7 +7,9 @@ import pytest
 
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import Attempt, Runner
+from zero3_conformance.execution.records import Recorder
+from zero3_conformance.execution.runner import Runner
+from zero3_conformance.execution.tries import Attempt
 from zero3_conformance.results import PASS, RecordWriter, read_records
 
 
@@ -30,7 +32,7 @@ def _runner_recording(monkeypatch, fail_on=None):
         ran.append((case.world_size, threading.current_thread().name, started, time.monotonic()))
         return Attempt(PASS, "", {}, 0.05, fresh)
 
-    monkeypatch.setattr(runner, "_try", fake_try)
+    monkeypatch.setattr(runner, "try_case", fake_try)
     return runner, ran
 
 
@@ -40,7 +42,7 @@ def test_two_worlds_run_at_once_largest_first_and_every_record_is_written(monkey
     cases = _cases()
     seen = []
     with RecordWriter(tmp_path / "results.jsonl") as writer:
-        records = runner.run(cases, writer, lambda i, n, r: seen.append((i, n)), parallel_worlds=2)
+        records = runner.run(cases, Recorder((), writer), lambda i, n, r: seen.append((i, n)), parallel_worlds=2)
     assert sorted(r.case_id for r in read_records(tmp_path / "results.jsonl")) == sorted(c.id for c in cases)
     assert len(records) == len(cases)
     assert seen == [(i, len(cases)) for i in range(1, len(cases) + 1)]
@@ -56,7 +58,7 @@ def test_two_worlds_run_at_once_largest_first_and_every_record_is_written(monkey
 def test_one_world_at_a_time_when_asked(monkeypatch, tmp_path):
     runner, ran = _runner_recording(monkeypatch)
     with RecordWriter(tmp_path / "results.jsonl") as writer:
-        runner.run(_cases(), writer, parallel_worlds=1)
+        runner.run(_cases(), Recorder((), writer), parallel_worlds=1)
     for earlier, later in zip(ran, ran[1:]):
         assert later[2] >= earlier[3]  # never two cases at once
     assert [r[0] for r in ran] == sorted((r[0] for r in ran), reverse=True)
@@ -66,4 +68,4 @@ def test_one_world_at_a_time_when_asked(monkeypatch, tmp_path):
 def test_an_error_in_one_world_size_stops_the_run(monkeypatch, tmp_path):
     runner, _ = _runner_recording(monkeypatch, fail_on=2)
     with RecordWriter(tmp_path / "results.jsonl") as writer, pytest.raises(RuntimeError, match="world size 2"):
-        runner.run(_cases(), writer, parallel_worlds=2)
+        runner.run(_cases(), Recorder((), writer), parallel_worlds=2)

@@ -7,7 +7,9 @@ import pytest
 from zero3_conformance.catalog import build_cases
 from zero3_conformance.cli import main
 from zero3_conformance.dsconfig import DEFAULT_ZERO3_CONFIG
-from zero3_conformance.execution.runner import LEFTOVER_CHECK, Runner, prepare_checkpoints
+from zero3_conformance.execution.checkpoints import write_checkpoints
+from zero3_conformance.execution.records import LEFTOVER_CHECK, Recorder
+from zero3_conformance.execution.runner import Runner
 from zero3_conformance.mutation import mutants  # noqa: F401 - registers the mutant
 from zero3_conformance.results import FAIL, PASS, RecordWriter, read_records
 from zero3_conformance.rundir import RunDir
@@ -30,10 +32,10 @@ def _first_case(check, subject):
 def test_a_spoiled_world_is_recorded_and_its_cases_judged_in_a_fresh_one(tmp_path, capsys, judged, seen):
     # The mutant's case first, then the reference's in the world it ran in.
     cases = [_first_case("G4", SPOILER), _first_case(judged, "reference")]
-    prepare_checkpoints(cases)
+    write_checkpoints(cases)
     runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=0)
     with RecordWriter(tmp_path / "results.jsonl") as writer:
-        runner.run(cases, writer)
+        runner.run(cases, Recorder((), writer))
     records = {r.case_id: r for r in read_records(tmp_path / "results.jsonl")}
     reference = records[cases[1].id]
     assert reference.status == PASS, reference.message  # judged in a fresh world, against a clean baseline

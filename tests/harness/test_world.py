@@ -61,7 +61,7 @@ def test_a_stale_jit_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkey
     import os
     import time
 
-    from zero3_conformance.execution.runner import STALE_LOCK_S, clear_stale_build_locks
+    from zero3_conformance.op_cache import STALE_LOCK_S, clear_stale_build_locks
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
@@ -105,7 +105,7 @@ def test_a_world_that_will_not_start_is_tried_once_per_run(monkeypatch):
     assert attempts == [2]
     assert [r.status for r in records] == [ERROR] * len(cases)
     assert "did not start: start timed out" in records[0].message
-    assert "world size 2] not run: world of 2 ranks (gloo) did not start" in records[1].message
+    assert records[1].message.startswith("not run: world of 2 ranks (gloo) did not start")
 
 
 _cycle_refs: list = []

@@ -344,14 +344,18 @@ class Case(Findings):
         self.earlier_cases = 0  # how many cases this process ran before this one (execute sets it)
 
     def _checkpoint_here(self, path: str | None) -> str | None:
-        """The case's checkpoint in this rank's cache: in a launched world a node may share no files with rank
-        0's, and writes the same checkpoint itself (a zoo or sweep checkpoint is the same wherever it is
-        written); elsewhere it is there already. A user's checkpoint is the path given, on every node."""
-        if path is None or self.family is None or not self.layout:
+        """The case's checkpoint on this rank's node. The run wrote it on every node before its first case
+        (execution/checkpoints.py): a launched world's node may share no files with rank 0's and has its own
+        copy, the same wherever it is written. A user's checkpoint is the path given, on every node."""
+        if path is None or self.family is None or not self.layout or self.family.source_dir:
             return path
-        from ..zoo import ensure_checkpoint
+        from ..zoo import checkpoint_dir
 
-        return str(ensure_checkpoint(self.family, self.layout))
+        here = checkpoint_dir(self.family, self.layout)
+        if not (here / "config.json").is_file():
+            raise RuntimeError(f"the {self.layout} checkpoint of {self.family.name} is not on this rank's node "
+                               f"({here}): a run writes every node's checkpoints before its first case")
+        return str(here)
 
     # --- models ---------------------------------------------------------------------------------
     def model_class(self) -> Any:

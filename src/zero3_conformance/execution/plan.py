@@ -15,7 +15,8 @@ from ..report import summary
 from ..results import Record
 from ..rundir import RunDir
 from ..worlds.launched import LaunchedWorld
-from .runner import Runner, default_parallel_worlds, prepare_checkpoints
+from .records import Recorder
+from .runner import Runner, default_parallel_worlds
 from .selection import Selection
 
 
@@ -70,9 +71,8 @@ class Run:
             self.dir.drop_summary()
         except OSError as exc:
             raise UsageError(f"cannot write to output directory {self.out}: {exc.strerror}") from None
-        prepare_checkpoints(self.remaining)
-        runner = Runner(self.selection.ds_config, timeout_s=self.selection.timeout, known_issues=self.issues,
-                        repeat=self.selection.repeat, launched=self.world)
+        runner = Runner(self.selection.ds_config, timeout_s=self.selection.timeout, repeat=self.selection.repeat,
+                        launched=self.world)
         same_cell(self.dir, self.finished, runner.cell)
 
         def progress(index: int, total: int, record: Record) -> None:
@@ -83,7 +83,8 @@ class Run:
         if self.world is not None:
             parallel_worlds = 1  # the launched world is the one world there is
         with self.dir.writer() as writer:
-            runner.run(self.remaining, writer, progress, parallel_worlds or default_parallel_worlds(runner.backend))
+            runner.run(self.remaining, Recorder(self.issues, writer), progress,
+                       parallel_worlds or default_parallel_worlds(runner.backend))
         notes = [f"possibly stale known issue {i.name}: it applies to cases that ran here and none met it "
                  f"(expected {' or '.join(i.expected)}; {i.link})"
                  for i in known_issues.stale(self.issues, self.records)]

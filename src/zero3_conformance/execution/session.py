@@ -25,6 +25,7 @@ from ..report import summary
 from ..results import DEFAULT_REPEAT, PASS, SKIP, XFAIL, XPASS, Record, RecordWriter, read_records, write_whole
 from ..rundir import RunDir
 from .plan import same_cell
+from .records import Recorder
 from .runner import Runner
 
 
@@ -37,7 +38,8 @@ class Session:
         the directory has a record of is answered from it. `shared`: a directory every process of the session
         sees (pytest-xdist's workers), where the first to be asked for a case claims it and publishes its
         subjects' records for the others: which worker gets which test is the scheduler's choice."""
-        self.runner = Runner(DEFAULT_ZERO3_CONFIG, known_issues=known_issues.load(issues), repeat=repeat)
+        triage = known_issues.load(issues)  # a bad file is a usage error before anything starts
+        self.runner = Runner(DEFAULT_ZERO3_CONFIG, repeat=repeat)
         self.by_case: dict[CaseKey, list[CaseSpec]] = {}
         for case in cases:
             self.by_case.setdefault(case.key.across_subjects(), []).append(case)
@@ -48,6 +50,7 @@ class Session:
             # Every worker's file: under xdist a case may land on another worker than the one that ran it.
             self.records = {r.case_id: r for r in self.run_dir.finished_records()}
         self.writer: RecordWriter | None = self.run_dir.writer(worker) if self.run_dir is not None else None
+        self.recorder = Recorder(triage, self.writer)
 
     def run(self, case: CaseSpec) -> Record:
         """The record of `case`: run now with the subjects of its case that are still to run, or already run
@@ -65,10 +68,8 @@ class Session:
         return self.records[case.id]
 
     def _run(self, together: list[CaseSpec], published: Path | None) -> None:
-        finished = self.runner.run_together(together)
-        for record in [*finished, *self.runner.take_leftovers()]:  # a spoiled world's record, beside the cases'
-            if self.writer is not None:
-                self.writer.write(record)
+        finished = [self.recorder.write(record) for record in self.runner.run_together(together)]
+        for record in [*finished, *map(self.recorder.write, self.runner.take_leftovers())]:  # and a spoiled world's
             self.records.setdefault(record.case_id, record)
         if published is not None:  # for the processes of the session that wait on this case
             write_whole(published, "".join(r.to_json() + "\n" for r in finished))

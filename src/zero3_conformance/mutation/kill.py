@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..checks.registry import load_checks
 from ..contract import clause_key
-from ..execution.runner import Runner, prepare_checkpoints
+from ..execution.runner import Runner
 from ..report.kill_matrix import render
 from ..results import CRASH, FAIL, PASS, TIMEOUT, write_whole
 from .mutants import MUTANTS, killing_cases
@@ -44,7 +44,7 @@ def kill_matrix(runner: Runner, names: Sequence[str], clauses: Sequence[str] | N
                 row[target] = {"verdict": "not applicable", "statuses": {}, "by": []}
                 progress(name, target, row[target])
                 continue
-            prepare_checkpoints(cases)
+            runner.checkpoints.prepare(cases)
             records = [runner.run_case(case) for case in cases]
             runner.pool.close()  # a mutant may change its worlds' processes for good: no other subject runs there
             killers = [r for r in records if r.status in KILLING]
