@@ -1,7 +1,11 @@
 """Two runs of the same selection, compared case by case: the same cases, each with the same status, raw status
 and known-issues entry. What a change to how checks run (not what they check) must leave as it was.
 
-    python benchmarks/compare_runs.py OLD_RUN_DIR NEW_RUN_DIR
+    python benchmarks/compare_runs.py OLD_RUN_DIR NEW_RUN_DIR [--known-issues FILE]
+
+Entries are compared by name: the file's name and the entry's id (`known_issues.toml coalesced-gather-race`).
+`--known-issues FILE` triages both runs afresh against FILE first, from their raw outcomes: for runs triaged by
+different files, or made before entries had ids (they were named by position).
 
 Exit 0: "same verdicts: N cases". Exit 1: every difference, one per line (a case in one run only; a status, raw
 status or entry that differs). A case whose entry expects more than one status (an intermittent outcome) may
@@ -14,12 +18,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from zero3_conformance import known_issues
+from zero3_conformance.errors import UsageError
+from zero3_conformance.known_issues import KnownIssue
 from zero3_conformance.results import Record
 from zero3_conformance.rundir import RunDir
 
 
-def _by_case(run_dir: Path) -> dict[str, Record]:
-    return {record.case_id: record for record in RunDir(run_dir).records()}  # a resumed case's last record counts
+def _by_case(run_dir: Path, issues: list[KnownIssue] | None) -> dict[str, Record]:
+    records = {record.case_id: record for record in RunDir(run_dir).records()}  # a resumed case's last record counts
+    if issues is not None:
+        records = {case: known_issues.apply(record, issues) for case, record in records.items()}
+    return records
 
 
 def _entry(record: Record) -> str:
@@ -51,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)
+    parser.add_argument("--known-issues", type=Path, help="triage both runs against this file first")
     args = parser.parse_args(argv)
-    old, new = _by_case(args.old), _by_case(args.new)
+    try:
+        issues = known_issues.load(args.known_issues) if args.known_issues else None
+    except UsageError as exc:
+        print(f"compare_runs: {exc}", file=sys.stderr)
+        return 2
+    old, new = _by_case(args.old, issues), _by_case(args.new, issues)
     for run_dir, cases in ((args.old, old), (args.new, new)):
         if not cases:
             print(f"compare_runs: {run_dir}: no result records there", file=sys.stderr)

@@ -28,7 +28,9 @@ met entry makes a case that did not pass XFAIL; an entry that applies and is not
 no model or class — a fault of the loader or of DeepSpeed, which every model may show — and matches its
 evidence, `message`: unless it expects PASS, it applies only to cases that show that evidence). The record
 keeps its raw status and names the entry, so applying another file later (`report --known-issues`) re-triages a run
-without running it again.
+without running it again. An entry's `id` (lower-case words joined by '-', unique in its file) is how records name
+it, so that comparing two runs or two files does not depend on where it stands; an entry without one is named by
+its position (the shipped file gives every entry an id).
 
 Two kinds of entry. A *known upstream* entry links an issue or pull request upstream (`/issues/N` or
 `/pull/N`). A *new finding* (`upstream = false`) is not reported upstream yet: it describes the finding in
@@ -71,7 +73,7 @@ DISPOSITIONS = {
     "harness": "an artifact of this harness, to be fixed here; the entry holds its cases until then",
 }
 SHORT_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-FIELDS = ("clause", "subject", "reason", "link", "expected", "match", "message", "upstream", "versions",
+FIELDS = ("id", "clause", "subject", "reason", "link", "expected", "match", "message", "upstream", "versions",
           *NARROWING, *FINDING, "not_filed_because")
 MATCHED = ("kind", "tensor", "expected", "observed")  # `match`: the finding's kind(s), and a regex per other field
 UPSTREAM_LINK = re.compile(r"^https://\S+/(issues|pull)/\d+(#\S*)?$")
@@ -101,7 +103,7 @@ class KnownIssue:
     narrowing: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (record field, the values it may take)
     versions: tuple[tuple[str, str], ...] = ()
     finding: tuple[tuple[str, str], ...] = ()  # a new finding's description, field by field
-    name: str = ""  # how messages and reports name the entry: file and position
+    name: str = ""  # how records, messages and reports name the entry: file and id (or position, where it has none)
     message: str = ""  # a regular expression the record's message must match; empty: any message
     # The findings it is about, as alternatives (a finding meets the entry when it meets one): each a tuple of
     # (field, value) with "kind" a tuple of kinds, the others regular expressions.
@@ -183,7 +185,22 @@ def load(path: Path = DEFAULT_FILE) -> list[KnownIssue]:
     if set(data) - {"issue"} or not isinstance(entries, list):
         raise UsageError(f"known-issues file {path}: expected only [[issue]] tables, found "
                          f"{', '.join(sorted(set(data) - {'issue'})) or 'issue = ' + type(entries).__name__}")
-    return [_entry(entry, f"{path}: issue #{number}", f"{Path(path).name} #{number}")
+    ids: dict[str, int] = {}
+    for number, entry in enumerate(entries, 1):
+        given = entry.get("id") if isinstance(entry, dict) else None
+        if given is None:
+            continue
+        if not isinstance(given, str) or not SHORT_NAME.match(given):
+            raise UsageError(f"{path}: issue #{number}: id {given!r} must be lower-case words "
+                             "joined by '-'")
+        if given in ids:
+            raise UsageError(f"{path}: issue #{number}: id {given!r} is issue #{ids[given]}'s "
+                             "already")
+        ids[given] = number
+    # An entry is named by its id, which stays when entries are added or removed; one without is named by its
+    # position in the file.
+    return [_entry(entry, f"{path}: issue #{number}",
+                   f"{Path(path).name} {entry['id'] if isinstance(entry, dict) and 'id' in entry else f'#{number}'}")
             for number, entry in enumerate(entries, 1)]
 
 

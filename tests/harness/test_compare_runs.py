@@ -58,3 +58,20 @@ def test_a_directory_without_records_is_one_line_and_exit_2(tmp_path, make_recor
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "no result records there" in err[0]
+
+
+def test_runs_named_their_entries_otherwise_compare_once_triaged_against_one_file(tmp_path, make_record, capsys):
+    """A run made before entries had ids named them by position: against one file both name the same entry."""
+    issues = tmp_path / "k.toml"
+    issues.write_text('[[issue]]\nid = "wrong-values"\nclause = "G1"\nsubject = "reference"\nreason = "r"\n'
+                      'link = "https://github.com/o/r/issues/1"\n')
+    by_position = make_record(XFAIL, case_id="a", raw_status=FAIL, expected=ENTRY)
+    by_id = make_record(XFAIL, case_id="a", raw_status=FAIL,
+                        expected={**ENTRY, "entry": "k.toml wrong-values (G1 reference)"})
+    old, new = _run(tmp_path, "old", [by_position]), _run(tmp_path, "new", [by_id])
+    assert compare_runs.main([str(old), str(new)]) == 1
+    assert compare_runs.main([str(old), str(new), "--known-issues", str(issues)]) == 0
+    (tmp_path / "bad.toml").write_text("[[issue]]\nclause = 'G1'\n")
+    capsys.readouterr()
+    assert compare_runs.main([str(old), str(new), "--known-issues", str(tmp_path / "bad.toml")]) == 2
+    assert "field 'subject' is required" in capsys.readouterr().err

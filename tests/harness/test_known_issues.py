@@ -173,6 +173,8 @@ def test_a_new_finding_names_its_fault_and_what_is_to_become_of_it(tmp_path, cha
     (with_fields(match='[{ kind = "raised" }, "x"]'), r"match\[1\]: match must be a table or a list of tables"),
     (with_fields(match='[{ kind = "raised" }, { kind = "boom" }]'), r"match\[1\]: match.kind 'boom' is not a"),
     (with_fields(match='{ kind = "values_differ", tensor = "(unclosed" }'), "match.tensor '\\(unclosed' is not a"),
+    (with_fields(id='"Stage As String"'), r"issue #1: id 'Stage As String' must be lower-case words joined by '-'"),
+    (with_fields(id='"x"') + with_fields(id='"x"'), r"issue #2: id 'x' is issue #1's already"),
 ])
 def test_bad_files_are_usage_errors(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
@@ -191,6 +193,8 @@ def test_a_bad_entry_is_one_line_and_exit_2(tmp_path, capsys):
 def test_shipped_file_is_valid():
     issues = known_issues.load()
     assert issues
+    # Every entry has an id: records name it by that, and comparisons of runs do not shift when one is removed.
+    assert [issue.name for issue in issues if "#" in issue.name.split(" (")[0]] == []
     for issue in issues:
         if issue.upstream:
             assert known_issues.UPSTREAM_LINK.match(issue.link), issue.name
@@ -285,3 +289,13 @@ def test_every_shipped_entry_matches_by_kind_or_says_why_not():
     for number, (entry, issue) in enumerate(zip(entries, known_issues.load(), strict=True), 1):
         assert issue.match or re.search(r"(?m)^# no match: \S", entry), (
             f"known_issues.toml #{number} ({issue.reason[:60]}...): no `match` and no `# no match:` reason")
+
+
+def test_an_entry_is_named_by_its_id_which_stays_when_another_is_removed(tmp_path, make_record):
+    first = with_fields(id='"first-finding"', model='"gpt2"')
+    second = with_fields(id='"second-finding"', model='"llama"')
+    both = known_issues.apply(make_record(FAIL, model="llama"), load(tmp_path, first + second))
+    alone = known_issues.apply(make_record(FAIL, model="llama"), load(tmp_path, second))
+    assert both.expected["entry"] == alone.expected["entry"] == "k.toml second-finding (G1 reference)"
+    unnamed = known_issues.apply(make_record(FAIL, model="llama"), load(tmp_path, ENTRY + second))
+    assert unnamed.expected["entry"] == "k.toml #1 (G1 reference)"  # no id: its position

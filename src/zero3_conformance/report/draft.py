@@ -34,7 +34,8 @@ from .aggregate import CellResult, load_cell
 
 GROUP = ("clause", "check", "subject", "model")
 NARROWED = ("head", "layout", "world_size", "dtype")
-# What the runner puts first in a message: "[case on gloo, world size 2] ".
+# What the runner put first in a message before the record's fields alone said it (runs of older releases):
+# "[case on gloo, world size 2] ".
 CASE_PREFIX = re.compile(r"^\[.*? on \S+, world size \d+\] ")
 
 
@@ -98,7 +99,9 @@ def entries(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
         passing = [name for name, records in by_cell.items()
                    if all(set(r.outcomes) == {PASS} for r in records)]
         bad = [r for records in failing.values() for r in records]
-        entry: dict[str, Any] = dict(zip(GROUP, key))
+        # An id to keep or rename: the group's fields, as the file's ids are written.
+        entry: dict[str, Any] = {"id": re.sub(r"[^a-z0-9]+", "-", "-".join(map(str, key)).lower()).strip("-"),
+                                 **dict(zip(GROUP, key))}
         if entry["model"] == "none":  # a check that builds no model
             del entry["model"]
         for field in NARROWED:
