@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TypedDict
 
 from ..catalog import CaseSpec
 from ..finding_kinds import make as make_finding
@@ -19,7 +19,13 @@ LEFTOVER_CHECK = "P4-leaves_no_leftover"  # the record of a world whose earlier 
 UNATTRIBUTED = "unattributed"  # a leftover record's subject where no one subject's cases alone reproduce it
 
 
-def record_of(case: CaseSpec, tries: Sequence[Attempt], cell: dict[str, Any], restarts: bool) -> Record:
+class Spoiled(TypedDict):
+    """What a rank found changed in a world earlier cases spoiled (checks.execute.SPOILED)."""
+    model_class: str
+    differences: list[str]
+
+
+def record_of(case: CaseSpec, tries: Sequence[Attempt], cell: dict[str, object], restarts: bool) -> Record:
     """One record of every try, as run (not triaged): the most severe outcome's status, message and metrics,
     all outcomes in order. The message is what the check said; the case, cell and world size are the record's
     own fields. `restarts`: whether a try could run in a freshly started world."""
@@ -59,8 +65,8 @@ class LeftoverIds:
         return f"{key}{f'-{nth}' if nth > 1 else ''}]"
 
 
-def leftover_record(case: CaseSpec, case_id: str, history: Sequence[CaseSpec], spoiled: dict[str, Any],
-                    reproduced: Sequence[str], share: int, cell: dict[str, Any], seconds: float) -> Record:
+def leftover_record(case: CaseSpec, case_id: str, history: Sequence[CaseSpec], spoiled: Spoiled,
+                    reproduced: Sequence[str], share: int, cell: dict[str, object], seconds: float) -> Record:
     """P4's record of a spoiled world: the cases it ran (`history`), what changed, and the subject whose share
     (`share` of the cases) alone, replayed in a fresh world, reproduced the change (`reproduced`: each subject
     whose share did; the record blames one only where exactly one did)."""

@@ -26,11 +26,11 @@ from ..protocol import RankTask, gave_up, verdict
 from ..results import DEFAULT_REPEAT, ERROR, NOT_RUN, SKIP, Record
 from ..structure import NoStructure, StructureOracle
 from ..worlds.launched import LaunchedPool, LaunchedWorld
-from ..worlds.world import Pool, WorldPool, WorldStartError
+from ..worlds.world import Pool, RunsTasks, WorldPool, WorldStartError
 from ..zoo import FamilyUnavailable
 from .checkpoints import Checkpoints
 from .lanes import in_lanes
-from .records import LeftoverIds, Recorder, leftover_record, record_of
+from .records import LeftoverIds, Recorder, Spoiled, leftover_record, record_of
 from .tries import Attempt, paired_tries, tries_of
 
 CHECK_TIMEOUT_S = 180.0
@@ -73,7 +73,7 @@ class Runner:
         self.unstartable: dict[int, str] = {}  # world size -> why its world would not start
         self.structures = StructureOracle()  # every class's clean structure, derived once per run
         # world -> the cases it ran (weakly keyed: a world started later never inherits a closed one's history)
-        self._history: weakref.WeakKeyDictionary[Any, list[tuple[CaseSpec, RankTask]]] = \
+        self._history: weakref.WeakKeyDictionary[RunsTasks, list[tuple[CaseSpec, RankTask]]] = \
             weakref.WeakKeyDictionary()
         self._leftovers: list[Record] = []  # records of spoiled worlds, for the front end to write
         self._leftovers_lock = threading.Lock()  # world lanes add and take them
@@ -95,7 +95,7 @@ class Runner:
         """One try of `case`; `fresh`: in a world started for it (where this runner can start one)."""
         started = time.monotonic()
 
-        def attempt(status: str, message: str, metrics: dict[str, Any] | None = None) -> Attempt:
+        def attempt(status: str, message: str, metrics: dict[str, object] | None = None) -> Attempt:
             return Attempt(status, message, metrics or {}, time.monotonic() - started, fresh and self.pool.restarts)
 
         if case.skip:
@@ -140,7 +140,7 @@ class Runner:
         return taken
 
     def _leftover(self, case: CaseSpec, task: RankTask, history: list[tuple[CaseSpec, RankTask]],
-                  spoiled: dict[str, Any], timeout_s: float) -> Record:
+                  spoiled: Spoiled, timeout_s: float) -> Record:
         """P4's record of a spoiled world, with the subject whose share of its cases alone, replayed in a fresh
         world, reproduces the change (records.leftover_record)."""
         started = time.monotonic()

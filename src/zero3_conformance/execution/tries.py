@@ -16,7 +16,7 @@ class Attempt:
     """One try of a case: its verdict, and whether it ran in a world started for it."""
     status: str
     message: str
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # a rank's verdict's metrics, as a record keeps them (JSON)
     seconds: float
     fresh: bool
 
