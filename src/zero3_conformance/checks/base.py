@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import gc
 import hashlib
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from ..structure import NoStructure, Structure, StructureOracle, differences, ti
 from ..worlds.world import RankContext
 
 SEED = 20260101
+BUILDS = "builds"  # a case's metric: every model build it made, what it was and its seconds (timed_build)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +115,17 @@ class Findings:
         # it was expected to (from the clean structure, for what the clause covers): record fields.
         self.compared: dict[str, int] = {}
         self.expected_to_compare: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def timed_build(self, build: str) -> Iterator[None]:
+        """Times one model build (`build` says which: side, class, way, dtype, options) into metrics["builds"]:
+        what the case spends building rather than asserting, and which of its builds another case makes too."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.setdefault(BUILDS, []).append({"build": build,
+                                                        "seconds": round(time.perf_counter() - started, 3)})
 
     def on_close(self, closer: Callable[[], Any]) -> None:
         """Runs `closer` when the case ends, whatever its outcome (e.g. destroying an engine)."""
@@ -229,7 +242,8 @@ class Findings:
         self.seed(seed_offset)
         cls, config = self.model_class(), self.model_config()
         try:
-            with uninitialized_memory_filled():
+            with self.timed_build(f"baseline {cls.__name__}.from_config dtype={dtype} seed+{seed_offset}"), \
+                    uninitialized_memory_filled():
                 model = build_from_config(cls, config, dtype)
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
             self.baseline_raised(exception_line(exc))
@@ -259,7 +273,8 @@ class Findings:
         self.seed()
         cls = self.model_class()
         try:
-            with uninitialized_memory_filled():
+            with self.timed_build(f"baseline {cls.__name__}.from_pretrained({self.layout}) dtype={dtype}"), \
+                    uninitialized_memory_filled():
                 model, info = cls.from_pretrained(self.checkpoint_path, output_loading_info=True,
                                                   trust_remote_code=False, **dtype_kwarg(dtype))
         except Exception as exc:  # noqa: BLE001 - without ZeRO there is no contract to check
@@ -295,8 +310,9 @@ class Findings:
         ZeRO-3 only."""
         self._zero3_on(self.ds_config)
         self.seed()
-        with self.subject_call("from_config"):
-            model = self.subject.from_config(self.model_class(), self.model_config(), dtype)
+        cls = self.model_class()
+        with self.timed_build(f"zero3 {cls.__name__}.from_config dtype={dtype}"), self.subject_call("from_config"):
+            model = self.subject.from_config(cls, self.model_config(), dtype)
         self._subject_agrees(model, "from_config")
         return model
 
@@ -309,9 +325,11 @@ class Findings:
         self.require_loadable_layout()
         self._zero3_on(self.ds_config if ds_config is None else ds_config)
         self.seed()
-        with self.subject_call(f"from_pretrained({what or self.layout})"):
-            model, report = self.subject.from_pretrained(model_class or self.model_class(),
-                                                         str(path or self.checkpoint_path), dtype, **options)
+        cls = model_class or self.model_class()
+        build = (f"zero3 {cls.__name__}.from_pretrained({what or self.layout}) dtype={dtype}"
+                 + (f" path={path}" if path else "") + (" config=own" if ds_config is not None else ""))
+        with self.timed_build(build), self.subject_call(f"from_pretrained({what or self.layout})"):
+            model, report = self.subject.from_pretrained(cls, str(path or self.checkpoint_path), dtype, **options)
         self._subject_agrees(model, f"from_pretrained({what or self.layout})", options)
         self.note_kernelized("subject", model)
         return model, report
