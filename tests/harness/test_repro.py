@@ -142,7 +142,7 @@ def test_the_script_holds_on_this_stack_and_breaks_with_the_fault_naming_the_har
                     str(tmp_path / "harness")], env=env, check=False, timeout=600)
     records = [json.loads(line) for line in (tmp_path / "harness" / "results.jsonl").read_text().splitlines()]
     harness = next(r for r in records if r["case_id"] == spec.id)
-    tensor = re.search(r"\] rank [\d,]+: ([\w.]+): ", harness["message"]).group(1)
+    tensor = harness["findings"][0]["tensor"]
     assert harness["raw_status"] == "FAIL", (harness["message"], out)
     assert f"{tensor}:" in out, (harness["message"], out)
 
