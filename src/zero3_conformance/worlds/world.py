@@ -374,6 +374,7 @@ class World:
                 proc.join(timeout=5)
         self._procs = []
         self.broken = True
+        self._tmp.cleanup()  # the ranks' stack files: read already where a hang needed them
 
     def __enter__(self) -> World:
         return self.start()
