@@ -185,23 +185,21 @@ def load(path: Path = DEFAULT_FILE) -> list[KnownIssue]:
     if set(data) - {"issue"} or not isinstance(entries, list):
         raise UsageError(f"known-issues file {path}: expected only [[issue]] tables, found "
                          f"{', '.join(sorted(set(data) - {'issue'})) or 'issue = ' + type(entries).__name__}")
-    ids: dict[str, int] = {}
-    for number, entry in enumerate(entries, 1):
-        given = entry.get("id") if isinstance(entry, dict) else None
-        if given is None:
-            continue
-        if not isinstance(given, str) or not SHORT_NAME.match(given):
-            raise UsageError(f"{path}: issue #{number}: id {given!r} must be lower-case words "
-                             "joined by '-'")
-        if given in ids:
-            raise UsageError(f"{path}: issue #{number}: id {given!r} is issue #{ids[given]}'s "
-                             "already")
-        ids[given] = number
     # An entry is named by its id, which stays when entries are added or removed; one without is named by its
     # position in the file.
-    return [_entry(entry, f"{path}: issue #{number}",
-                   f"{Path(path).name} {entry['id'] if isinstance(entry, dict) and 'id' in entry else f'#{number}'}")
-            for number, entry in enumerate(entries, 1)]
+    ids: dict[str, int] = {}
+    names = []
+    for number, entry in enumerate(entries, 1):
+        given = entry.get("id") if isinstance(entry, dict) else None
+        if given is not None:
+            if not isinstance(given, str) or not SHORT_NAME.match(given):
+                raise UsageError(f"{path}: issue #{number}: id {given!r} must be lower-case words joined by '-'")
+            if given in ids:
+                raise UsageError(f"{path}: issue #{number}: id {given!r} is issue #{ids[given]}'s already")
+            ids[given] = number
+        names.append(f"{Path(path).name} {given if given is not None else f'#{number}'}")
+    return [_entry(entry, f"{path}: issue #{number}", name)
+            for number, (entry, name) in enumerate(zip(entries, names), 1)]
 
 
 def _entry(entry: Any, where: str, name: str) -> KnownIssue:

@@ -1,15 +1,10 @@
 """benchmarks/builds.py: a run's time in builds vs the rest, per clause, and the builds another case made too."""
 
-import importlib.util
-from pathlib import Path
-
+from harness.scripts import benchmark_script
 from zero3_conformance.checks.base import BUILDS
 from zero3_conformance.results import write_records
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "builds.py"
-_spec = importlib.util.spec_from_file_location("builds", SCRIPT)
-builds = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builds)
+builds = benchmark_script("builds")
 
 
 def test_builds_are_summed_per_clause_and_repeats_counted(tmp_path, make_record, capsys):

@@ -1,15 +1,10 @@
 """benchmarks/compare_runs.py: two runs' verdicts case by case; any difference in status, raw status or entry is
 listed and exits 1, an intermittent entry's own statuses excepted."""
 
-import importlib.util
-from pathlib import Path
-
+from harness.scripts import benchmark_script
 from zero3_conformance.results import FAIL, PASS, XFAIL, write_records
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_runs.py"
-_spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-compare_runs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare_runs)
+compare_runs = benchmark_script("compare_runs")
 
 ENTRY = {"entry": "known_issues.toml #3 (G1 reference)", "expected": [FAIL], "met": True}
 FLAKY = {"entry": "known_issues.toml #4 (G1 reference)", "expected": [PASS, FAIL], "met": True}

@@ -27,7 +27,21 @@ class Checkpoints:
         self._written: dict[Key, str | FamilyUnavailable] = {}
 
     def prepare(self, cases: Iterable[CaseSpec]) -> None:
-        missing = [key for key in needed_by(cases) if key not in self._written]
+        self._ensure(needed_by(cases))
+
+    def path(self, case: CaseSpec) -> str | None:
+        """The case's checkpoint; raises FamilyUnavailable where it cannot be written."""
+        if not (case.family and case.layout):
+            return None
+        key = (case.family, case.layout)
+        self._ensure([key])
+        written = self._written[key]
+        if isinstance(written, FamilyUnavailable):
+            raise written
+        return written
+
+    def _ensure(self, keys: list[Key]) -> None:
+        missing = [key for key in keys if key not in self._written]
         if not missing:
             return
         import transformers
@@ -38,24 +52,11 @@ class Checkpoints:
         # Nodes that share no files with this process each write their own copies (none in a started world).
         self.pool.on_each_node(f"{__name__}:write_on_this_node", missing, NODE_CHECKPOINTS_S)
 
-    def path(self, case: CaseSpec) -> str | None:
-        """The case's checkpoint; raises FamilyUnavailable where it cannot be written."""
-        if not (case.family and case.layout):
-            return None
-        key = (case.family, case.layout)
-        if key not in self._written:
-            self.prepare([case])
-        written = self._written[key] if key in self._written else self._write(key)
-        if isinstance(written, FamilyUnavailable):
-            raise written
-        return written
-
-    def _write(self, key: Key) -> str | FamilyUnavailable:
+    def _write(self, key: Key) -> None:
         try:
             self._written[key] = str(ensure_checkpoint(*key))
         except FamilyUnavailable as exc:
             self._written[key] = exc
-        return self._written[key]
 
 
 def write_on_this_node(ctx: RankContext, keys: list[Key]) -> None:
